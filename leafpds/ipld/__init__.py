@@ -1,0 +1,4 @@
+"""
+The IPLD data model as atproto uses it: DAG-CBOR, CIDs, CAR files and the
+atproto JSON form.
+"""
