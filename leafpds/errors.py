@@ -78,3 +78,15 @@ class InternalServerError(XRPCError):
 class NotEnoughResources(XRPCError):
     status = 503
     name = "NotEnoughResources"
+
+
+class InvalidSwap(XRPCError):
+    name = "InvalidSwap"
+
+
+class RecordNotFound(XRPCError):
+    name = "RecordNotFound"
+
+
+class RepoNotFound(XRPCError):
+    name = "RepoNotFound"

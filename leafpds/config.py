@@ -1,0 +1,143 @@
+"""
+Settings: command-line options win over ``LEAFPDS_*`` environment variables,
+which win over the embedded defaults.
+"""
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+# name -> (default, help).  The option is --name; the variable LEAFPDS_NAME.
+# A default of None means "derived from other settings" (see Settings).
+OPTIONS: dict[str, tuple[str | None, str]] = {
+    "listen": (
+        "tcp:2583:interface=127.0.0.1",
+        "Twisted endpoint to listen on for HTTP and WebSocket.",
+    ),
+    "hostname": ("localhost", "Public hostname of this PDS."),
+    "data-dir": ("./leafpds-data", "Folder for the database and blobs (created on first run)."),
+    "public-url": (
+        None,
+        "URL clients and DID documents use "
+        "[default: https://<hostname>, or http://localhost:<port> for localhost].",
+    ),
+    "plc-url": (
+        None,
+        "PLC directory URL, e.g. https://plc.directory "
+        "[default: the embedded PLC directory].",
+    ),
+    "handle-domain": (".test", "Domain under which new accounts get handles."),
+    "admin-password": (None, "Password for admin (Basic auth) methods [default: none, admin off]."),
+    "master-secret-file": (
+        None,
+        "File holding the master secret that encrypts keys at rest "
+        "[default: <data-dir>/master.key, created 0600 on first run].",
+    ),
+    "max-json-body": ("1048576", "Largest JSON request body accepted, in bytes."),
+    "contact-email": (None, "Contact address shown by describeServer."),
+    "privacy-policy-url": (None, "Privacy policy link shown by describeServer."),
+    "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
+}
+
+ENV_PREFIX = "LEAFPDS_"
+
+
+def env_name(option: str) -> str:
+    return ENV_PREFIX + option.upper().replace("-", "_")
+
+
+def resolve(given: Mapping[str, str | None], environ: Mapping[str, str]) -> dict[str, str | None]:
+    """Merge command-line values (None when not given), environment and defaults."""
+    merged: dict[str, str | None] = {}
+    for name, (default, _help) in OPTIONS.items():
+        value = given.get(name)
+        if value is None:
+            value = environ.get(env_name(name), default)
+        merged[name] = value
+    return merged
+
+
+class ConfigError(ValueError):
+    """A setting that leafpds cannot run with."""
+
+
+@dataclass
+class Settings:
+    listen: str
+    hostname: str
+    data_dir: Path
+    public_url: str | None
+    plc_url: str | None
+    handle_domain: str
+    admin_password: str | None = field(repr=False)
+    master_secret_file: Path
+    max_json_body: int
+    contact_email: str | None = None
+    privacy_policy_url: str | None = None
+    terms_of_service_url: str | None = None
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, str | None]) -> "Settings":
+        data_dir = Path(values["data-dir"] or ".").expanduser()
+        domain = (values["handle-domain"] or "").lower()
+        if not domain.startswith("."):
+            domain = "." + domain
+        try:
+            max_json_body = int(values["max-json-body"] or "")
+        except ValueError:
+            raise ConfigError("--max-json-body must be a number of bytes") from None
+        secret_file = values["master-secret-file"]
+        public_url = values["public-url"]
+        return cls(
+            listen=values["listen"] or "",
+            hostname=(values["hostname"] or "").lower(),
+            data_dir=data_dir,
+            public_url=public_url.rstrip("/") if public_url else None,
+            plc_url=(values["plc-url"] or "").rstrip("/") or None,
+            handle_domain=domain,
+            admin_password=values["admin-password"] or None,
+            master_secret_file=Path(secret_file) if secret_file else data_dir / "master.key",
+            max_json_body=max_json_body,
+            contact_email=values["contact-email"],
+            privacy_policy_url=values["privacy-policy-url"],
+            terms_of_service_url=values["terms-of-service-url"],
+        )
+
+    @property
+    def service_did(self) -> str:
+        return f"did:web:{self.hostname}"
+
+    def public_url_for_port(self, port: int | None) -> str:
+        """The configured public URL, or the default derived from the hostname."""
+        if self.public_url:
+            return self.public_url
+        if self.hostname == "localhost" and port is not None:
+            return f"http://localhost:{port}"
+        return f"https://{self.hostname}"
+
+
+def load_master_secret(path: Path, environ: Mapping[str, str]) -> bytes:
+    """
+    The operator's master secret: ``LEAFPDS_MASTER_SECRET`` if set, else the
+    secret file, which is created (mode 0600) with 32 random bytes if missing.
+    Never overwrites an existing file.
+    """
+    from_env = environ.get(ENV_PREFIX + "MASTER_SECRET")
+    if from_env:
+        return from_env.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_bytes().strip()
+        if not secret:
+            raise ConfigError(f"master secret file {path} is empty") from None
+        return secret
+    with os.fdopen(fd, "wb") as f:
+        secret = secrets.token_hex(32).encode("ascii")
+        f.write(secret + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return secret

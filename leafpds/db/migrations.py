@@ -1,0 +1,196 @@
+"""
+Versioned schema migrations.
+
+The schema version lives in SQLite's ``user_version``.  Each migration runs
+in one transaction together with the version bump, so a crash mid-way leaves
+the previous version intact and the next start simply runs it again.  A
+database from a newer leafpds is refused rather than guessed at.
+"""
+
+import sqlite3
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer leafpds."""
+
+
+# Tables are STRICT (types are enforced) and foreign keys are on.  CIDs are
+# stored binary; DIDs, handles, revs and times as text (ISO 8601 UTC).
+MIGRATIONS: list[str] = [
+    # 1: the foundation
+    """
+    CREATE TABLE accounts (
+        did TEXT PRIMARY KEY,
+        handle TEXT NOT NULL UNIQUE,
+        email TEXT UNIQUE,
+        password_hash BLOB,
+        status TEXT NOT NULL DEFAULT 'active',
+        created_at TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE signing_keys (
+        did TEXT PRIMARY KEY REFERENCES accounts(did) ON DELETE CASCADE,
+        algorithm TEXT NOT NULL,
+        encrypted_key BLOB NOT NULL
+    ) STRICT;
+
+    -- Keys that belong to the PDS itself (e.g. the PLC rotation key), encrypted.
+    CREATE TABLE server_keys (
+        name TEXT PRIMARY KEY,
+        algorithm TEXT NOT NULL,
+        encrypted_key BLOB NOT NULL
+    ) STRICT;
+
+    CREATE TABLE repo_roots (
+        did TEXT PRIMARY KEY REFERENCES accounts(did) ON DELETE CASCADE,
+        commit_cid BLOB NOT NULL,
+        rev TEXT NOT NULL,
+        indexed_at TEXT NOT NULL
+    ) STRICT;
+
+    -- Every block of a repo, keyed by (repo, CID) so one account's blocks can be
+    -- exported, counted and deleted without touching anyone else's.  `rev` is
+    -- the revision that introduced the block (for getRepo?since=).
+    CREATE TABLE blocks (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        cid BLOB NOT NULL,
+        rev TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (did, cid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX blocks_by_rev ON blocks (did, rev);
+
+    CREATE TABLE records (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        collection TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        cid BLOB NOT NULL,
+        rev TEXT NOT NULL,
+        indexed_at TEXT NOT NULL,
+        PRIMARY KEY (did, collection, rkey)
+    ) STRICT, WITHOUT ROWID;
+
+    -- The firehose log: each row is a frame body ready to send.
+    CREATE TABLE repo_seq (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        did TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        event BLOB NOT NULL,
+        sequenced_at TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX repo_seq_by_time ON repo_seq (sequenced_at);
+
+    CREATE TABLE app_passwords (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        password_hash BLOB NOT NULL,
+        privileged INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (did, name)
+    ) STRICT;
+
+    CREATE TABLE refresh_tokens (
+        id TEXT PRIMARY KEY,
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        app_password_name TEXT,
+        expires_at TEXT NOT NULL,
+        next_id TEXT
+    ) STRICT;
+    CREATE INDEX refresh_tokens_by_did ON refresh_tokens (did);
+
+    CREATE TABLE invite_codes (
+        code TEXT PRIMARY KEY,
+        available_uses INTEGER NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        for_account TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE invite_code_uses (
+        code TEXT NOT NULL REFERENCES invite_codes(code),
+        used_by TEXT NOT NULL,
+        used_at TEXT NOT NULL,
+        PRIMARY KEY (code, used_by)
+    ) STRICT;
+
+    -- Sign-in with GitHub/Google: (provider, stable subject id) -> DID.
+    CREATE TABLE oauth_identities (
+        provider TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (provider, subject)
+    ) STRICT;
+    CREATE INDEX oauth_identities_by_did ON oauth_identities (did);
+
+    -- Blob metadata; the bytes live in the blob store.  `temp_key` is set while
+    -- the blob is uploaded but not yet referenced by a committed record.
+    CREATE TABLE blobs (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        cid BLOB NOT NULL,
+        mime_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        temp_key TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (did, cid)
+    ) STRICT;
+
+    CREATE TABLE record_blobs (
+        did TEXT NOT NULL,
+        blob_cid BLOB NOT NULL,
+        collection TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        PRIMARY KEY (did, blob_cid, collection, rkey),
+        FOREIGN KEY (did, collection, rkey) REFERENCES records(did, collection, rkey)
+            ON DELETE CASCADE
+    ) STRICT;
+    """,
+]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration the database lacks; return the resulting version."""
+    current = schema_version(conn)
+    latest = len(MIGRATIONS)
+    if current > latest:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this leafpds "
+            f"understands ({latest}); refusing to touch it"
+        )
+    for version in range(current + 1, latest + 1):
+        # executescript() would commit on its own; run statement by statement
+        # inside one explicit transaction instead.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[version - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("Database schema migrated to version {version}", version=version)
+    return latest
+
+
+def _statements(script: str) -> list[str]:
+    # Our scripts have no semicolons inside literals or triggers, so once the
+    # comment lines are gone a plain split is exact; complete_statement guards
+    # that assumption.
+    code = "\n".join(
+        line for line in script.splitlines() if not line.strip().startswith("--")
+    )
+    statements = [part.strip() + ";" for part in code.split(";") if part.strip()]
+    for statement in statements:
+        if not sqlite3.complete_statement(statement):
+            raise ValueError(f"incomplete SQL statement in migration: {statement!r}")
+    return statements

@@ -1,0 +1,43 @@
+"""``twistd leafpds``: the command-line options and the service they build."""
+
+import os
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from leafpds.config import OPTIONS, ConfigError, Settings, env_name, resolve
+from leafpds.service import LeafPDSService, open_app
+
+
+def _describe(name: str, default: str | None, text: str) -> str:
+    shown = f" [default: {default}]" if default is not None else ""
+    return f"{text}{shown} (env {env_name(name)})"
+
+
+class Options(usage.Options):
+    """
+    Every option can also be set from the environment as LEAFPDS_<NAME>
+    (e.g. LEAFPDS_DATA_DIR); the command line wins.
+    """
+
+    synopsis = "[options]"
+    longdesc = "Run leafpds, an AT Protocol Personal Data Server."
+    # None marks "not given on the command line", so the environment and the
+    # embedded defaults can be applied in postOptions.
+    optParameters = [
+        [name, None, None, _describe(name, default, text)]
+        for name, (default, text) in OPTIONS.items()
+    ]
+
+    def postOptions(self) -> None:
+        values = resolve({name: self[name] for name in OPTIONS}, os.environ)
+        try:
+            self.settings = Settings.from_options(values)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    return LeafPDSService(open_app(options.settings, os.environ, reactor))

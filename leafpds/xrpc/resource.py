@@ -1,0 +1,228 @@
+"""
+The HTTP face of leafpds: a Klein application serving ``/xrpc/<nsid>`` and
+the few plain pages around it, wrapped in CORS handling.
+"""
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException
+
+import leafpds
+from leafpds import syntax
+from leafpds.app import AppContext
+from leafpds.errors import (
+    InternalServerError,
+    InvalidRequest,
+    MethodNotImplemented,
+    PayloadTooLarge,
+    XRPCError,
+)
+from leafpds.ipld import atjson
+from leafpds.lexicon import ValidationError, validate_input, validate_params
+from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, xrpc
+
+# Importing the namespace modules declares their methods on `xrpc`.
+from leafpds.xrpc import server as _server, sync as _sync  # noqa: F401
+
+log = Logger()
+
+JSON = "application/json; charset=utf-8"
+
+# Headers atproto clients send from browsers; preflights must allow them.
+CORS_ALLOW_HEADERS = (
+    "authorization, content-type, atproto-accept-labelers, atproto-proxy, "
+    "atproto-content-labelers, dpop, x-bsky-topics"
+)
+CORS_EXPOSE_HEADERS = (
+    "ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy, "
+    "atproto-content-labelers, atproto-repo-rev, content-length, www-authenticate, dpop-nonce"
+)
+
+BANNER = """\
+         __
+    ___ / /  leafpds {version}
+   / _ \\ /   an AT Protocol Personal Data Server
+
+This is a PDS: it hosts atproto accounts and their repositories.
+Most API routes are under /xrpc/
+
+Code: https://example.invalid/leafpds (see README.md)
+"""
+
+ROBOTS = "# Hello!\n\n# Crawling the public API is allowed\nUser-agent: *\nAllow: /\n"
+
+
+def json_body(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def write_error(request: IRequest, error: XRPCError) -> bytes:
+    request.setResponseCode(error.status)
+    request.setHeader("content-type", JSON)
+    return json_body(error.to_json())
+
+
+class XRPCServer:
+    """Routes requests to the methods declared on a :class:`Registry`."""
+
+    app = Klein()
+
+    def __init__(self, ctx: AppContext, registry: Registry = xrpc) -> None:
+        self.ctx = ctx
+        self.registry = registry
+
+    def resource(self) -> IResource:
+        return CORSResource(self.app.resource())
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def banner(self, request: IRequest) -> bytes:
+        request.setHeader("content-type", "text/plain; charset=utf-8")
+        return BANNER.format(version=leafpds.__version__).encode("utf-8")
+
+    @app.route("/robots.txt", methods=["GET", "HEAD"])
+    def robots(self, request: IRequest) -> bytes:
+        request.setHeader("content-type", "text/plain; charset=utf-8")
+        return ROBOTS.encode("utf-8")
+
+    @app.route("/xrpc/_health", methods=["GET", "HEAD"])
+    async def health(self, request: IRequest) -> bytes:
+        request.setHeader("content-type", JSON)
+        body = {"version": leafpds.__version__}
+        try:
+            await self.ctx.db.read(_probe)
+        except Exception:
+            log.failure("Health check: the database cannot be read")
+            request.setResponseCode(503)
+            body["error"] = "Service Unavailable"
+        return json_body(body)
+
+    @app.route(
+        "/xrpc/<nsid>",
+        methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
+    )
+    async def dispatch(self, request: IRequest, nsid: str) -> bytes:
+        try:
+            method = self._lookup(request, nsid)
+            ctx = XRPCContext(request=request, app=self.ctx, nsid=nsid)
+            if method.auth is not None:
+                ctx.auth = await method.auth(ctx)
+            ctx.params = validate_params(self.ctx.lexicons, nsid, _query_args(request))
+            if method.kind == "procedure" and not method.raw_input:
+                ctx.input = self._json_input(request, nsid)
+            result = await method.handler(ctx)
+        except XRPCError as e:
+            return write_error(request, e)
+        except ValidationError as e:
+            return write_error(request, InvalidRequest(str(e)))
+        except Exception:
+            log.failure("Unhandled error in XRPC method {nsid}", Failure(), nsid=nsid)
+            return write_error(request, InternalServerError("Internal Server Error"))
+        return _render(request, result)
+
+    @app.handle_errors(HTTPException)
+    def routing_error(self, request: IRequest, failure: Failure) -> bytes:
+        # Paths Klein cannot route (outside /xrpc/<nsid>), as XRPC-style JSON.
+        exc = failure.value
+        return write_error(
+            request, XRPCError(exc.description or exc.name, name=exc.name.replace(" ", ""), status=exc.code)
+        )
+
+    def _lookup(self, request: IRequest, nsid: str) -> Method:
+        try:
+            syntax.validate_nsid(nsid)
+        except syntax.InvalidSyntax:
+            raise InvalidRequest(f"Invalid XRPC method name: {nsid!r}") from None
+        method = self.registry.methods.get(nsid)
+        if method is None:
+            raise MethodNotImplemented("Method Not Implemented")
+        verb = request.method
+        if verb == b"HEAD":
+            verb = b"GET"
+        if verb != method.http_method:
+            request.setHeader("allow", method.http_method.decode())
+            raise XRPCError(
+                f"Incorrect HTTP method ({request.method.decode()}) "
+                f"expected {method.http_method.decode()}",
+                name="InvalidRequest",
+                status=405,
+            )
+        return method
+
+    def _json_input(self, request: IRequest, nsid: str) -> Any:
+        request.content.seek(0)
+        content = request.content.read()
+        lexicon_input = self.ctx.lexicons.get_def(nsid).get("input")
+        if lexicon_input is None:
+            return None
+        if not content:
+            raise InvalidRequest("Request encoding (Content-Type) required but not provided")
+        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise InvalidRequest(
+                f"Wrong request encoding (Content-Type): {content_type or 'none'}"
+            )
+        if len(content) > self.ctx.settings.max_json_body:
+            raise PayloadTooLarge("request entity too large")
+        try:
+            value = atjson.loads(content)
+        except atjson.DataModelError as e:
+            raise InvalidRequest(f"Invalid JSON body: {e}") from None
+        validate_input(self.ctx.lexicons, nsid, value)
+        return value
+
+
+def _probe(conn: Any) -> None:
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+
+def _query_args(request: IRequest) -> dict[str, list[str]]:
+    try:
+        return {
+            key.decode("utf-8"): [v.decode("utf-8") for v in values]
+            for key, values in request.args.items()
+        }
+    except UnicodeDecodeError:
+        raise InvalidRequest("Query parameters must be UTF-8") from None
+
+
+def _render(request: IRequest, result: Any) -> bytes:
+    if isinstance(result, XRPCResponse):
+        request.setHeader("content-type", result.content_type)
+        for name, value in result.headers.items():
+            request.setHeader(name, value)
+        return result.body
+    if result is None:
+        return b""
+    request.setHeader("content-type", JSON)
+    return atjson.dumps(result)
+
+
+class CORSResource(Resource):
+    """
+    Adds the CORS headers browsers need to every answer and answers
+    preflight requests, in front of the whole site.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: IResource) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+
+    def render(self, request: IRequest) -> Any:
+        request.setHeader("access-control-allow-origin", "*")
+        request.setHeader("access-control-expose-headers", CORS_EXPOSE_HEADERS)
+        if request.method == b"OPTIONS":
+            request.setResponseCode(204)
+            request.setHeader("access-control-allow-methods", "GET, HEAD, POST, OPTIONS")
+            request.setHeader("access-control-allow-headers", CORS_ALLOW_HEADERS)
+            request.setHeader("access-control-max-age", "86400")
+            request.setHeader("content-length", "0")
+            return b""
+        return self.wrapped.render(request)

@@ -1,0 +1,61 @@
+"""Options: command line > LEAFPDS_* environment > defaults; the master secret file."""
+
+import os
+import stat
+
+import pytest
+from twisted.python import usage
+
+from leafpds.config import ConfigError, Settings, load_master_secret, resolve
+from leafpds.tap import Options
+
+
+def test_defaults():
+    settings = Settings.from_options(resolve({}, {}))
+    assert settings.listen == "tcp:2583:interface=127.0.0.1"
+    assert settings.hostname == "localhost"
+    assert settings.handle_domain == ".test"
+    assert settings.master_secret_file == settings.data_dir / "master.key"
+    assert settings.public_url_for_port(2583) == "http://localhost:2583"
+    assert settings.service_did == "did:web:localhost"
+
+
+def test_public_url_for_real_hostname():
+    settings = Settings.from_options(resolve({"hostname": "pds.example.com"}, {}))
+    assert settings.public_url_for_port(443) == "https://pds.example.com"
+    explicit = Settings.from_options(resolve({"public-url": "https://x.example/"}, {}))
+    assert explicit.public_url_for_port(1) == "https://x.example"
+
+
+def test_command_line_beats_environment_beats_default(monkeypatch):
+    monkeypatch.setenv("LEAFPDS_HOSTNAME", "env.example")
+    monkeypatch.setenv("LEAFPDS_HANDLE_DOMAIN", "example.org")
+    options = Options()
+    options.parseOptions(["--hostname", "cli.example"])
+    assert options.settings.hostname == "cli.example"
+    assert options.settings.handle_domain == ".example.org"
+
+
+def test_help_documents_every_option():
+    text = str(Options())
+    for option in ["--listen", "--hostname", "--data-dir", "--public-url", "--plc-url",
+                   "--handle-domain", "--admin-password", "--master-secret-file"]:
+        assert option in text
+    assert "LEAFPDS_DATA_DIR" in text
+
+
+def test_bad_number_is_a_usage_error():
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--max-json-body", "lots"])
+    with pytest.raises(ConfigError):
+        Settings.from_options(resolve({"max-json-body": "x"}, {}))
+
+
+def test_master_secret_created_once_with_0600(tmp_path):
+    path = tmp_path / "master.key"
+    first = load_master_secret(path, {})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(first) == 64
+    assert load_master_secret(path, {}) == first
+    assert load_master_secret(path, {"LEAFPDS_MASTER_SECRET": "from-env"}) == b"from-env"
+    assert path.read_bytes().strip() == first  # never overwritten

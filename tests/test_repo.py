@@ -1,0 +1,383 @@
+"""The repository engine over a real SQLite database: transactor, GC, events, export/import."""
+
+import io
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+
+from leafpds import crypto
+from leafpds.db.pool import Database
+from leafpds.errors import InvalidRequest, InvalidSwap, RecordNotFound, RepoNotFound
+from leafpds.ipld import codec
+from leafpds.ipld.car import read_car
+from leafpds.ipld.cid import CID, cid_for_cbor
+from leafpds.repo import archive, storage
+from leafpds.repo.commit import parse_commit, verify_commit
+from leafpds.repo.events import last_seq
+from leafpds.repo.mst import MST, MemoryBlockSource, NodeCache, invert_ops
+from leafpds.repo.transactor import UNSET, RepoTransactor, Write
+from leafpds.tid import TIDClock
+
+
+class StaticKeys:
+    def __init__(self) -> None:
+        self.keys: dict[str, crypto.Keypair] = {}
+
+    async def signing_key(self, did: str) -> crypto.Keypair:
+        return self.keys[did]
+
+
+def _add_account(conn, did):
+    conn.execute(
+        "INSERT INTO accounts (did, handle, created_at) VALUES (?, ?, 'now')",
+        (did, did.rsplit(":", 1)[-1] + ".test"),
+    )
+
+
+class Repos:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.keys = StaticKeys()
+        self.transactor = RepoTransactor(db, self.keys)
+        self.heard: list[tuple[int, bytes]] = []
+        self.transactor.listeners.append(self.heard.extend)
+
+    async def new(self, did: str):
+        key = crypto.K256Keypair.generate()
+        self.keys.keys[did] = key
+        await self.db.write(_add_account, did)
+        return await self.transactor.create_repo(did, key)
+
+    async def state(self, did: str):
+        def read(conn):
+            root = storage.read_root(conn, did)
+            records = {
+                f"{c}/{r}": CID(cid)
+                for c, r, cid in conn.execute(
+                    "SELECT collection, rkey, cid FROM records WHERE did = ?", (did,)
+                )
+            }
+            blocks = {cid: data for cid, data in storage.iter_blocks(conn, did)}
+            seq = last_seq(conn)
+            return root, records, blocks, seq
+
+        return await self.db.read(read)
+
+
+@pytest.fixture
+def repos(tmp_path):
+    db = Database(tmp_path / "db.sqlite")
+    db.migrate()
+    db.start()
+    yield Repos(db)
+    db.close()
+
+
+def post(text: str) -> dict:
+    return {"$type": "app.bsky.feed.post", "text": text, "createdAt": "2026-11-28T00:00:00.000Z"}
+
+
+def frame(data: bytes):
+    from cbrrr import decode_multi_dag_cbor_in_violation_of_the_spec as multi
+
+    header, body = list(multi(data))
+    return header, body
+
+
+def reachable(blocks: dict, commit_cid) -> set:
+    """Every block reachable from the commit: itself, MST nodes, records."""
+    source = MemoryBlockSource({k: v for k, v in blocks.items()})
+    commit = parse_commit(blocks[commit_cid])
+    tree = MST.load(source, commit.data, cache=NodeCache())
+    found = {commit_cid, *tree.node_cids()}
+    found.update(cid for _, cid in tree.walk())
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_genesis_commit_and_events(repos):
+    did = "did:plc:genesis"
+    result = await repos.new(did)
+    root, records, blocks, seq = await repos.state(did)
+    assert root == (result.cid, result.rev)
+    assert records == {}
+    commit = verify_commit(blocks[result.cid], repos.keys.keys[did].did(), did)
+    assert commit.data == MST.empty(MemoryBlockSource()).root_cid()
+    assert set(blocks) == {result.cid, commit.data}
+    # #commit then #sync, both heard by listeners only after the commit.
+    assert [s for s, _ in repos.heard] == [1, 2] and seq == 2
+    header, body = frame(repos.heard[0][1])
+    assert header == {"op": 1, "t": "#commit"}
+    assert body["since"] is None and body["ops"] == [] and body["seq"] == 1
+    assert body["rebase"] is False and body["tooBig"] is False and body["blobs"] == []
+    header, body = frame(repos.heard[1][1])
+    assert header == {"op": 1, "t": "#sync"}
+    car_root, car_blocks = read_car(body["blocks"])
+    assert car_root == result.cid and dict(car_blocks) == {result.cid: blocks[result.cid]}
+    with pytest.raises(InvalidRequest):
+        await repos.transactor.create_repo(did, repos.keys.keys[did])
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_update_delete_and_gc(repos):
+    did = "did:plc:alice"
+    await repos.new(did)
+    created = await repos.transactor.apply_writes(
+        did, [Write("create", "app.bsky.feed.post", f"3k{i:011d}", post(f"post {i}")) for i in range(20)]
+    )
+    assert [op.action for op in created.ops] == ["create"] * 20
+    root, records, blocks, _ = await repos.state(did)
+    assert len(records) == 20
+    assert set(blocks) == reachable(blocks, root[0])
+
+    updated = await repos.transactor.apply_writes(
+        did, [Write("update", "app.bsky.feed.post", "3k00000000003", post("edited"))]
+    )
+    op = updated.ops[0]
+    assert op.prev == created.ops[3].cid and op.cid == cid_for_cbor(codec.encode(post("edited")))
+    root, records, blocks, _ = await repos.state(did)
+    assert set(blocks) == reachable(blocks, root[0])  # old record block and old path: gone
+    assert created.ops[3].cid not in blocks
+
+    await repos.transactor.apply_writes(
+        did, [Write("delete", "app.bsky.feed.post", f"3k{i:011d}") for i in range(20)]
+    )
+    root, records, blocks, _ = await repos.state(did)
+    assert records == {}
+    assert len(blocks) == 2  # the commit and the empty root node: no garbage left
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_content_under_two_keys_keeps_the_block(repos):
+    did = "did:plc:twins"
+    await repos.new(did)
+    same = post("same")
+    await repos.transactor.apply_writes(
+        did, [Write("create", "app.bsky.feed.post", "a", same), Write("create", "app.bsky.feed.post", "b", same)]
+    )
+    await repos.transactor.apply_writes(did, [Write("delete", "app.bsky.feed.post", "a")])
+    _root, records, blocks, _ = await repos.state(did)
+    assert records["app.bsky.feed.post/b"] in blocks
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_event_carries_a_sufficient_proof(repos):
+    did = "did:plc:proof"
+    await repos.new(did)
+    await repos.transactor.apply_writes(
+        did, [Write("create", "app.bsky.feed.like", f"3k{i:011d}", post(str(i))) for i in range(300 // 2)]
+    )
+    before_root, *_ = await repos.state(did)
+    before = parse_commit((await repos.state(did))[2][before_root[0]]).data
+    repos.heard.clear()
+    result = await repos.transactor.apply_writes(did, [
+        Write("create", "app.bsky.feed.like", "3k99999999999", post("new")),
+        Write("update", "app.bsky.feed.like", "3k00000000007", post("changed")),
+        Write("delete", "app.bsky.feed.like", "3k00000000042"),
+    ])
+    (seq, data), = repos.heard
+    header, body = frame(data)
+    assert header["t"] == "#commit" and body["seq"] == seq
+    assert body["repo"] == did and body["commit"] == result.cid and body["rev"] == result.rev
+    assert body["prevData"] == before
+    assert [(o["action"], o["path"]) for o in body["ops"]] == [
+        ("create", "app.bsky.feed.like/3k99999999999"),
+        ("update", "app.bsky.feed.like/3k00000000007"),
+        ("delete", "app.bsky.feed.like/3k00000000042"),
+    ]
+    assert "prev" not in body["ops"][0] and body["ops"][2]["cid"] is None
+    root, car_blocks = read_car(body["blocks"])
+    car = dict(car_blocks)
+    commit = verify_commit(car[root], repos.keys.keys[did].did(), did)
+    # The records written are in the CAR, and with only the CAR's blocks the
+    # ops can be inverted back to prevData.
+    assert body["ops"][0]["cid"] in car and body["ops"][1]["cid"] in car
+    ops = [(o["action"], o["path"], o["cid"], o.get("prev")) for o in body["ops"]]
+    assert invert_ops(MemoryBlockSource(car), commit.data, ops) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_writes_change_nothing(repos):
+    did = "did:plc:careful"
+    first = await repos.new(did)
+    await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "one", post("1"))])
+    state = await repos.state(did)
+    cases = [
+        ([Write("create", "app.bsky.feed.post", "one", post("again"))], None, InvalidRequest),
+        ([Write("update", "app.bsky.feed.post", "missing", post("x"))], None, RecordNotFound),
+        ([Write("delete", "app.bsky.feed.post", "missing")], None, RecordNotFound),
+        ([Write("create", "app.bsky.feed.post", "two", post("2"))], first.cid, InvalidSwap),
+        ([Write("put", "app.bsky.feed.post", "one", post("x"), swap_record=None)], None, InvalidSwap),
+        ([Write("create", "app.bsky.feed.post", "two", post("2")),
+          Write("delete", "app.bsky.feed.post", "missing")], None, RecordNotFound),
+        ([Write("create", "app.bsky.feed.post", "x", post("1")),
+          Write("delete", "app.bsky.feed.post", "x")], None, InvalidRequest),
+        ([Write("create", "bad key", "x", post("1"))], None, InvalidRequest),
+        ([Write("create", "app.bsky.feed.post", "..", post("1"))], None, InvalidRequest),
+        ([], None, InvalidRequest),
+    ]
+    for writes, swap, error in cases:
+        with pytest.raises(error):
+            await repos.transactor.apply_writes(did, writes, swap_commit=swap)
+        assert await repos.state(did) == state, writes
+    with pytest.raises(RepoNotFound):
+        repos.keys.keys["did:plc:nobody"] = repos.keys.keys[did]
+        await repos.transactor.apply_writes(
+            "did:plc:nobody", [Write("create", "app.bsky.feed.post", "a", post("a"))]
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_swaps_that_match_succeed(repos):
+    did = "did:plc:swapper"
+    await repos.new(did)
+    made = await repos.transactor.apply_writes(
+        did, [Write("put", "app.bsky.actor.profile", "self", {"displayName": "A"}, swap_record=None)]
+    )
+    again = await repos.transactor.apply_writes(
+        did,
+        [Write("put", "app.bsky.actor.profile", "self", {"displayName": "B"}, swap_record=made.ops[0].cid)],
+        swap_commit=made.cid,
+    )
+    assert again.ops[0].action == "update" and again.ops[0].prev == made.ops[0].cid
+    assert UNSET is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_100_concurrent_writers_on_one_did_make_a_linear_history(repos):
+    did = "did:plc:busy"
+    await repos.new(did)
+    repos.heard.clear()
+    writes = [
+        Deferred.fromCoroutine(
+            repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", f"r{i:03d}", post(str(i)))])
+        )
+        for i in range(100)
+    ]
+    results = await gatherResults(writes)
+    assert len({r.rev for r in results}) == 100
+    frames = [frame(data)[1] for _, data in repos.heard]
+    assert len(frames) == 100
+    for earlier, later in zip(frames, frames[1:]):
+        assert later["since"] == earlier["rev"] and later["rev"] > earlier["rev"]
+        assert later["seq"] == earlier["seq"] + 1
+    _root, records, _blocks, _ = await repos.state(did)
+    assert set(records) == {f"app.bsky.feed.post/r{i:03d}" for i in range(100)}
+    assert len(repos.transactor.locks) == 0  # idle locks are dropped
+
+
+@pytest_twisted.ensureDeferred
+async def test_different_dids_write_concurrently(repos):
+    dids = [f"did:plc:user{i}" for i in range(8)]
+    for did in dids:
+        await repos.new(did)
+    calls = [
+        Deferred.fromCoroutine(
+            repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", f"p{n}", post(did))])
+        )
+        for n in range(10)
+        for did in dids
+    ]
+    outcomes = await DeferredList(calls, consumeErrors=True)
+    assert all(ok for ok, _ in outcomes)
+    for did in dids:
+        _root, records, blocks, _ = await repos.state(did)
+        assert len(records) == 10
+        assert set(blocks) == reachable(blocks, _root[0])
+
+
+@pytest_twisted.ensureDeferred
+async def test_rev_grows_across_restart_even_with_a_slow_clock(repos):
+    did = "did:plc:clock"
+    await repos.new(did)
+    ahead = await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "a", post("a"))])
+    # A new transactor (a restart) whose clock is a year behind.
+    restarted = RepoTransactor(repos.db, repos.keys)
+    restarted.revs = TIDClock(now=lambda: 1_700_000_000.0 - 365 * 86400)
+    later = await restarted.apply_writes(did, [Write("create", "app.bsky.feed.post", "b", post("b"))])
+    assert later.rev > ahead.rev
+
+
+@pytest_twisted.ensureDeferred
+async def test_export_import_round_trip_5000_records(repos, tmp_path):
+    did = "did:plc:exporter"
+    await repos.new(did)
+    for batch in range(25):
+        await repos.transactor.apply_writes(did, [
+            Write("create", "app.bsky.feed.post", f"3k{batch:04d}{i:07d}", post(f"{batch}-{i}"))
+            for i in range(200)
+        ])
+    root, records, blocks, _ = await repos.state(did)
+    out = io.BytesIO()
+    chunks = []
+
+    def write(chunk):
+        chunks.append(len(chunk))
+        out.write(chunk)
+
+    await archive.export_repo(repos.db, reactor, did, write)
+    assert len(chunks) > 1  # streamed in pieces
+    car_root, car_blocks = read_car(out.getvalue())
+    assert car_root == root[0]
+    assert dict(car_blocks) == blocks
+
+    # Import into a fresh account on a fresh database.
+    other = Database(tmp_path / "other.sqlite")
+    other.migrate()
+    other.start()
+    try:
+        await other.write(_add_account, did)
+        imported = await archive.import_repo(other, did, out.getvalue(), repos.keys.keys[did].did())
+        assert imported.commit_cid == root[0]
+        fresh = Repos(other)
+        new_root, new_records, new_blocks, _ = await fresh.state(did)
+        assert new_root == root and new_records == records and new_blocks == blocks
+    finally:
+        other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_export_since_holds_only_newer_blocks(repos):
+    did = "did:plc:since"
+    await repos.new(did)
+    first = await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "a", post("a"))])
+    second = await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "b", post("b"))])
+    out = io.BytesIO()
+    await archive.export_repo(repos.db, reactor, did, out.write, since=first.rev)
+    root, blocks = read_car(out.getvalue())
+    cids = {cid for cid, _ in blocks}
+    assert root == second.cid and second.cid in cids and second.ops[0].cid in cids
+    assert first.ops[0].cid not in cids
+
+
+@pytest_twisted.ensureDeferred
+async def test_import_refuses_bad_input_and_changes_nothing(repos):
+    did = "did:plc:victim"
+    await repos.new(did)
+    await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "a", post("a"))])
+    out = io.BytesIO()
+    await archive.export_repo(repos.db, reactor, did, out.write)
+    good = out.getvalue()
+    state = await repos.state(did)
+    key = repos.keys.keys[did].did()
+    root, sections = read_car(good)
+    from leafpds.ipld.car import encode_car
+
+    missing_record = encode_car(root, [(c, d) for c, d in sections if not codec.decode(d).get("text")])
+    cases = {
+        "garbage": b"\x00garbage",
+        "truncated": good[:-10],
+        "wrong key": None,
+        "missing record": missing_record,
+    }
+    for name, data in cases.items():
+        with pytest.raises(InvalidRequest):
+            if name == "wrong key":
+                await archive.import_repo(repos.db, did, good, crypto.K256Keypair.generate().did())
+            else:
+                await archive.import_repo(repos.db, did, data, key)
+        assert await repos.state(did) == state, name
+    with pytest.raises(InvalidRequest):
+        await archive.import_repo(repos.db, "did:plc:someoneelse", good, key)
