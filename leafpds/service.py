@@ -27,7 +27,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor) -> AppCont
     Prepare everything that can fail before serving: the data folder, the
     master secret, the schema.  Raises (and so stops ``twistd``) on any of it.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     master_secret = load_master_secret(settings.master_secret_file, environ)
     db = Database(settings.data_dir / "leafpds.sqlite")
     db.migrate()

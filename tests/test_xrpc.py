@@ -5,6 +5,7 @@ import base64
 import pytest_twisted
 
 import leafpds
+from leafpds.db.pool import Database
 from leafpds.lexicon import validate_output
 
 
@@ -24,12 +25,21 @@ async def test_banner_robots_health(pds):
 
 
 @pytest_twisted.ensureDeferred
-async def test_health_503_when_database_unreadable(pds):
-    # Replace the database file's tables out from under the readers.
-    pds.service.app.db.close()
-    health = await pds.get("_health")
+async def test_health_503_when_database_unreadable(pds, tmp_path):
+    # A database file that is not a database (say, corrupted on disk).
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"this is not an SQLite database" * 200)
+    working = pds.service.app.db
+    pds.service.app.db = Database(broken)
+    pds.service.app.db.start()
+    try:
+        health = await pds.get("_health")
+    finally:
+        pds.service.app.db.close()
+        pds.service.app.db = working
     assert health.code == 503
     assert health.json()["version"] == leafpds.__version__
+    assert (await pds.get("_health")).code == 200
 
 
 @pytest_twisted.ensureDeferred

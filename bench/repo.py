@@ -1,0 +1,129 @@
+"""
+Repository engine benchmark, through the real transactor and SQLite:
+
+- sequential single-record creates on one DID (commits/s)
+- the same with 8 DIDs writing in parallel (commits/s)
+- export of a 10,000-record repo (s, peak memory of the export)
+- import of that CAR into a fresh database (s)
+
+    .venv/bin/python bench/repo.py [--records 10000] [--commits 3000]
+"""
+
+import argparse
+import io
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from twisted.internet import defer, task
+
+from leafpds import crypto
+from leafpds.db.pool import Database
+from leafpds.repo import archive
+from leafpds.repo.transactor import RepoTransactor, Write
+from leafpds.tid import TIDClock
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.keys: dict[str, crypto.Keypair] = {}
+
+    async def signing_key(self, did: str) -> crypto.Keypair:
+        return self.keys[did]
+
+
+def post(n: int) -> dict:
+    return {
+        "$type": "app.bsky.feed.post",
+        "text": f"benchmark post number {n}, of an ordinary length for a post",
+        "createdAt": "2026-11-28T00:00:00.000Z",
+    }
+
+
+async def new_repo(db: Database, transactor: RepoTransactor, keys: Keys, did: str) -> None:
+    keys.keys[did] = crypto.K256Keypair.generate()
+
+    def add(conn):
+        conn.execute(
+            "INSERT INTO accounts (did, handle, created_at) VALUES (?, ?, 'now')",
+            (did, did.rsplit(":", 1)[1] + ".test"),
+        )
+
+    await db.write(add)
+    await transactor.create_repo(did, keys.keys[did])
+
+
+async def writer(transactor: RepoTransactor, did: str, count: int, rkeys: TIDClock) -> None:
+    for n in range(count):
+        await transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", rkeys.next(), post(n))])
+
+
+async def main(reactor, args) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="leafpds-bench-"))
+    db = Database(folder / "bench.sqlite")
+    db.migrate()
+    db.start()
+    keys = Keys()
+    transactor = RepoTransactor(db, keys)
+    rkeys = TIDClock()
+
+    await new_repo(db, transactor, keys, "did:plc:solo")
+    start = time.perf_counter()
+    await writer(transactor, "did:plc:solo", args.commits, rkeys)
+    elapsed = time.perf_counter() - start
+    print(f"one DID, sequential creates:   {args.commits / elapsed:8,.0f} commits/s")
+
+    dids = [f"did:plc:par{i}" for i in range(8)]
+    for did in dids:
+        await new_repo(db, transactor, keys, did)
+    per = args.commits // 8
+    start = time.perf_counter()
+    await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(writer(transactor, did, per, rkeys)) for did in dids]
+    )
+    elapsed = time.perf_counter() - start
+    print(f"8 DIDs in parallel:            {per * 8 / elapsed:8,.0f} commits/s")
+
+    big = "did:plc:big"
+    await new_repo(db, transactor, keys, big)
+    for start_n in range(0, args.records, 200):
+        await transactor.apply_writes(big, [
+            Write("create", "app.bsky.feed.post", rkeys.next(), post(n))
+            for n in range(start_n, min(start_n + 200, args.records))
+        ])
+    out = io.BytesIO()
+    tracemalloc.start()
+    start = time.perf_counter()
+    await archive.export_repo(db, reactor, big, out.write)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    car = out.getvalue()
+    print(
+        f"export {args.records:,} records:        {elapsed:8.3f} s "
+        f"({len(car) / 1e6:.1f} MB CAR, peak traced memory {peak / 1e6:.1f} MB excluding the output)"
+    )
+
+    fresh = Database(folder / "import.sqlite")
+    fresh.migrate()
+    fresh.start()
+
+    def add(conn):
+        conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES (?, 'big.test', 'now')", (big,))
+
+    await fresh.write(add)
+    start = time.perf_counter()
+    await archive.import_repo(fresh, big, car, keys.keys[big].did())
+    elapsed = time.perf_counter() - start
+    print(f"import {args.records:,} records:        {elapsed:8.3f} s")
+    db.close()
+    fresh.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--commits", type=int, default=3_000)
+    arguments = parser.parse_args()
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))
