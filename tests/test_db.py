@@ -118,3 +118,156 @@ async def test_concurrent_writes_are_grouped_and_isolated(db):
     assert failed == {i for i in range(50) if i % 7 == 3}
     # Every successful unit committed; every failed one left nothing behind.
     assert await db.read(_accounts) == [f"did:{i:03d}" for i in range(50) if i not in failed]
+
+
+def _record_statements(conn, seen):
+    conn.set_trace_callback(seen.append)
+
+
+def _stop_recording(conn):
+    conn.set_trace_callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_units_that_arrive_while_the_writer_is_busy_share_one_transaction(db):
+    import threading
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import DeferredList
+    from twisted.internet.task import deferLater
+
+    seen: list[str] = []
+    await db.write(_record_statements, seen)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(conn):
+        busy.set()
+        release.wait(10)
+
+    first = db.write(hold)
+    while not busy.is_set():
+        await deferLater(reactor, 0.001, lambda: None)
+    # The writer is inside `hold`: these five wait, then go together.
+    grouped = [db.write(_insert_account, f"did:g{i}", i == 2) for i in range(5)]
+    release.set()
+    await first
+    outcomes = await DeferredList(grouped, consumeErrors=True)
+    await db.write(_stop_recording)
+    assert [ok for ok, _ in outcomes] == [True, True, False, True, True]
+    # hold's own transaction, then one BEGIN ... COMMIT for the five, each
+    # in its own savepoint, and the failing one rolled back alone.
+    group = seen[seen.index("SAVEPOINT unit") - 1:]
+    group = group[: group.index("COMMIT") + 1]
+    assert group[0] == "BEGIN IMMEDIATE" and group.count("BEGIN IMMEDIATE") == 1
+    assert group.count("SAVEPOINT unit") == group.count("RELEASE unit") == 5
+    assert group.count("ROLLBACK TO unit") == 1
+    assert sum("INSERT INTO accounts" in sql for sql in group) == 5
+    assert await db.read(_accounts) == ["did:g0", "did:g1", "did:g3", "did:g4"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_units_submitted_while_results_are_delivered_form_one_batch(db):
+    from twisted.internet.defer import DeferredList
+
+    seen: list[str] = []
+    await db.write(_record_statements, seen)
+    seen.clear()
+    follow_ups = []
+
+    def next_write(_, i):
+        follow_ups.append(db.write(_insert_account, f"did:next{i}"))
+
+    firsts = [db.write(_insert_account, f"did:first{i}") for i in range(4)]
+    for i, d in enumerate(firsts):
+        d.addCallback(next_write, i)
+    await DeferredList(firsts)
+    await DeferredList(follow_ups)
+    await db.write(_stop_recording)
+    # The four follow-ups, made while results were being handed out, went as
+    # one batch rather than as one lone write and then the rest.
+    transactions = " ".join(seen).split("COMMIT")
+    follow_up_transactions = [t for t in transactions if "did:next" in t]
+    assert len(follow_up_transactions) == 1
+    assert follow_up_transactions[0].count("did:next") == 4 * 2  # did and handle
+    assert len(await db.read(_accounts)) == 8
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_is_committed_before_its_deferred_fires(db):
+    def committed_elsewhere(_):
+        other = connect(db.path)
+        try:
+            return _accounts(other)
+        finally:
+            other.close()
+
+    d = db.write(_insert_account, "did:seen")
+    d.addCallback(committed_elsewhere)
+    assert await d == ["did:seen"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_survive_close_and_reopen(tmp_path):
+    database = Database(tmp_path / "db.sqlite")
+    database.migrate()
+    database.start()
+    for i in range(20):
+        await database.write(_insert_account, f"did:{i:02d}")
+    database.close()
+
+    reopened = Database(tmp_path / "db.sqlite")
+    reopened.migrate()
+    reopened.start()
+    try:
+        assert await reopened.read(_accounts) == [f"did:{i:02d}" for i in range(20)]
+    finally:
+        reopened.close()
+
+
+def _autocheckpoint(conn):
+    return conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_checkpointer_copies_the_wal_and_the_writer_never_does(db):
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    assert await db.write(_autocheckpoint) == 0
+    runs = db.checkpointer.runs
+    for i in range(30):
+        await db.write(_insert_account, f"did:{i:02d}")
+    for _ in range(200):
+        if db.checkpointer.runs > runs:
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    assert db.checkpointer.runs > runs
+    # The rows reached the database file itself, not only the WAL, though
+    # no connection of ours but the checkpointer's ever checkpoints.
+    for _ in range(200):
+        if b"did:29" in db.path.read_bytes():
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    assert b"did:29" in db.path.read_bytes()
+
+
+def test_a_wal_past_its_bound_is_restarted(tmp_path):
+    from leafpds.db.pool import Checkpointer
+
+    path = tmp_path / "db.sqlite"
+    writer = connect(path)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    migrations.migrate(writer)
+    checkpointer = Checkpointer(path, max_wal_pages=50)
+    conn = connect(path)
+    for i in range(100):
+        _insert_account(writer, f"did:{i:03d}")
+    _busy, wal_pages, copied = checkpointer.checkpoint(conn)
+    assert wal_pages >= 50 and copied == wal_pages
+    # After a RESTART the next write starts the WAL over from its beginning.
+    _insert_account(writer, "did:after")
+    _busy, wal_pages, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert wal_pages < 10
+    assert checkpointer.runs == 1
+    conn.close()
+    writer.close()

@@ -381,3 +381,98 @@ async def test_import_refuses_bad_input_and_changes_nothing(repos):
         assert await repos.state(did) == state, name
     with pytest.raises(InvalidRequest):
         await archive.import_repo(repos.db, "did:plc:someoneelse", good, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_built_on_an_old_head_is_rebuilt_on_the_stored_one(repos):
+    # The transactor remembers each repo's head and builds small commits from
+    # memory; an import behind its back makes that head stale.  The unit must
+    # notice and build on what is stored.
+    did = "did:plc:rebased"
+    await repos.new(did)
+    await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "a", post("a"))])
+    out = io.BytesIO()
+    await archive.export_repo(repos.db, reactor, did, out.write)
+    exported_root, _, exported_blocks, _ = await repos.state(did)
+    await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "b", post("b"))])
+    await archive.import_repo(repos.db, did, out.getvalue(), repos.keys.keys[did].did())
+
+    result = await repos.transactor.apply_writes(
+        did, [Write("create", "app.bsky.feed.post", "c", post("c"))]
+    )
+    _, body = frame(repos.heard[-1][1])
+    assert body["since"] == exported_root[1]
+    assert body["prevData"] == parse_commit(exported_blocks[exported_root[0]]).data
+    root, records, blocks, _ = await repos.state(did)
+    assert root == (result.cid, result.rev)
+    assert set(records) == {"app.bsky.feed.post/a", "app.bsky.feed.post/c"}
+    assert set(blocks) == reachable(blocks, root[0])
+    # "b" is gone with the import: creating it again is allowed, and the
+    # head the transactor now remembers is the right one.
+    again = await repos.transactor.apply_writes(
+        did, [Write("create", "app.bsky.feed.post", "b", post("b"))]
+    )
+    assert again.ops[0].action == "create"
+    _, body = frame(repos.heard[-1][1])
+    assert body["since"] == result.rev
+
+
+@pytest_twisted.ensureDeferred
+async def test_commits_are_right_whether_built_in_memory_or_in_the_unit(repos, monkeypatch):
+    from leafpds.repo import mst, transactor
+
+    writes = [
+        [Write("create", "app.bsky.feed.post", f"p{i}", post(str(i))) for i in range(3)],
+        [Write("update", "app.bsky.feed.post", "p1", post("changed"))],
+        [Write("put", "app.bsky.feed.post", "p9", post("new"))],
+        [Write("delete", "app.bsky.feed.post", "p0")],
+    ]
+    built_in_unit = []
+    real_build = transactor._build
+
+    def spy(source, *args):
+        built = real_build(source, *args)  # attempts that raise are not counted
+        built_in_unit.append(not isinstance(source, transactor._NoBlocks))
+        return built
+
+    monkeypatch.setattr(transactor, "_build", spy)
+    results = {}
+    for mode in ("memory", "unit"):
+        did = f"did:plc:{mode}"
+        await repos.new(did)
+        if mode == "unit":
+            # Nothing in memory: every commit must be built in the unit.
+            monkeypatch.setattr(mst, "shared_cache", mst.NodeCache(max_nodes=0))
+        built_in_unit.clear()
+        for batch in writes:
+            await repos.transactor.apply_writes(did, batch)
+        root, records, blocks, _ = await repos.state(did)
+        assert set(blocks) == reachable(blocks, root[0])
+        data = parse_commit(blocks[root[0]]).data
+        results[mode] = (records, data)
+        if mode == "memory":
+            # The first commit of a new repo needs its (uncached) empty root
+            # from the database; the rest are built in memory.
+            assert built_in_unit[1:] == [False] * (len(writes) - 1)
+        else:
+            assert all(built_in_unit)
+    assert results["memory"] == results["unit"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors_found_in_memory_are_confirmed_by_the_unit(repos):
+    did = "did:plc:confirmed"
+    await repos.new(did)
+    made = await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "x", post("x"))])
+    state = await repos.state(did)
+    with pytest.raises(InvalidRequest, match="already exists"):
+        await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "x", post("y"))])
+    with pytest.raises(InvalidSwap):
+        await repos.transactor.apply_writes(
+            did, [Write("create", "app.bsky.feed.post", "y", post("y"))], swap_commit=made.ops[0].cid
+        )
+    assert await repos.state(did) == state
+    # And the repo carries on from where it was.
+    after = await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "y", post("y"))])
+    _, body = frame(repos.heard[-1][1])
+    assert body["since"] == made.rev and after.rev > made.rev

@@ -54,7 +54,10 @@ MIGRATIONS: list[str] = [
 
     -- Every block of a repo, keyed by (repo, CID) so one account's blocks can be
     -- exported, counted and deleted without touching anyone else's.  `rev` is
-    -- the revision that introduced the block (for getRepo?since=).
+    -- the revision that introduced the block (for getRepo?since=).  No index
+    -- on `rev`: every commit inserts and deletes ~20 blocks, and a second
+    -- B-tree to keep up costs each of them; a since-export scans the repo's
+    -- blocks instead, which it streams anyway.
     CREATE TABLE blocks (
         did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
         cid BLOB NOT NULL,
@@ -62,7 +65,6 @@ MIGRATIONS: list[str] = [
         data BLOB NOT NULL,
         PRIMARY KEY (did, cid)
     ) STRICT, WITHOUT ROWID;
-    CREATE INDEX blocks_by_rev ON blocks (did, rev);
 
     CREATE TABLE records (
         did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
@@ -93,14 +95,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (did, name)
     ) STRICT;
 
+    -- A session is a chain of refresh tokens (each refresh rotates it) that
+    -- shares one session_id, also carried by its access tokens.
     CREATE TABLE refresh_tokens (
         id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
         did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
         app_password_name TEXT,
         expires_at TEXT NOT NULL,
         next_id TEXT
     ) STRICT;
     CREATE INDEX refresh_tokens_by_did ON refresh_tokens (did);
+    CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id);
+
+    -- Sessions ended before their access tokens expire (deleteSession, a
+    -- revoked app password): access tokens naming them are refused.
+    CREATE TABLE revoked_sessions (
+        session_id TEXT PRIMARY KEY,
+        expires_at TEXT NOT NULL
+    ) STRICT;
 
     CREATE TABLE invite_codes (
         code TEXT PRIMARY KEY,

@@ -1,27 +1,32 @@
 """
 The database handle every layer above uses.
 
-SQLite in WAL mode lets one writer and many readers work at once, so there
-are two ``adbapi`` pools over the same file: a single-connection writer pool
-(every write is serialized there, which is what SQLite does anyway) and a
-small reader pool.  A hop to a pool thread costs far more than SQLite's own
-work on a row, so callers pass a whole unit of work — one function that does
-all of a request's reads or writes — and it runs in one hop, in one
-transaction.
+SQLite in WAL mode lets one writer and many readers work at once.  Writes
+go to one connection owned by a dedicated writer thread; reads go to a small
+``adbapi`` pool of reader connections; a third thread copies the WAL back
+into the database file (a checkpoint) so that the writer never has to.  A hop
+to a database thread costs far more than SQLite's own work on a row, so
+callers pass a whole unit of work — one function that does all of a
+request's reads or writes — and it runs in one hop, in one transaction.
 """
 
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from leafpds.db import migrations
 
 T = TypeVar("T")
+log = Logger()
 
 # synchronous=NORMAL in WAL mode survives a killed process (only a power loss
 # can lose the last transactions), at a fraction of FULL's fsync cost.
@@ -33,6 +38,10 @@ _PRAGMAS = (
     "PRAGMA cache_size=-65536",
     "PRAGMA temp_store=MEMORY",
 )
+
+# The writer never checkpoints (its commits would pay for copying pages and
+# two fsyncs); the Checkpointer does it in its own thread.
+_WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint=0",)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -62,20 +71,29 @@ class Database:
     ``read(fn, *args)`` runs it on a reader inside a read transaction.
     """
 
-    def __init__(self, path: str | Path, readers: int = 3) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        readers: int = 3,
+        reactor: IReactorFromThreads | None = None,
+    ) -> None:
         self.path = Path(path)
-        common = dict(
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._readers = adbapi.ConnectionPool(
+            "sqlite3",
             database=str(self.path),
             isolation_level=None,
             check_same_thread=False,
+            cp_min=1,
+            cp_max=readers,
             cp_openfun=_open,
             cp_noisy=False,
             cp_reconnect=False,
         )
-        self._writer = adbapi.ConnectionPool("sqlite3", cp_min=1, cp_max=1, **common)
-        self._readers = adbapi.ConnectionPool(
-            "sqlite3", cp_min=1, cp_max=readers, **common
-        )
+        self.checkpointer = Checkpointer(self.path)
+        self._writer = WriterThread(self.path, reactor, self.checkpointer.wrote)
         self._pending: list[tuple[Callable, tuple, Deferred]] = []
         self._writing = False
 
@@ -110,35 +128,164 @@ class Database:
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         self._writing = True
-        units = [(fn, args) for fn, args, _ in batch]
-        done = self._writer.runWithConnection(_run_batch, units)
-        done.addBoth(self._batch_done, [d for _, _, d in batch])
+        self._writer.submit([(fn, args) for fn, args, _ in batch], self._batch_done,
+                            [d for _, _, d in batch])
 
     def _batch_done(self, outcome: Any, waiting: list[Deferred]) -> None:
-        self._writing = False
-        if isinstance(outcome, Failure):
-            # The transaction as a whole failed (e.g. the commit itself).
-            for d in waiting:
-                d.errback(outcome)
-        else:
-            for d, (ok, result) in zip(waiting, outcome):
-                if ok:
-                    d.callback(result)
-                else:
-                    d.errback(result)
-        if self._pending and not self._writing:
-            self._flush()
+        # Still "writing" while the callers hear back: the units they submit
+        # in their callbacks gather into one next batch, not a lone first one.
+        try:
+            if isinstance(outcome, Failure):
+                # The transaction as a whole failed (e.g. the commit itself).
+                for d in waiting:
+                    d.errback(outcome)
+            else:
+                for d, (ok, result) in zip(waiting, outcome):
+                    if ok:
+                        d.callback(result)
+                    else:
+                        d.errback(result)
+        finally:
+            self._writing = False
+            if self._pending:
+                self._flush()
 
     def read(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
         return self._readers.runWithConnection(_in_transaction, "BEGIN", fn, args)
 
     def start(self) -> None:
+        self.checkpointer.start()
         self._writer.start()
         self._readers.start()
 
     def close(self) -> None:
-        self._writer.close()
+        """Finish the submitted writes, then close every connection."""
+        self._writer.stop()
         self._readers.close()
+        self.checkpointer.stop()
+
+
+class WriterThread:
+    """
+    The one thread that owns the write connection.
+
+    It takes batches of units from a queue, runs each batch as one
+    transaction, and hands the outcome back to the reactor with
+    ``callFromThread``: one queue put and one wake-up each way, with none of
+    a thread pool's bookkeeping on a path every write takes.
+    """
+
+    def __init__(
+        self, path: Path, reactor: IReactorFromThreads, committed: Callable[[], None]
+    ) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._committed = committed
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        conn = connect(self.path)
+        for pragma in _WRITER_PRAGMAS:
+            conn.execute(pragma)
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="leafpds-writer", daemon=True
+        )
+        self._thread.start()
+
+    def submit(
+        self, units: list[tuple[Callable, tuple]], done: Callable[..., None], *args: Any
+    ) -> None:
+        """Run ``units`` in one transaction; then ``done(outcome, *args)`` in the reactor."""
+        self._queue.put((units, done, args))
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while (job := self._queue.get()) is not None:
+                units, done, args = job
+                try:
+                    outcome: Any = _run_batch(conn, units)
+                except BaseException:
+                    outcome = Failure()
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                else:
+                    self._committed()
+                self._reactor.callFromThread(done, outcome, *args)
+        finally:
+            conn.close()
+
+
+class Checkpointer:
+    """
+    Copies committed pages from the WAL into the database file, in its own
+    thread and connection, so commits only append to the WAL.
+
+    The writer calls :meth:`wrote` after each commit; the checkpointer then
+    runs a PASSIVE checkpoint (which never blocks the writer or readers),
+    at most once per ``interval`` seconds so that one copy serves many
+    commits.  When a reader keeps the WAL from being reused and it grows past
+    ``max_wal_pages``, a RESTART checkpoint waits for the readers (holding
+    the writer off meanwhile) so the WAL starts over: its size stays bounded.
+    """
+
+    def __init__(self, path: Path, interval: float = 0.05, max_wal_pages: int = 16_384) -> None:
+        self.path = path
+        self.interval = interval
+        self.max_wal_pages = max_wal_pages
+        #: Checkpoints run so far (for tests and curiosity).
+        self.runs = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stopping.clear()
+        conn = connect(self.path)
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="leafpds-checkpointer", daemon=True
+        )
+        self._thread.start()
+
+    def wrote(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stopping.set()
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                if self._stopping.is_set():
+                    return
+                self._wake.clear()
+                try:
+                    self.checkpoint(conn)
+                except sqlite3.Error:
+                    log.failure("WAL checkpoint failed; will try again after the next write")
+                # Let commits accumulate: one checkpoint copies each page once.
+                self._stopping.wait(self.interval)
+        finally:
+            conn.close()
+
+    def checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
+        """One checkpoint: (busy, WAL pages, pages copied), as SQLite reports it."""
+        result = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if result[1] >= self.max_wal_pages:
+            result = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        self.runs += 1
+        return result
 
 
 def _in_transaction(conn: Any, begin: str, fn: Callable[..., T], args: tuple) -> T:
@@ -147,20 +294,22 @@ def _in_transaction(conn: Any, begin: str, fn: Callable[..., T], args: tuple) ->
     return fn(conn, *args)
 
 
-def _run_batch(conn: Any, units: list[tuple[Callable, tuple]]) -> list[tuple[bool, Any]]:
+def _run_batch(conn: sqlite3.Connection, units: list[tuple[Callable, tuple]]) -> list[tuple[bool, Any]]:
     conn.execute("BEGIN IMMEDIATE")
     if len(units) == 1:
         fn, args = units[0]
-        return [(True, fn(conn, *args))]  # a failure rolls back the transaction
-    outcomes: list[tuple[bool, Any]] = []
-    for fn, args in units:
-        conn.execute("SAVEPOINT unit")
-        try:
-            result = fn(conn, *args)
-        except Exception:
-            outcomes.append((False, Failure()))
-            conn.execute("ROLLBACK TO unit")
-        else:
-            outcomes.append((True, result))
-        conn.execute("RELEASE unit")
+        outcomes = [(True, fn(conn, *args))]  # a failure rolls back the transaction
+    else:
+        outcomes = []
+        for fn, args in units:
+            conn.execute("SAVEPOINT unit")
+            try:
+                result = fn(conn, *args)
+            except Exception:
+                outcomes.append((False, Failure()))
+                conn.execute("ROLLBACK TO unit")
+            else:
+                outcomes.append((True, result))
+            conn.execute("RELEASE unit")
+    conn.execute("COMMIT")
     return outcomes

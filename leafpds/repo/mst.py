@@ -23,13 +23,16 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from collections import OrderedDict
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Protocol, Union
 
-from leafpds.ipld.cid import CID
+from cbrrr import encode_dag_cbor
+
+from leafpds.ipld.cid import CID, DAG_CBOR_PREFIX
 from leafpds.ipld.codec import DecodeError, decode, encode_with_cid
 
 __all__ = [
@@ -243,22 +246,26 @@ class NodeCache:
     def __init__(self, max_nodes: int = 50_000) -> None:
         self.max_nodes = max_nodes
         # Keyed by the CID's bytes: cbrrr's CID hashes in Python, bytes in C.
-        self._nodes: dict[bytes, _Node] = {}
+        # An OrderedDict, not a dict: evicting the oldest entry of a dict
+        # that has had many deletions scans past them all.
+        self._nodes: OrderedDict[bytes, _Node] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, cid: CID) -> _Node | None:
         key = cid.cid_bytes
         with self._lock:
-            node = self._nodes.pop(key, None)
+            node = self._nodes.get(key)
             if node is not None:
-                self._nodes[key] = node  # most recently used goes last
+                self._nodes.move_to_end(key)  # most recently used goes last
             return node
 
     def put(self, node: _Node) -> None:
+        key = node.cid.cid_bytes
         with self._lock:
-            self._nodes[node.cid.cid_bytes] = node
+            self._nodes[key] = node
+            self._nodes.move_to_end(key)
             if len(self._nodes) > self.max_nodes:
-                del self._nodes[next(iter(self._nodes))]
+                self._nodes.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -627,31 +634,34 @@ def _empty_root() -> _Node:
 def _seal(node: _Node, cache: NodeCache, new: list[_Node] | None = None) -> CID:
     """
     Encode the nodes under ``node`` that are not encoded yet, children
-    first; cache each, and list it in ``new``.
+    first; cache each, and list it in ``new``.  (The hottest code of a
+    write: it calls cbrrr and hashlib directly.)
     """
     if node.cid is not None:
         return node.cid
     left = node.left
-    if isinstance(left, _Node):
+    if type(left) is _Node:
         left = _seal(left, cache, new)
     rights: list[_Ref] = []
     entries = []
     prev = b""
     for key, value, right in zip(node.keys, node.values, node.rights):
-        if isinstance(right, _Node):
+        if type(right) is _Node:
             right = _seal(right, cache, new)
         rights.append(right)
         p = common_prefix_length(prev, key)
         entries.append({"k": key[p:], "p": p, "t": right, "v": value})
         prev = key
-    node.cid, node.data = encode_with_cid({"e": entries, "l": left})
+    data = encode_dag_cbor({"e": entries, "l": left})
+    node.cid = cid = CID(DAG_CBOR_PREFIX + sha256(data).digest())
+    node.data = data
     # The cached copy links by CID, as a decoded node does: it must not keep
     # this tree's other nodes alive, and later writes that start from it must
     # see only their own new nodes as objects.
-    cache.put(_Node(node.layer, left, node.keys, node.values, rights, node.cid, node.data))
+    cache.put(_Node(node.layer, left, node.keys, node.values, rights, cid, data))
     if new is not None:
         new.append(node)
-    return node.cid
+    return cid
 
 
 def _fresh(node: _Node, old: set[bytes], out: dict[CID, bytes]) -> None:

@@ -1,21 +1,30 @@
 """
 The per-DID transactor: the only way a repository changes.
 
-``apply_writes`` takes the DID's ``DeferredLock``, encodes the new records,
-then hands ONE unit of work to the database writer.  That unit reads the
-current root, applies the writes to the MST (loading only the nodes on the
-changed paths), signs the commit, stores the new blocks, deletes the ones no
-longer reachable, updates the records index and the root, and appends the
+``apply_writes`` encodes the new records and takes the DID's
+``DeferredLock``; under it, the commit is built (the writes applied to the
+MST, loading only the nodes on the changed paths; the commit signed; the
+firehose CAR assembled) and ONE unit of work is handed to the database
+writer.  That unit stores the new blocks, deletes the ones no longer
+reachable, updates the records index and the root, and appends the
 ``#commit`` frame to ``repo_seq`` — all in one transaction, so a crash leaves
 either the old state or the new one.  Only after the commit does the caller's
 Deferred fire and the listeners (the firehose) hear of it.
 
-Doing the MST and signing inside the writer's unit costs no extra thread hop
-(the hop dominates: ~300 µs against ~100 µs of tree and signature work), keeps
-the tree consistent with exactly the rows the transaction sees, and lets the
-database group several DIDs' commits into one transaction.
+Where the commit is built is a matter of speed, never of correctness.  The
+writer thread is the one resource every write shares, so a small commit is
+built on the reactor thread from memory alone: the repo's head (commit,
+data root, rev) as the last commit through this transactor left it, and MST
+nodes from the shared node cache.  The writer's unit then only checks that
+the stored root is still that head and writes rows; meanwhile the reactor
+builds the next commits, so tree and signature work overlaps the writer's
+SQL and COMMIT.  If the head is unknown or no longer current (a restart, an
+import), a node is not in memory, the commit is big, or building it raised an
+error, the unit builds it itself against exactly the rows its transaction
+sees — the same code, the same result.
 """
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,15 +33,23 @@ from twisted.internet.defer import DeferredLock
 
 from leafpds import crypto, syntax
 from leafpds.db.pool import Database
-from leafpds.errors import InvalidRequest, InvalidSwap, RecordNotFound, RepoNotFound
+from leafpds.errors import InvalidRequest, InvalidSwap, RecordNotFound, RepoNotFound, XRPCError
 from leafpds.ipld import codec
 from leafpds.ipld.car import encode_car
 from leafpds.ipld.cid import CID
 from leafpds.repo import events, storage
 from leafpds.repo.commit import parse_commit, sign_commit
-from leafpds.repo.mst import apply_ops
+from leafpds.repo.mst import MST, KeyExists, MissingBlock, apply_ops
 from leafpds.tid import TIDClock
 from leafpds.timestamps import now_iso
+
+
+#: Commits of at most this many writes are built on the reactor thread (some
+#: tens of µs per write); bigger ones in the writer's unit, off the reactor.
+INLINE_WRITES = 10
+
+#: How many repos' heads the transactor remembers.
+HEADS = 10_000
 
 
 class _Unset:
@@ -83,6 +100,8 @@ class CommitResult:
     ops: list[AppliedOp]
     # (seq, frame) of every event the transaction appended, in order.
     events: list[tuple[int, bytes]] = field(repr=False)
+    #: The new MST root.
+    data: CID | None = field(default=None, repr=False)
 
 
 class KeyProvider(Protocol):
@@ -122,9 +141,12 @@ class RepoTransactor:
         self.db = db
         self.keys = keys
         self.locks = DIDLocks()
-        # Revisions are made only inside writer units, one at a time.
+        # Thread-safe: revisions are drawn on the reactor and in writer units.
         self.revs = TIDClock()
         self.listeners: list[Callable[[list[tuple[int, bytes]]], None]] = []
+        # DID -> (commit CID, MST root, rev) after its last commit through us,
+        # least recently used first.  Only ever a hint: units check it.
+        self._heads: OrderedDict[str, tuple[CID, CID, str]] = OrderedDict()
 
     def notify(self, appended: list[tuple[int, bytes]]) -> None:
         """Tell the listeners about events that have just been committed."""
@@ -134,6 +156,7 @@ class RepoTransactor:
     async def create_repo(self, did: str, key: crypto.Keypair) -> CommitResult:
         """The genesis commit of an empty repo (the account row must exist)."""
         result = await self.db.write(self.create_repo_unit, did, key)
+        self._remember(result)
         self.notify(result.events)
         return result
 
@@ -170,7 +193,7 @@ class RepoTransactor:
                 "time": now,
             }, now),
         ]
-        return CommitResult(did, commit_cid, rev, [], appended)
+        return CommitResult(did, commit_cid, rev, [], appended, diff.root)
 
     async def apply_writes(
         self, did: str, writes: list[Write], swap_commit: CID | None = None
@@ -196,11 +219,50 @@ class RepoTransactor:
         key = await self.keys.signing_key(did)
 
         async def locked() -> CommitResult:
-            return await self.db.write(self._commit_unit, did, writes, encoded, swap_commit, key)
+            built = self._build_inline(did, writes, encoded, swap_commit, key)
+            try:
+                result = await self.db.write(
+                    self._commit_unit, did, writes, encoded, swap_commit, key, built
+                )
+            except BaseException:
+                self._heads.pop(did, None)  # the next unit will read the truth
+                raise
+            # Still under the lock: the next writer of this DID starts here.
+            self._remember(result)
+            return result
 
         result = await self.locks.run(did, locked)
         self.notify(result.events)
         return result
+
+    def _remember(self, result: CommitResult) -> None:
+        self._heads[result.did] = (result.cid, result.data, result.rev)
+        self._heads.move_to_end(result.did)
+        if len(self._heads) > HEADS:
+            self._heads.popitem(last=False)
+
+    def _build_inline(
+        self,
+        did: str,
+        writes: list[Write],
+        encoded: list[tuple[CID, bytes] | None],
+        swap_commit: CID | None,
+        key: crypto.Keypair,
+    ) -> "_Built | None":
+        """The commit built from memory alone, or None if the unit must build it."""
+        head = self._heads.get(did)
+        if head is None or len(writes) > INLINE_WRITES:
+            return None
+        base, base_data, base_rev = head
+        try:
+            return _build(
+                _NO_BLOCKS, did, writes, encoded, swap_commit, key, base, base_data, base_rev,
+                self.revs,
+            )
+        except (MissingBlock, XRPCError):
+            # A node not in memory, or an error only the stored rows can
+            # confirm (the head may be out of date).
+            return None
 
     def _commit_unit(
         self,
@@ -210,63 +272,130 @@ class RepoTransactor:
         encoded: list[tuple[CID, bytes] | None],
         swap_commit: CID | None,
         key: crypto.Keypair,
+        built: "_Built | None" = None,
     ) -> CommitResult:
         root = storage.read_root(conn, did)
         if root is None:
             raise RepoNotFound(f"Could not find repo: {did}")
-        prev_commit_cid, prev_rev = root
-        if swap_commit is not None and swap_commit != prev_commit_cid:
-            raise InvalidSwap(f"Commit was at {prev_commit_cid.encode()}")
-        source = storage.SQLBlocks(conn, did)
-        prev_data = parse_commit(source.get_block(prev_commit_cid)).data
+        base, base_rev = root
+        if built is None or built.base != base:
+            source = storage.SQLBlocks(conn, did)
+            base_data = parse_commit(source.get_block(base)).data
+            built = _build(
+                source, did, writes, encoded, swap_commit, key, base, base_data, base_rev, self.revs
+            )
+        return _store(conn, built)
 
-        ops = _resolve_ops(conn, did, writes, encoded)
-        diff = apply_ops(source, prev_data, [(op.action, op.path, op.cid) for op in ops])
-        rev = self.revs.next_after(prev_rev)
-        commit_cid, commit_block = sign_commit(did, diff.root, rev, key).to_block()
-        now = now_iso()
 
-        record_blocks = {e[0]: e[1] for e in encoded if e is not None}
-        new_blocks = {commit_cid: commit_block, **record_blocks, **diff.new_blocks}
-        # The event carries the new blocks plus the proof nodes a relay needs to
-        # verify (and invert) the ops; a dict keeps each block once.
-        car = encode_car(commit_cid, {**new_blocks, **diff.proof_blocks}.items())
-        if len(car) > events.MAX_COMMIT_BLOCKS_BYTES:
-            raise InvalidRequest("Commit is too large for the firehose; write fewer records at once")
+class _NoBlocks:
+    """A block source with nothing in it: the tree may use only cached nodes."""
 
-        storage.put_blocks(conn, did, rev, new_blocks.items())
-        for op in ops:
-            if op.action == "delete":
-                storage.delete_record(conn, did, op.collection, op.rkey)
-            else:
-                storage.put_record(conn, did, op.collection, op.rkey, op.cid, rev, now)
-        storage.delete_record_blocks(conn, did, [op.prev for op in ops if op.prev is not None])
-        storage.delete_blocks(conn, did, [*diff.removed, prev_commit_cid])
-        storage.write_root(conn, did, commit_cid, rev, now)
+    def get_block(self, cid: CID) -> bytes:
+        raise MissingBlock(cid)
 
-        appended = [events.append_event(conn, did, "#commit", {
-            "repo": did,
-            "commit": commit_cid,
-            "rev": rev,
-            "since": prev_rev,
-            "blocks": car,
-            "ops": [_op_json(op) for op in ops],
-            "blobs": [],
-            "prevData": prev_data,
-            "rebase": False,
-            "tooBig": False,
-            "time": now,
-        }, now)]
-        return CommitResult(did, commit_cid, rev, ops, appended)
+
+_NO_BLOCKS = _NoBlocks()
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A signed commit on top of ``base``, with everything needed to store it."""
+
+    did: str
+    base: CID
+    base_data: CID
+    base_rev: str
+    ops: list[AppliedOp]
+    commit_cid: CID
+    data: CID
+    rev: str
+    now: str
+    new_blocks: dict[CID, bytes]
+    #: Node blocks no longer reachable, and the old commit.
+    removed: list[CID]
+    #: The firehose event's blocks.
+    car: bytes
+
+
+def _build(
+    source: Any,
+    did: str,
+    writes: list[Write],
+    encoded: list[tuple[CID, bytes] | None],
+    swap_commit: CID | None,
+    key: crypto.Keypair,
+    base: CID,
+    base_data: CID,
+    base_rev: str,
+    revs: TIDClock,
+) -> _Built:
+    """Apply ``writes`` to the repo whose head is ``base``; sign the result."""
+    if swap_commit is not None and swap_commit != base:
+        raise InvalidSwap(f"Commit was at {base.encode()}")
+    ops = _resolve_ops(MST.load(source, base_data), writes, encoded)
+    try:
+        diff = apply_ops(source, base_data, [(op.action, op.path, op.cid) for op in ops])
+    except KeyExists as e:
+        raise InvalidRequest(f"Record already exists: {e.args[0]}") from None
+    rev = revs.next_after(base_rev)
+    commit_cid, commit_block = sign_commit(did, diff.root, rev, key).to_block()
+    record_blocks = {e[0]: e[1] for e in encoded if e is not None}
+    new_blocks = {commit_cid: commit_block, **record_blocks, **diff.new_blocks}
+    # The event carries the new blocks plus the proof nodes a relay needs to
+    # verify (and invert) the ops; a dict keeps each block once.
+    car = encode_car(commit_cid, {**new_blocks, **diff.proof_blocks}.items())
+    if len(car) > events.MAX_COMMIT_BLOCKS_BYTES:
+        raise InvalidRequest("Commit is too large for the firehose; write fewer records at once")
+    return _Built(
+        did, base, base_data, base_rev, ops, commit_cid, diff.root, rev, now_iso(), new_blocks,
+        [*diff.removed, base], car,
+    )
+
+
+def _store(conn: Any, built: _Built) -> CommitResult:
+    """Write a built commit's rows and its firehose event."""
+    did, rev, now = built.did, built.rev, built.now
+    storage.put_blocks(conn, did, rev, built.new_blocks.items())
+    for op in built.ops:
+        if op.action == "delete":
+            storage.delete_record(conn, did, op.collection, op.rkey)
+        else:
+            storage.put_record(conn, did, op.collection, op.rkey, op.cid, rev, now)
+    replaced = [op.prev for op in built.ops if op.prev is not None]
+    if replaced:
+        storage.delete_record_blocks(conn, did, replaced)
+    storage.delete_blocks(conn, did, built.removed)
+    storage.write_root(conn, did, built.commit_cid, rev, now)
+    appended = [events.append_event(conn, did, "#commit", {
+        "repo": did,
+        "commit": built.commit_cid,
+        "rev": rev,
+        "since": built.base_rev,
+        "blocks": built.car,
+        "ops": [_op_json(op) for op in built.ops],
+        "blobs": [],
+        "prevData": built.base_data,
+        "rebase": False,
+        "tooBig": False,
+        "time": now,
+    }, now)]
+    return CommitResult(did, built.commit_cid, rev, built.ops, appended, built.data)
 
 
 def _resolve_ops(
-    conn: Any, did: str, writes: list[Write], encoded: list[tuple[CID, bytes] | None]
+    tree: MST, writes: list[Write], encoded: list[tuple[CID, bytes] | None]
 ) -> list[AppliedOp]:
-    """Check each write against the current records; turn it into an MST op."""
+    """Check each write against the current tree; turn it into an MST op."""
+    if all(w.action == "create" and w.swap_record is UNSET for w in writes):
+        # The commonest commit needs no look-up: adding the keys to the tree
+        # meets the first that exists already (KeyExists), in write order.
+        return [
+            AppliedOp("create", w.collection, w.rkey, block[0], None)
+            for w, block in zip(writes, encoded)
+        ]
     ops: list[AppliedOp] = []
     for write, block in zip(writes, encoded):
-        existing = storage.record_cid(conn, did, write.collection, write.rkey)
+        existing = tree.get(write.path)
         if write.swap_record is not UNSET and write.swap_record != existing:
             found = existing.encode() if existing is not None else "null"
             raise InvalidSwap(f"Record was at {found}")
@@ -287,4 +416,3 @@ def _op_json(op: AppliedOp) -> dict[str, Any]:
     if op.prev is not None:
         out["prev"] = op.prev
     return out
-
