@@ -1,12 +1,20 @@
 """The long-lived parts of a running leafpds, handed to every handler."""
 
 from dataclasses import dataclass, field
-
-from twisted.internet.interfaces import IReactorTime
+from typing import TYPE_CHECKING, Any
 
 from leafpds.config import Settings
 from leafpds.db.pool import Database
 from leafpds.lexicon import Lexicons
+
+if TYPE_CHECKING:
+    from leafpds.accounts.accounts import Accounts
+    from leafpds.accounts.keys import AccountKeys
+    from leafpds.accounts.sessions import TokenIssuer
+    from leafpds.identity.handles import HandleResolver
+    from leafpds.identity.plc import PLCClient
+    from leafpds.repo.transactor import RepoTransactor
+    from leafpds.xrpc.ratelimit import RateLimiter
 
 
 @dataclass
@@ -14,8 +22,16 @@ class AppContext:
     settings: Settings
     db: Database
     lexicons: Lexicons
-    reactor: IReactorTime
-    master_secret: bytes = field(repr=False)
-    # Known once the listening port is bound (the default public URL for
-    # localhost includes the port).
+    reactor: Any
+    keys: "AccountKeys"
+    tokens: "TokenIssuer"
+    transactor: "RepoTransactor"
+    plc: "PLCClient"
+    handle_resolver: "HandleResolver"
+    request_limits: "RateLimiter"
+    write_limits: "RateLimiter"
+    login_limits: "RateLimiter"
+    # Set once the services are built and the port is bound (the default
+    # public URL for localhost includes the port).
+    accounts: "Accounts" = field(init=False)
     public_url: str = ""

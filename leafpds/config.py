@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 # name -> (default, help).  The option is --name; the variable LEAFPDS_NAME.
@@ -29,6 +30,10 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "PLC directory URL, e.g. https://plc.directory "
         "[default: the embedded PLC directory].",
     ),
+    "plc-listen": (
+        "tcp:2582:interface=127.0.0.1",
+        "Endpoint of the embedded PLC directory (used when --plc-url is not given).",
+    ),
     "handle-domain": (".test", "Domain under which new accounts get handles."),
     "admin-password": (None, "Password for admin (Basic auth) methods [default: none, admin off]."),
     "master-secret-file": (
@@ -37,26 +42,53 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "[default: <data-dir>/master.key, created 0600 on first run].",
     ),
     "max-json-body": ("1048576", "Largest JSON request body accepted, in bytes."),
+    "rate-limit-requests": (
+        "3000/300",
+        "Requests allowed per client IP, as points/seconds.",
+    ),
+    "rate-limit-writes": (
+        "5000/3600,35000/86400",
+        "Repo write points per account (create 3, update 2, delete 1), as "
+        "comma-separated points/seconds windows.",
+    ),
+    "rate-limit-logins": (
+        "30/300,300/86400",
+        "Sign-in attempts per identifier, as comma-separated points/seconds windows.",
+    ),
     "contact-email": (None, "Contact address shown by describeServer."),
     "privacy-policy-url": (None, "Privacy policy link shown by describeServer."),
     "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
 }
 
+# name -> help.  On/off switches: --name, or LEAFPDS_NAME=true/1/yes.
+FLAGS: dict[str, str] = {
+    "invite-required": "Require an invite code to create an account.",
+    "no-rate-limits": "Turn rate limiting off (benchmarks, trusted setups).",
+}
+
 ENV_PREFIX = "LEAFPDS_"
+_TRUE = {"1", "true", "yes", "on"}
 
 
 def env_name(option: str) -> str:
     return ENV_PREFIX + option.upper().replace("-", "_")
 
 
-def resolve(given: Mapping[str, str | None], environ: Mapping[str, str]) -> dict[str, str | None]:
-    """Merge command-line values (None when not given), environment and defaults."""
-    merged: dict[str, str | None] = {}
+def resolve(given: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """
+    Merge command-line values (None, or a false flag, when not given),
+    environment and defaults.
+    """
+    merged: dict[str, Any] = {}
     for name, (default, _help) in OPTIONS.items():
         value = given.get(name)
         if value is None:
             value = environ.get(env_name(name), default)
         merged[name] = value
+    for name in FLAGS:
+        merged[name] = bool(given.get(name)) or (
+            environ.get(env_name(name), "").strip().lower() in _TRUE
+        )
     return merged
 
 
@@ -71,6 +103,7 @@ class Settings:
     data_dir: Path
     public_url: str | None
     plc_url: str | None
+    plc_listen: str
     handle_domain: str
     admin_password: str | None = field(repr=False)
     master_secret_file: Path
@@ -78,9 +111,14 @@ class Settings:
     contact_email: str | None = None
     privacy_policy_url: str | None = None
     terms_of_service_url: str | None = None
+    invite_required: bool = False
+    rate_limit_requests: str = "3000/300"
+    rate_limit_writes: str = "5000/3600,35000/86400"
+    rate_limit_logins: str = "30/300,300/86400"
+    rate_limits: bool = True
 
     @classmethod
-    def from_options(cls, values: Mapping[str, str | None]) -> "Settings":
+    def from_options(cls, values: Mapping[str, Any]) -> "Settings":
         data_dir = Path(values["data-dir"] or ".").expanduser()
         domain = (values["handle-domain"] or "").lower()
         if not domain.startswith("."):
@@ -97,6 +135,7 @@ class Settings:
             data_dir=data_dir,
             public_url=public_url.rstrip("/") if public_url else None,
             plc_url=(values["plc-url"] or "").rstrip("/") or None,
+            plc_listen=values["plc-listen"] or "",
             handle_domain=domain,
             admin_password=values["admin-password"] or None,
             master_secret_file=Path(secret_file) if secret_file else data_dir / "master.key",
@@ -104,6 +143,11 @@ class Settings:
             contact_email=values["contact-email"],
             privacy_policy_url=values["privacy-policy-url"],
             terms_of_service_url=values["terms-of-service-url"],
+            invite_required=values["invite-required"],
+            rate_limit_requests=values["rate-limit-requests"],
+            rate_limit_writes=values["rate-limit-writes"],
+            rate_limit_logins=values["rate-limit-logins"],
+            rate_limits=not values["no-rate-limits"],
         )
 
     @property

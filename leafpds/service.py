@@ -4,17 +4,26 @@ the HTTP site on the configured endpoint, as one Twisted service.
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 import leafpds
+from leafpds.accounts.accounts import Accounts
+from leafpds.accounts.keys import AccountKeys, open_vault, server_key
+from leafpds.accounts.sessions import TokenIssuer, revoked_sessions
 from leafpds.app import AppContext
-from leafpds.config import Settings, load_master_secret
-from leafpds.db.pool import Database
+from leafpds.config import ConfigError, Settings, load_master_secret
+from leafpds.db.pool import Database, connect
+from leafpds.identity.handles import HandleResolver
+from leafpds.identity.plc import PLCClient
+from leafpds.identity.plc_server import make_plc_service
+from leafpds.repo.transactor import RepoTransactor
+from leafpds.xrpc.ratelimit import Limit, RateLimiter
 from leafpds.lexicon import Lexicons
 from leafpds.xrpc.resource import XRPCServer
 from leafpds.xrpc.site import XRPCSite
@@ -22,22 +31,64 @@ from leafpds.xrpc.site import XRPCSite
 log = Logger()
 
 
-def open_app(settings: Settings, environ: Mapping[str, str], reactor) -> AppContext:
+def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> AppContext:
     """
     Prepare everything that can fail before serving: the data folder, the
-    master secret, the schema.  Raises (and so stops ``twistd``) on any of it.
+    master secret (a wrong one stops start-up here), the schema, the keys.
+    Raises (and so stops ``twistd``) on any of it.
     """
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     master_secret = load_master_secret(settings.master_secret_file, environ)
     db = Database(settings.data_dir / "leafpds.sqlite")
     db.migrate()
-    return AppContext(
+    conn = connect(db.path)
+    try:
+        vault = open_vault(conn, master_secret)
+        rotation_key = server_key(conn, vault, "plc-rotation")
+        still_revoked = revoked_sessions(conn, reactor.seconds())
+    finally:
+        conn.close()
+    keys = AccountKeys(db, vault)
+    tokens = TokenIssuer(vault.subkey("jwt"), settings.service_did, reactor.seconds)
+    tokens.revoke(still_revoked)
+    transactor = RepoTransactor(db, keys)
+    app = AppContext(
         settings=settings,
         db=db,
         lexicons=Lexicons.load_default(),
         reactor=reactor,
-        master_secret=master_secret,
+        keys=keys,
+        tokens=tokens,
+        transactor=transactor,
+        # The embedded directory's URL is known once it listens.
+        plc=PLCClient(settings.plc_url or "", reactor),
+        handle_resolver=HandleResolver(reactor),
+        request_limits=_limiter(settings, settings.rate_limit_requests, reactor),
+        write_limits=_limiter(settings, settings.rate_limit_writes, reactor),
+        login_limits=_limiter(settings, settings.rate_limit_logins, reactor),
     )
+    app.accounts = Accounts(
+        db,
+        keys,
+        tokens,
+        transactor,
+        app.plc,
+        rotation_key,
+        [settings.handle_domain],
+        public_url=lambda: app.public_url,
+        now=reactor.seconds,
+    )
+    return app
+
+
+def _limiter(settings: Settings, spec: str, reactor: Any) -> RateLimiter:
+    if not settings.rate_limits:
+        return RateLimiter([], reactor.seconds)
+    try:
+        limits = [Limit.parse(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"invalid rate limit: {spec!r} (expected points/seconds)") from None
+    return RateLimiter(limits, reactor.seconds)
 
 
 class LeafPDSService(MultiService):
@@ -53,10 +104,29 @@ class LeafPDSService(MultiService):
 
     def startService(self) -> None:
         self.app.db.start()
+        settings = self.app.settings
+        plc_ready: Deferred = succeed(None)
+        if not settings.plc_url:
+            plc = make_plc_service(settings.plc_listen, settings.data_dir / "plc", self.app.reactor)
+            plc.setServiceParent(self)
+            plc_ready = plc.listening.addCallback(self._embedded_plc_listening)
+        else:
+            log.info("Using the PLC directory at {url}", url=settings.plc_url)
         super().startService()
-        endpoint = serverFromString(self.app.reactor, self.app.settings.listen)
-        self.listening = endpoint.listen(self.site)
-        self.listening.addCallbacks(self._listening, self._cannot_listen)
+        endpoint = serverFromString(self.app.reactor, settings.listen)
+        site_ready = endpoint.listen(self.site).addCallback(self._listening)
+        self.listening = gatherResults([site_ready, plc_ready], consumeErrors=True).addCallbacks(
+            lambda results: results[0], self._cannot_listen
+        )
+
+    def _embedded_plc_listening(self, port: IListeningPort) -> IListeningPort:
+        self.app.plc.base_url = f"http://127.0.0.1:{port.getHost().port}"
+        log.info(
+            "Using the embedded PLC directory at {url} (development only: its DIDs are "
+            "not visible to the network; pass --plc-url https://plc.directory in production)",
+            url=self.app.plc.base_url,
+        )
+        return port
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.port = port
@@ -72,7 +142,7 @@ class LeafPDSService(MultiService):
         return port
 
     def _cannot_listen(self, failure):
-        log.failure("Cannot listen on {listen}", failure, listen=self.app.settings.listen)
+        log.failure("Cannot listen", failure)
         if self.app.reactor.running:
             self.app.reactor.stop()
         return failure

@@ -5,7 +5,7 @@ import os
 from twisted.application.service import IService
 from twisted.python import usage
 
-from leafpds.config import OPTIONS, ConfigError, Settings, env_name, resolve
+from leafpds.config import FLAGS, OPTIONS, ConfigError, Settings, env_name, resolve
 from leafpds.service import LeafPDSService, open_app
 
 
@@ -29,8 +29,11 @@ class Options(usage.Options):
         for name, (default, text) in OPTIONS.items()
     ]
 
+    optFlags = [[name, None, f"{text} (env {env_name(name)}=true)"] for name, text in FLAGS.items()]
+
     def postOptions(self) -> None:
-        values = resolve({name: self[name] for name in OPTIONS}, os.environ)
+        given = {name: self[name] for name in [*OPTIONS, *FLAGS]}
+        values = resolve(given, os.environ)
         try:
             self.settings = Settings.from_options(values)
         except ConfigError as e:

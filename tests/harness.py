@@ -15,8 +15,12 @@ from leafpds.config import Settings, resolve
 from leafpds.service import LeafPDSService, open_app
 
 
-def make_settings(data_dir: Path, **overrides: str) -> Settings:
-    given = {"listen": "tcp:0:interface=127.0.0.1", "data-dir": str(data_dir)}
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    given = {
+        "listen": "tcp:0:interface=127.0.0.1",
+        "plc-listen": "tcp:0:interface=127.0.0.1",
+        "data-dir": str(data_dir),
+    }
     given.update({name.replace("_", "-"): value for name, value in overrides.items()})
     return Settings.from_options(resolve(given, {}))
 

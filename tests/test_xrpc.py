@@ -30,12 +30,15 @@ async def test_health_503_when_database_unreadable(pds, tmp_path):
     broken = tmp_path / "broken.sqlite"
     broken.write_bytes(b"this is not an SQLite database" * 200)
     working = pds.service.app.db
-    pds.service.app.db = Database(broken)
-    pds.service.app.db.start()
+    unreadable = Database(broken)
+    # Only its readers: the health check reads, and the writer would refuse
+    # to open such a file at all.
+    unreadable._readers.start()
+    pds.service.app.db = unreadable
     try:
         health = await pds.get("_health")
     finally:
-        pds.service.app.db.close()
+        unreadable._readers.close()
         pds.service.app.db = working
     assert health.code == 503
     assert health.json()["version"] == leafpds.__version__

@@ -8,6 +8,13 @@ An access JWT (HS256 with a key derived from the master secret; ``typ``
 ``scope`` ``com.atproto.refresh``, ``jti`` stored server-side; ~90 days).
 Refreshing rotates the refresh token: the old one keeps answering (with the
 same successor) for a short grace period, then stops.
+
+A session (one login) is a chain of refresh tokens sharing a session id,
+which its access tokens carry as ``sid``.  Ending a session early
+(``deleteSession``, revoking an app password) deletes its refresh tokens and
+lists its id as revoked until its last access token would have expired, so
+those access tokens are refused at once; the list is kept in memory (checked
+on every request without a database hop) and in the database (for restarts).
 """
 
 import secrets
@@ -34,6 +41,7 @@ REFRESH_GRACE = 2 * 60 * 60
 class AccessCredentials:
     did: str
     scope: str
+    session_id: str
 
     @property
     def is_app_password(self) -> bool:
@@ -48,6 +56,7 @@ class AccessCredentials:
 class RefreshCredentials:
     did: str
     token_id: str
+    session_id: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,8 @@ class TokenIssuer:
         self._secret = secret
         self.service_did = service_did
         self.now = now  # a callable returning seconds (reactor.seconds)
+        # session id -> when its last access token expires
+        self.revoked: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<TokenIssuer {self.service_did}>"
@@ -70,25 +81,51 @@ class TokenIssuer:
     def _encode(self, claims: dict[str, Any], typ: str) -> str:
         return jwt.encode(claims, self._secret, algorithm="HS256", headers={"typ": typ})
 
-    def access_token(self, did: str, scope: str = ACCESS) -> str:
+    def access_token(self, did: str, session_id: str, scope: str = ACCESS) -> str:
         now = int(self.now())
         return self._encode(
-            {"scope": scope, "sub": did, "aud": self.service_did, "iat": now, "exp": now + ACCESS_LIFETIME},
+            {
+                "scope": scope,
+                "sub": did,
+                "aud": self.service_did,
+                "sid": session_id,
+                "iat": now,
+                "exp": now + ACCESS_LIFETIME,
+            },
             "at+jwt",
         )
 
-    def refresh_token(self, did: str, token_id: str, expires_at: int) -> str:
+    def refresh_token(self, did: str, token_id: str, session_id: str, expires_at: int) -> str:
         return self._encode(
             {
                 "scope": REFRESH,
                 "sub": did,
                 "aud": self.service_did,
                 "jti": token_id,
+                "sid": session_id,
                 "iat": int(self.now()),
                 "exp": expires_at,
             },
             "refresh+jwt",
         )
+
+    def pair(self, did: str, session: "Session") -> TokenPair:
+        return TokenPair(
+            self.access_token(did, session.session_id, session.scope),
+            self.refresh_token(did, session.token_id, session.session_id, session.expires_at),
+        )
+
+    def revoke(self, session_ids: list[str]) -> None:
+        """Refuse these sessions' access tokens from now on (call after the revocation commits)."""
+        until = self.now() + ACCESS_LIFETIME
+        for session_id in session_ids:
+            self.revoked[session_id] = until
+        self._forget_expired()
+
+    def _forget_expired(self) -> None:
+        now = self.now()
+        for session_id in [s for s, until in self.revoked.items() if until <= now]:
+            del self.revoked[session_id]
 
     def _decode(self, token: str, typ: str) -> dict[str, Any]:
         try:
@@ -112,72 +149,116 @@ class TokenIssuer:
 
     def verify_access(self, token: str) -> AccessCredentials:
         claims = self._decode(token, "at+jwt")
-        if claims.get("scope") not in ACCESS_SCOPES:
+        if claims.get("scope") not in ACCESS_SCOPES or not isinstance(claims.get("sid"), str):
             raise InvalidToken("Bad token scope")
         self._check_expiry(claims)
-        return AccessCredentials(claims["sub"], claims["scope"])
+        if claims["sid"] in self.revoked:
+            raise ExpiredToken("Token has been revoked")
+        return AccessCredentials(claims["sub"], claims["scope"], claims["sid"])
 
     def verify_refresh(self, token: str) -> RefreshCredentials:
         claims = self._decode(token, "refresh+jwt")
-        if claims.get("scope") != REFRESH or not isinstance(claims.get("jti"), str):
+        if claims.get("scope") != REFRESH or not all(
+            isinstance(claims.get(name), str) for name in ("jti", "sid")
+        ):
             raise InvalidToken("Bad token scope")
         self._check_expiry(claims)
-        return RefreshCredentials(claims["sub"], claims["jti"])
+        return RefreshCredentials(claims["sub"], claims["jti"], claims["sid"])
 
 
 def new_token_id() -> str:
     return secrets.token_urlsafe(24)
 
 
-def store_refresh_unit(
-    conn: Any, did: str, token_id: str, expires_at: int, app_password_name: str | None
-) -> None:
+@dataclass(frozen=True)
+class Session:
+    """A stored refresh token: what a token pair is made from."""
+
+    session_id: str
+    token_id: str
+    app_password_name: str | None
+    privileged: bool
+    expires_at: int
+
+    @property
+    def scope(self) -> str:
+        if self.app_password_name is None:
+            return ACCESS
+        return APP_PASS_PRIVILEGED if self.privileged else APP_PASS
+
+
+def start_session_unit(
+    conn: Any, did: str, now: float, app_password_name: str | None = None, privileged: bool = False
+) -> Session:
+    """Store the first refresh token of a new session."""
+    session = Session(
+        new_token_id(), new_token_id(), app_password_name, privileged, int(now) + REFRESH_LIFETIME
+    )
+    _store(conn, did, session)
+    return session
+
+
+def _store(conn: Any, did: str, session: Session) -> None:
     conn.execute(
-        "INSERT INTO refresh_tokens (id, did, app_password_name, expires_at, next_id)"
-        " VALUES (?, ?, ?, ?, NULL)",
-        (token_id, did, app_password_name, iso_from_epoch(expires_at)),
+        "INSERT INTO refresh_tokens (id, session_id, did, app_password_name, expires_at, next_id)"
+        " VALUES (?, ?, ?, ?, ?, NULL)",
+        (session.token_id, session.session_id, did, session.app_password_name,
+         iso_from_epoch(session.expires_at)),
     )
 
 
-def rotate_refresh_unit(
-    conn: Any, did: str, token_id: str, now: float, successor_id: str
-) -> tuple[str, str | None, int]:
+def rotate_session_unit(conn: Any, credentials: RefreshCredentials, now: float) -> Session:
     """
-    Rotate ``token_id``: returns (the successor's id, its app password name,
-    its expiry).  Within the grace period after a rotation the old token gets
-    the same successor again, so a client that lost the answer can retry.
+    Rotate a refresh token.  Within the grace period after a rotation the old
+    token gets the same successor again, so a client that lost the answer can
+    retry; after it, or once revoked, the old token is refused.
     """
     row = conn.execute(
-        "SELECT app_password_name, expires_at, next_id FROM refresh_tokens WHERE id = ? AND did = ?",
-        (token_id, did),
+        "SELECT t.session_id, t.app_password_name, t.expires_at, t.next_id, p.privileged"
+        " FROM refresh_tokens t LEFT JOIN app_passwords p"
+        " ON p.did = t.did AND p.name = t.app_password_name"
+        " WHERE t.id = ? AND t.did = ?",
+        (credentials.token_id, credentials.did),
     ).fetchone()
-    if row is None or row[1] <= iso_from_epoch(now):
+    if row is None or row[2] <= iso_from_epoch(now):
         raise ExpiredToken("Token has been revoked")
-    app_password_name, expires_at, next_id = row
-    expiry = int(now) + REFRESH_LIFETIME
-    if next_id is not None:
-        successor = conn.execute(
-            "SELECT expires_at FROM refresh_tokens WHERE id = ?", (next_id,)
-        ).fetchone()
-        if successor is not None:
-            return next_id, app_password_name, expiry
-    grace_end = min(expires_at, iso_from_epoch(now + REFRESH_GRACE))
-    conn.execute(
-        "UPDATE refresh_tokens SET next_id = ?, expires_at = ? WHERE id = ?",
-        (successor_id, grace_end, token_id),
+    session_id, app_password_name, expires_at, next_id, privileged = row
+    if next_id is not None and not conn.execute(
+        "SELECT 1 FROM refresh_tokens WHERE id = ?", (next_id,)
+    ).fetchone():
+        raise ExpiredToken("Token has been revoked")
+    successor = Session(
+        session_id, next_id or new_token_id(), app_password_name, bool(privileged),
+        int(now) + REFRESH_LIFETIME,
     )
-    store_refresh_unit(conn, did, successor_id, expiry, app_password_name)
-    return successor_id, app_password_name, expiry
+    if next_id is None:
+        grace_end = min(expires_at, iso_from_epoch(now + REFRESH_GRACE))
+        conn.execute(
+            "UPDATE refresh_tokens SET next_id = ?, expires_at = ? WHERE id = ?",
+            (successor.token_id, grace_end, credentials.token_id),
+        )
+        _store(conn, credentials.did, successor)
+    return successor
 
 
-def revoke_refresh_unit(conn: Any, did: str, token_id: str) -> None:
-    """Revoke a refresh token and every token in its rotation chain."""
-    ids = [token_id]
-    while ids:
-        current = ids.pop()
-        row = conn.execute("SELECT next_id FROM refresh_tokens WHERE id = ? AND did = ?", (current, did)).fetchone()
-        if row is None:
-            continue
-        conn.execute("DELETE FROM refresh_tokens WHERE id = ?", (current,))
-        if row[0] is not None:
-            ids.append(row[0])
+def end_sessions_unit(conn: Any, did: str, session_ids: list[str], now: float) -> None:
+    """Delete the sessions' refresh tokens and list them as revoked."""
+    until = iso_from_epoch(now + ACCESS_LIFETIME)
+    for session_id in session_ids:
+        conn.execute("DELETE FROM refresh_tokens WHERE session_id = ? AND did = ?", (session_id, did))
+        conn.execute(
+            "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (session_id) DO UPDATE SET expires_at = excluded.expires_at",
+            (session_id, until),
+        )
+    conn.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (iso_from_epoch(now),))
+
+
+def revoked_sessions(conn: Any, now: float) -> list[str]:
+    """The sessions still revoked at ``now`` (loaded at start-up)."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT session_id FROM revoked_sessions WHERE expires_at > ?", (iso_from_epoch(now),)
+        )
+    ]

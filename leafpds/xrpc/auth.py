@@ -9,6 +9,7 @@ import base64
 import hmac
 from dataclasses import dataclass
 
+from leafpds.accounts.sessions import AccessCredentials, RefreshCredentials
 from leafpds.errors import AuthenticationRequired, AuthMissing, InvalidToken
 from leafpds.xrpc.registry import XRPCContext
 
@@ -48,3 +49,38 @@ async def admin(ctx: XRPCContext) -> AdminCredentials:
     if not (expected and ok):
         raise AuthenticationRequired("Invalid admin credentials")
     return AdminCredentials()
+
+
+def _bearer(ctx: XRPCContext) -> str:
+    found = authorization(ctx)
+    if found is None:
+        raise AuthMissing("Authentication Required")
+    scheme, value = found
+    if scheme != "bearer" or not value:
+        raise InvalidToken("Unexpected authorization type")
+    return value
+
+
+async def access(ctx: XRPCContext) -> AccessCredentials:
+    """A valid access token: a full session or any app password."""
+    return ctx.app.tokens.verify_access(_bearer(ctx))
+
+
+async def access_privileged(ctx: XRPCContext) -> AccessCredentials:
+    """A full session or a privileged app password."""
+    credentials = await access(ctx)
+    if not credentials.privileged:
+        raise InvalidToken("Bad token scope")
+    return credentials
+
+
+async def access_full(ctx: XRPCContext) -> AccessCredentials:
+    """A full session only: managing app passwords needs the account's own password."""
+    credentials = await access(ctx)
+    if credentials.is_app_password:
+        raise InvalidToken("Bad token scope")
+    return credentials
+
+
+async def refresh(ctx: XRPCContext) -> RefreshCredentials:
+    return ctx.app.tokens.verify_refresh(_bearer(ctx))

@@ -45,6 +45,18 @@ class XRPCResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class XRPCStream:
+    """
+    A streamed answer: ``produce(write)`` calls ``write(chunk)`` for each
+    chunk (from the reactor thread); ``write`` returns a Deferred while the
+    client is not keeping up, and the producer waits on it.
+    """
+
+    content_type: str
+    produce: Callable[[Callable[[bytes], Any]], Awaitable[None]]
+
+
 Handler = Callable[[XRPCContext], Awaitable[Any]]
 # An auth verifier inspects the request and returns the caller's credentials,
 # or raises an XRPCError (AuthMissing, InvalidToken, ...).

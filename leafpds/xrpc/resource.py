@@ -7,11 +7,15 @@ import json
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
+from zope.interface import implementer
 
 import leafpds
 from leafpds import syntax
@@ -25,10 +29,10 @@ from leafpds.errors import (
 )
 from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
-from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, xrpc
+from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
 
 # Importing the namespace modules declares their methods on `xrpc`.
-from leafpds.xrpc import server as _server, sync as _sync  # noqa: F401
+from leafpds.xrpc import identity as _identity, repo as _repo, server as _server, sync as _sync  # noqa: F401
 
 log = Logger()
 
@@ -90,6 +94,17 @@ class XRPCServer:
         request.setHeader("content-type", "text/plain; charset=utf-8")
         return ROBOTS.encode("utf-8")
 
+    @app.route("/.well-known/atproto-did", methods=["GET", "HEAD"])
+    async def atproto_did(self, request: IRequest) -> bytes:
+        """The DID of the account whose handle is this request's host name."""
+        request.setHeader("content-type", "text/plain; charset=utf-8")
+        host = (request.getHeader("host") or "").rsplit(":", 1)[0].strip().lower()
+        did = await self.ctx.accounts.did_for_handle(host) if host else None
+        if did is None:
+            request.setResponseCode(404)
+            return b"User not found"
+        return did.encode("utf-8")
+
     @app.route("/xrpc/_health", methods=["GET", "HEAD"])
     async def health(self, request: IRequest) -> bytes:
         request.setHeader("content-type", JSON)
@@ -109,6 +124,7 @@ class XRPCServer:
     async def dispatch(self, request: IRequest, nsid: str) -> bytes:
         try:
             method = self._lookup(request, nsid)
+            self.ctx.request_limits.consume(_client_ip(request), 1, request)
             ctx = XRPCContext(request=request, app=self.ctx, nsid=nsid)
             if method.auth is not None:
                 ctx.auth = await method.auth(ctx)
@@ -116,6 +132,8 @@ class XRPCServer:
             if method.kind == "procedure" and not method.raw_input:
                 ctx.input = self._json_input(request, nsid)
             result = await method.handler(ctx)
+            if isinstance(result, XRPCStream):
+                return await _stream(request, result)
         except XRPCError as e:
             return write_error(request, e)
         except ValidationError as e:
@@ -177,6 +195,11 @@ class XRPCServer:
         return value
 
 
+def _client_ip(request: IRequest) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", "") or "unknown"
+
+
 def _probe(conn: Any) -> None:
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
@@ -189,6 +212,63 @@ def _query_args(request: IRequest) -> dict[str, list[str]]:
         }
     except UnicodeDecodeError:
         raise InvalidRequest("Query parameters must be UTF-8") from None
+
+
+@implementer(IPushProducer)
+class _PacedWriter:
+    """
+    Writes a streamed answer at the pace the client reads it: while the
+    transport's buffer is full, ``write`` returns a Deferred that fires when
+    it drains.
+    """
+
+    def __init__(self, request: IRequest) -> None:
+        self.request = request
+        self.started = False
+        self.stopped = False
+        self._paused: Deferred | None = None
+        request.registerProducer(self, True)
+
+    def write(self, data: bytes) -> Deferred | None:
+        if self.stopped:
+            raise ConnectionDone("the client went away")
+        self.started = True
+        self.request.write(data)
+        return self._paused
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    def done(self) -> None:
+        self.request.unregisterProducer()
+
+
+async def _stream(request: IRequest, stream: XRPCStream) -> bytes:
+    request.setHeader("content-type", stream.content_type)
+    writer = _PacedWriter(request)
+    try:
+        await stream.produce(writer.write)
+    except Exception as e:
+        if not writer.started:
+            writer.done()
+            raise
+        # Too late for an error answer: cut the response short so the client
+        # sees a truncated body, never a silently incomplete one.
+        if not writer.stopped:
+            log.failure("Streamed answer failed part-way", Failure(e))
+            request.channel.transport.abortConnection()
+    writer.done()
+    return b""
 
 
 def _render(request: IRequest, result: Any) -> bytes:

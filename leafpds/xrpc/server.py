@@ -3,8 +3,12 @@
 import secrets
 from typing import Any
 
+from leafpds.accounts.accounts import SignedIn
+from leafpds.errors import InvalidRequest, XRPCError
+from leafpds.accounts.sessions import ACCESS
+from leafpds.identity.plc import PLCError
 from leafpds.timestamps import now_iso
-from leafpds.xrpc.auth import admin
+from leafpds.xrpc.auth import access, access_full, access_privileged, admin, refresh
 from leafpds.xrpc.registry import XRPCContext, xrpc
 
 
@@ -20,7 +24,7 @@ async def describe_server(ctx: XRPCContext) -> dict[str, Any]:
     return {
         "did": settings.service_did,
         "availableUserDomains": [settings.handle_domain],
-        "inviteCodeRequired": False,
+        "inviteCodeRequired": settings.invite_required,
         "phoneVerificationRequired": False,
         "links": links,
         "contact": contact,
@@ -63,3 +67,105 @@ async def create_invite_codes(ctx: XRPCContext) -> dict[str, Any]:
     rows = [(code, uses, entry["account"]) for entry in result for code in entry["codes"]]
     await ctx.app.db.write(_store_invite_codes, rows, now_iso())
     return {"codes": result}
+
+
+async def _did_doc(ctx: XRPCContext, did: str) -> dict[str, Any] | None:
+    # The document is a convenience in these answers: a PLC outage must not
+    # stop anyone from logging in.
+    try:
+        return await ctx.app.plc.resolve(did)
+    except PLCError:
+        return None
+
+
+async def _session_answer(ctx: XRPCContext, signed_in: SignedIn) -> dict[str, Any]:
+    account = signed_in.account
+    answer: dict[str, Any] = {
+        "accessJwt": signed_in.tokens.access,
+        "refreshJwt": signed_in.tokens.refresh,
+        "handle": account.handle,
+        "did": account.did,
+        "active": account.active,
+    }
+    did_doc = signed_in.did_doc or await _did_doc(ctx, account.did)
+    if did_doc is not None:
+        answer["didDoc"] = did_doc
+    if account.email and signed_in.scope == ACCESS:
+        answer["email"] = account.email
+        answer["emailConfirmed"] = False
+    if not account.active:
+        answer["status"] = account.status
+    return answer
+
+
+@xrpc.procedure("com.atproto.server.createAccount")
+async def create_account(ctx: XRPCContext) -> dict[str, Any]:
+    body = ctx.input
+    if body.get("did"):
+        raise InvalidRequest("Importing an existing DID is not supported here")
+    if "email" not in body:
+        raise InvalidRequest("Email is required")
+    if "password" not in body:
+        raise XRPCError("Password is required", name="InvalidPassword")
+    signed_in = await ctx.app.accounts.create(
+        body["handle"],
+        body["email"],
+        body["password"],
+        body.get("inviteCode"),
+        invite_required=ctx.app.settings.invite_required,
+    )
+    answer = await _session_answer(ctx, signed_in)
+    return {k: answer[k] for k in ("accessJwt", "refreshJwt", "handle", "did", "didDoc")}
+
+
+@xrpc.procedure("com.atproto.server.createSession")
+async def create_session(ctx: XRPCContext) -> dict[str, Any]:
+    ctx.app.login_limits.consume(ctx.input["identifier"].strip().lower(), 1, ctx.request)
+    signed_in = await ctx.app.accounts.sign_in(ctx.input["identifier"], ctx.input["password"])
+    return await _session_answer(ctx, signed_in)
+
+
+@xrpc.procedure("com.atproto.server.refreshSession", auth=refresh)
+async def refresh_session(ctx: XRPCContext) -> dict[str, Any]:
+    signed_in = await ctx.app.accounts.refresh(ctx.auth)
+    answer = await _session_answer(ctx, signed_in)
+    answer.pop("email", None)
+    answer.pop("emailConfirmed", None)
+    return answer
+
+
+@xrpc.query("com.atproto.server.getSession", auth=access)
+async def get_session(ctx: XRPCContext) -> dict[str, Any]:
+    account = await ctx.app.accounts.get(ctx.auth.did)
+    answer: dict[str, Any] = {"handle": account.handle, "did": account.did, "active": account.active}
+    did_doc = await _did_doc(ctx, account.did)
+    if did_doc is not None:
+        answer["didDoc"] = did_doc
+    if account.email and ctx.auth.scope == ACCESS:
+        answer["email"] = account.email
+        answer["emailConfirmed"] = False
+    if not account.active:
+        answer["status"] = account.status
+    return answer
+
+
+@xrpc.procedure("com.atproto.server.deleteSession", auth=refresh)
+async def delete_session(ctx: XRPCContext) -> None:
+    await ctx.app.accounts.sign_out(ctx.auth)
+
+
+@xrpc.procedure("com.atproto.server.createAppPassword", auth=access_full)
+async def create_app_password(ctx: XRPCContext) -> dict[str, Any]:
+    return await ctx.app.accounts.create_app_password(
+        ctx.auth.did, ctx.input["name"], ctx.input.get("privileged", False)
+    )
+
+
+@xrpc.query("com.atproto.server.listAppPasswords", auth=access_privileged)
+async def list_app_passwords(ctx: XRPCContext) -> dict[str, Any]:
+    return {"passwords": await ctx.app.accounts.list_app_passwords(ctx.auth.did)}
+
+
+@xrpc.procedure("com.atproto.server.revokeAppPassword", auth=access_full)
+async def revoke_app_password(ctx: XRPCContext) -> None:
+    await ctx.app.accounts.revoke_app_password(ctx.auth.did, ctx.input["name"])

@@ -2,8 +2,13 @@
 
 from typing import Any
 
-from leafpds.ipld.cid import CID
-from leafpds.xrpc.registry import XRPCContext, xrpc
+from leafpds import syntax
+from leafpds.errors import InvalidRequest
+from leafpds.ipld.car import encode_car
+from leafpds.ipld.cid import CID, InvalidCID, parse_cid
+from leafpds.repo import reads
+from leafpds.repo.archive import export_repo
+from leafpds.xrpc.registry import XRPCContext, XRPCResponse, XRPCStream, xrpc
 
 
 def _list_repos(conn: Any, cursor: str | None, limit: int) -> list[tuple]:
@@ -29,3 +34,76 @@ async def list_repos(ctx: XRPCContext) -> dict[str, Any]:
     if len(rows) == limit:
         answer["cursor"] = rows[-1][0]
     return answer
+
+
+CAR = "application/vnd.ipld.car"
+
+
+def _did_param(value: str) -> str:
+    try:
+        syntax.validate_did(value)
+    except syntax.InvalidSyntax as e:
+        raise InvalidRequest(str(e)) from None
+    return value
+
+
+async def _export(ctx: XRPCContext, did: str, since: str | None) -> XRPCStream:
+    await ctx.app.db.read(reads.find_active_repo, did)  # errors before the first byte
+
+    async def produce(write) -> None:
+        await export_repo(ctx.app.db, ctx.app.reactor, did, write, since)
+
+    return XRPCStream(CAR, produce)
+
+
+@xrpc.query("com.atproto.sync.getRepo")
+async def get_repo(ctx: XRPCContext) -> XRPCStream:
+    since = ctx.params.get("since")
+    return await _export(ctx, _did_param(ctx.params["did"]), since)
+
+
+@xrpc.query("com.atproto.sync.getCheckout")
+async def get_checkout(ctx: XRPCContext) -> XRPCStream:
+    return await _export(ctx, _did_param(ctx.params["did"]), None)
+
+
+@xrpc.query("com.atproto.sync.getLatestCommit")
+async def get_latest_commit(ctx: XRPCContext) -> dict[str, Any]:
+    repo = await ctx.app.db.read(reads.find_active_repo, _did_param(ctx.params["did"]))
+    return {"cid": repo.commit_cid.encode(), "rev": repo.rev}
+
+
+@xrpc.query("com.atproto.sync.getHead")
+async def get_head(ctx: XRPCContext) -> dict[str, Any]:
+    repo = await ctx.app.db.read(reads.find_active_repo, _did_param(ctx.params["did"]))
+    return {"root": repo.commit_cid.encode()}
+
+
+@xrpc.query("com.atproto.sync.getRepoStatus")
+async def get_repo_status(ctx: XRPCContext) -> dict[str, Any]:
+    repo = await ctx.app.db.read(reads.find_repo, _did_param(ctx.params["did"]))
+    answer: dict[str, Any] = {"did": repo.did, "active": repo.status == "active"}
+    if repo.status == "active":
+        answer["rev"] = repo.rev
+    else:
+        answer["status"] = repo.status
+    return answer
+
+
+@xrpc.query("com.atproto.sync.getRecord")
+async def get_record_proof(ctx: XRPCContext) -> XRPCResponse:
+    params = ctx.params
+    root, blocks = await ctx.app.db.read(
+        reads.record_proof, _did_param(params["did"]), params["collection"], params["rkey"]
+    )
+    return XRPCResponse(encode_car(root, blocks), CAR)
+
+
+@xrpc.query("com.atproto.sync.getBlocks")
+async def get_blocks(ctx: XRPCContext) -> XRPCResponse:
+    try:
+        cids = [parse_cid(value) for value in ctx.params["cids"]]
+    except InvalidCID as e:
+        raise InvalidRequest(str(e)) from None
+    blocks = await ctx.app.db.read(reads.get_blocks, _did_param(ctx.params["did"]), cids)
+    return XRPCResponse(encode_car(None, blocks), CAR)

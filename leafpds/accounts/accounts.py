@@ -1,0 +1,395 @@
+"""
+Accounts: creation (key, did:plc, genesis commit, all or nothing), login,
+sessions, app passwords, handle changes.
+
+Every change that the network must hear about is made in one database
+transaction together with its firehose events (``#identity``, ``#account``,
+the genesis ``#commit`` and ``#sync``).  Calls to the PLC directory happen
+before that transaction: if the directory refuses or is unreachable, nothing
+is stored and the next attempt starts afresh.
+"""
+
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from leafpds import crypto
+from leafpds.accounts import sessions
+from leafpds.accounts.keys import AccountKeys
+from leafpds.accounts.passwords import hash_password, verify_password
+from leafpds.accounts.sessions import RefreshCredentials, Session, TokenIssuer, TokenPair
+from leafpds.db.pool import Database
+from leafpds.errors import AuthenticationRequired, InvalidRequest, XRPCError
+from leafpds.identity.handles import validate_new_handle
+from leafpds.identity.plc import (
+    PLCClient,
+    PLCError,
+    build_operation,
+    did_for_genesis,
+    document_for,
+    operation_cid,
+    sign_operation,
+)
+from leafpds.repo import events
+from leafpds.repo.transactor import RepoTransactor
+from leafpds.timestamps import iso_from_epoch
+
+log = Logger()
+
+_EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+# A hash to check a password against when the account does not exist, so a
+# failed login takes the same time either way.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class Account:
+    did: str
+    handle: str
+    email: str | None
+    status: str
+    has_password: bool
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """An account with a fresh token pair (createAccount, createSession, refresh)."""
+
+    account: Account
+    tokens: TokenPair
+    scope: str
+    did_doc: dict[str, Any] | None = None
+
+
+class UpstreamFailure(XRPCError):
+    status = 502
+    name = "UpstreamFailure"
+
+
+class Accounts:
+    def __init__(
+        self,
+        db: Database,
+        keys: AccountKeys,
+        tokens: TokenIssuer,
+        transactor: RepoTransactor,
+        plc: PLCClient,
+        rotation_key: crypto.Keypair,
+        handle_domains: list[str],
+        public_url: Callable[[], str],
+        now: Callable[[], float],
+    ) -> None:
+        self.db = db
+        self.keys = keys
+        self.tokens = tokens
+        self.transactor = transactor
+        self.plc = plc
+        self.rotation_key = rotation_key
+        self.handle_domains = handle_domains
+        self.public_url = public_url
+        self.now = now
+
+    # -- creating ------------------------------------------------------------
+
+    async def create(
+        self,
+        handle: str,
+        email: str,
+        password: str | None,
+        invite_code: str | None = None,
+        invite_required: bool = False,
+    ) -> SignedIn:
+        handle = validate_new_handle(handle, self.handle_domains)
+        email = _check_email(email)
+        if password is not None:
+            _check_password(password)
+        if invite_required and not invite_code:
+            raise XRPCError("No invite code provided", name="InvalidInviteCode")
+        await self.db.read(_check_available, handle, email, invite_code if invite_required else None)
+
+        signing_key = crypto.K256Keypair.generate()
+        password_hash = await deferToThread(hash_password, password) if password else None
+        op = sign_operation(
+            build_operation(
+                rotation_keys=[self.rotation_key.did()],
+                signing_key=signing_key.did(),
+                handle=handle,
+                pds_endpoint=self.public_url(),
+                prev=None,
+            ),
+            self.rotation_key,
+        )
+        did = did_for_genesis(op)
+        try:
+            await self.plc.submit(did, op)
+        except PLCError as e:
+            log.warn("PLC directory refused or failed account creation: {error}", error=str(e))
+            raise UpstreamFailure(f"Could not register the DID with the PLC directory: {e}") from None
+
+        now = self.now()
+        session, result = await self.db.write(
+            self._create_unit, did, handle, email, password_hash, signing_key, invite_code, now
+        )
+        self.transactor.notify(result)
+        account = Account(did, handle, email, "active", password_hash is not None)
+        return SignedIn(account, self.tokens.pair(did, session), session.scope, document_for(did, op))
+
+    def _create_unit(
+        self,
+        conn: Any,
+        did: str,
+        handle: str,
+        email: str,
+        password_hash: bytes | None,
+        signing_key: crypto.Keypair,
+        invite_code: str | None,
+        now: float,
+    ) -> tuple[Session, list[tuple[int, bytes]]]:
+        # Checked again inside the transaction: another request may have taken
+        # the handle or email since the first check.
+        _check_available(conn, handle, email, invite_code)
+        created = iso_from_epoch(now)
+        conn.execute(
+            "INSERT INTO accounts (did, handle, email, password_hash, status, created_at)"
+            " VALUES (?, ?, ?, ?, 'active', ?)",
+            (did, handle, email, password_hash, created),
+        )
+        self.keys.store_unit(conn, did, signing_key)
+        if invite_code:
+            conn.execute(
+                "INSERT INTO invite_code_uses (code, used_by, used_at) VALUES (?, ?, ?)",
+                (invite_code, did, created),
+            )
+        appended = [
+            events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": created}, created),
+            events.append_event(conn, did, "#account", {"did": did, "active": True, "time": created}, created),
+        ]
+        appended += self.transactor.create_repo_unit(conn, did, signing_key).events
+        return sessions.start_session_unit(conn, did, now), appended
+
+    # -- signing in ----------------------------------------------------------
+
+    async def sign_in(self, identifier: str, password: str) -> SignedIn:
+        found = await self.db.read(_login_candidates, identifier.strip().lower())
+        if found is None:
+            await deferToThread(verify_password, password, _DUMMY_HASH)
+            raise AuthenticationRequired("Invalid identifier or password")
+        account, password_hash, app_passwords = found
+        matched = await deferToThread(_match_password, password, password_hash, app_passwords)
+        if matched is None:
+            raise AuthenticationRequired("Invalid identifier or password")
+        app_password_name, privileged = matched
+        session = await self.db.write(
+            _start_session, account.did, self.now(), app_password_name, privileged
+        )
+        return SignedIn(account, self.tokens.pair(account.did, session), session.scope)
+
+    async def refresh(self, credentials: RefreshCredentials) -> SignedIn:
+        session = await self.db.write(sessions.rotate_session_unit, credentials, self.now())
+        account = await self.get(credentials.did)
+        return SignedIn(account, self.tokens.pair(account.did, session), session.scope)
+
+    async def sign_out(self, credentials: RefreshCredentials) -> None:
+        await self.db.write(
+            sessions.end_sessions_unit, credentials.did, [credentials.session_id], self.now()
+        )
+        self.tokens.revoke([credentials.session_id])
+
+    async def get(self, did: str) -> Account:
+        account = await self.db.read(_account_by, "did", did)
+        if account is None:
+            raise AuthenticationRequired("Account not found")
+        return account
+
+    async def did_for_handle(self, handle: str) -> str | None:
+        account = await self.db.read(_account_by, "handle", handle.lower())
+        return account.did if account else None
+
+    # -- app passwords ---------------------------------------------------------
+
+    async def create_app_password(self, did: str, name: str, privileged: bool) -> dict[str, Any]:
+        name = name.strip()
+        if not name or len(name) > 64:
+            raise InvalidRequest("App password names must be 1 to 64 characters")
+        password = "-".join(
+            "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(4))
+            for _ in range(4)
+        )
+        password_hash = await deferToThread(hash_password, password)
+        created = iso_from_epoch(self.now())
+        await self.db.write(_store_app_password, did, name, password_hash, privileged, created)
+        return {"name": name, "password": password, "createdAt": created, "privileged": privileged}
+
+    async def list_app_passwords(self, did: str) -> list[dict[str, Any]]:
+        rows = await self.db.read(_app_passwords, did)
+        return [
+            {"name": name, "createdAt": created, "privileged": bool(privileged)}
+            for name, created, privileged in rows
+        ]
+
+    async def revoke_app_password(self, did: str, name: str) -> None:
+        ended = await self.db.write(_revoke_app_password, did, name, self.now())
+        self.tokens.revoke(ended)
+
+    # -- handles ---------------------------------------------------------------
+
+    async def update_handle(self, did: str, handle: str) -> None:
+        handle = validate_new_handle(handle, self.handle_domains)
+        account = await self.get(did)
+        if account.handle == handle:
+            return
+        owner = await self.did_for_handle(handle)
+        if owner is not None:
+            raise InvalidRequest("Handle already taken")
+        try:
+            last = await self.plc.last_operation(did)
+        except PLCError as e:
+            raise UpstreamFailure(f"Could not read the DID from the PLC directory: {e}") from None
+        signing = await self.keys.signing_key(did)
+        op = sign_operation(
+            build_operation(
+                rotation_keys=last.get("rotationKeys") or [self.rotation_key.did()],
+                signing_key=signing.did(),
+                handle=handle,
+                pds_endpoint=self.public_url(),
+                prev=operation_cid(last).encode(),
+            ),
+            self.rotation_key,
+        )
+        try:
+            await self.plc.submit(did, op)
+        except PLCError as e:
+            raise UpstreamFailure(f"The PLC directory refused the handle change: {e}") from None
+        finally:
+            self.plc.forget(did)
+        appended = await self.db.write(_change_handle, did, handle, iso_from_epoch(self.now()))
+        self.transactor.notify(appended)
+
+
+def _check_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 254 or not _EMAIL.match(email):
+        raise InvalidRequest("This email address is not supported, please use a different email.")
+    return email
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise XRPCError(
+            f"Password must be at least {MIN_PASSWORD} characters", name="InvalidPassword"
+        )
+    if len(password) > MAX_PASSWORD:
+        raise XRPCError(
+            f"Password must be at most {MAX_PASSWORD} characters", name="InvalidPassword"
+        )
+
+
+def _check_available(conn: Any, handle: str, email: str, invite_code: str | None) -> None:
+    if conn.execute("SELECT 1 FROM accounts WHERE handle = ?", (handle,)).fetchone():
+        raise InvalidRequest("Handle already taken")
+    if conn.execute("SELECT 1 FROM accounts WHERE email = ?", (email,)).fetchone():
+        raise InvalidRequest(f"Email already taken: {email}")
+    if invite_code is not None:
+        row = conn.execute(
+            "SELECT available_uses, disabled,"
+            " (SELECT count(*) FROM invite_code_uses u WHERE u.code = c.code)"
+            " FROM invite_codes c WHERE code = ?",
+            (invite_code,),
+        ).fetchone()
+        if row is None or row[1] or row[2] >= row[0]:
+            raise XRPCError("Provided invite code not available", name="InvalidInviteCode")
+
+
+_ACCOUNT_COLUMNS = "did, handle, email, status, password_hash IS NOT NULL"
+
+
+def _account_by(conn: Any, column: str, value: str) -> Account | None:
+    assert column in ("did", "handle", "email")
+    row = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE {column} = ?", (value,)).fetchone()
+    return Account(*row[:4], bool(row[4])) if row else None
+
+
+def _login_candidates(conn: Any, identifier: str) -> tuple[Account, bytes | None, list] | None:
+    if identifier.startswith("did:"):
+        column = "did"
+    elif "@" in identifier:
+        column = "email"
+    else:
+        column = "handle"
+    row = conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE {column} = ?", (identifier,)
+    ).fetchone()
+    if row is None:
+        return None
+    account = Account(*row[:4], bool(row[4]))
+    app_passwords = conn.execute(
+        "SELECT name, password_hash, privileged FROM app_passwords WHERE did = ? ORDER BY created_at",
+        (account.did,),
+    ).fetchall()
+    return account, row[5], app_passwords
+
+
+def _match_password(
+    password: str, password_hash: bytes | None, app_passwords: list
+) -> tuple[str | None, bool] | None:
+    """(app password name or None, privileged) for the matching secret, else None."""
+    if password_hash is not None and verify_password(password, password_hash):
+        return None, False
+    for name, app_hash, privileged in app_passwords:
+        if verify_password(password, app_hash):
+            return name, bool(privileged)
+    return None
+
+
+def _start_session(
+    conn: Any, did: str, now: float, app_password_name: str | None, privileged: bool
+) -> Session:
+    return sessions.start_session_unit(conn, did, now, app_password_name, privileged)
+
+
+def _store_app_password(
+    conn: Any, did: str, name: str, password_hash: bytes, privileged: bool, created: str
+) -> None:
+    if conn.execute("SELECT 1 FROM app_passwords WHERE did = ? AND name = ?", (did, name)).fetchone():
+        raise InvalidRequest("An app password with that name already exists")
+    conn.execute(
+        "INSERT INTO app_passwords (did, name, password_hash, privileged, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (did, name, password_hash, int(privileged), created),
+    )
+
+
+def _app_passwords(conn: Any, did: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT name, created_at, privileged FROM app_passwords WHERE did = ? ORDER BY created_at",
+        (did,),
+    ).fetchall()
+
+
+def _revoke_app_password(conn: Any, did: str, name: str, now: float) -> list[str]:
+    session_ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT session_id FROM refresh_tokens WHERE did = ? AND app_password_name = ?",
+            (did, name),
+        )
+    ]
+    conn.execute("DELETE FROM app_passwords WHERE did = ? AND name = ?", (did, name))
+    sessions.end_sessions_unit(conn, did, session_ids, now)
+    return session_ids
+
+
+def _change_handle(conn: Any, did: str, handle: str, now: str) -> list[tuple[int, bytes]]:
+    conn.execute("UPDATE accounts SET handle = ? WHERE did = ?", (handle, did))
+    return [events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": now}, now)]

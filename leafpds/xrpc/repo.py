@@ -1,0 +1,241 @@
+"""com.atproto.repo.*: writing and reading records."""
+
+from typing import Any
+
+from leafpds import syntax
+from leafpds.errors import AuthenticationRequired, InvalidRequest, RecordNotFound, XRPCError
+from leafpds.ipld import codec
+from leafpds.ipld.cid import CID, InvalidCID, parse_cid
+from leafpds.identity.plc import PLCError
+from leafpds.lexicon import ValidationError, validate_record
+from leafpds.repo import reads
+from leafpds.repo.transactor import UNSET, CommitResult, Write
+from leafpds.tid import TIDClock
+from leafpds.xrpc.auth import access
+from leafpds.xrpc.ratelimit import WRITE_POINTS
+from leafpds.xrpc.registry import XRPCContext, xrpc
+
+# The largest record accepted, as DAG-CBOR (the network's limit for a record).
+MAX_RECORD_BYTES = 1024 * 1024
+MAX_APPLY_WRITES = 200
+
+_rkeys = TIDClock()
+
+
+def _cid_param(value: Any, name: str) -> CID | None:
+    if value is None:
+        return None
+    try:
+        return parse_cid(value)
+    except InvalidCID:
+        raise InvalidRequest(f"Invalid {name}: {value!r}") from None
+
+
+async def _own_repo(ctx: XRPCContext, identifier: str) -> str:
+    """Writes go only to the caller's own repo, named by DID or handle."""
+    did = ctx.auth.did
+    if identifier != did and (
+        identifier.startswith("did:") or await ctx.app.accounts.did_for_handle(identifier) != did
+    ):
+        raise AuthenticationRequired("Invalid repo: you can only write to your own repo")
+    return did
+
+
+def _charge(ctx: XRPCContext, did: str, writes: list[Write]) -> None:
+    points = sum(WRITE_POINTS[w.action] for w in writes)
+    ctx.app.write_limits.consume(did, points, ctx.request)
+
+
+def _prepare(
+    ctx: XRPCContext, collection: str, rkey: str, record: Any, validate: bool | None
+) -> tuple[dict, str | None]:
+    """Check a record for writing; returns it (with ``$type``) and its validationStatus."""
+    if not isinstance(record, dict):
+        raise InvalidRequest("Record must be an object")
+    record_type = record.get("$type", collection)
+    if record_type != collection:
+        raise InvalidRequest(f"Invalid $type: expected {collection}, got {record_type}")
+    record = {**record, "$type": collection}
+    status: str | None = None
+    if validate is not False:
+        lexicons = ctx.app.lexicons
+        if lexicons.has_record(collection):
+            try:
+                validate_record(lexicons, collection, record, rkey)
+            except ValidationError as e:
+                raise InvalidRequest(f"Invalid {collection} record: {e}") from None
+            status = "valid"
+        elif validate:
+            raise InvalidRequest(f"Lexicon not found: lex:{collection}")
+        else:
+            status = "unknown"
+    return record, status
+
+
+def _check_path(collection: str, rkey: str) -> None:
+    try:
+        syntax.validate_nsid(collection)
+        syntax.validate_record_key(rkey)
+    except syntax.InvalidSyntax as e:
+        raise InvalidRequest(str(e)) from None
+
+
+def _check_size(record: dict) -> None:
+    if len(codec.encode(record)) > MAX_RECORD_BYTES:
+        raise XRPCError(f"Record is too large (max {MAX_RECORD_BYTES} bytes)", name="InvalidRequest")
+
+
+def _uri(did: str, collection: str, rkey: str) -> str:
+    return f"at://{did}/{collection}/{rkey}"
+
+
+def _commit_meta(result: CommitResult) -> dict[str, str]:
+    return {"cid": result.cid.encode(), "rev": result.rev}
+
+
+async def _write_one(ctx: XRPCContext, action: str, rkey: str, swap_record: Any = UNSET) -> dict[str, Any]:
+    """createRecord and putRecord: one record, checked, charged, committed."""
+    body = ctx.input
+    did = await _own_repo(ctx, body["repo"])
+    collection = body["collection"]
+    _check_path(collection, rkey)
+    record, status = _prepare(ctx, collection, rkey, body["record"], body.get("validate"))
+    _check_size(record)
+    writes = [Write(action, collection, rkey, record, swap_record=swap_record)]
+    _charge(ctx, did, writes)
+    result = await ctx.app.transactor.apply_writes(did, writes, _cid_param(body.get("swapCommit"), "swapCommit"))
+    answer = {"uri": _uri(did, collection, rkey), "cid": result.ops[0].cid.encode(), "commit": _commit_meta(result)}
+    if status:
+        answer["validationStatus"] = status
+    return answer
+
+
+@xrpc.procedure("com.atproto.repo.createRecord", auth=access)
+async def create_record(ctx: XRPCContext) -> dict[str, Any]:
+    return await _write_one(ctx, "create", ctx.input.get("rkey") or _rkeys.next())
+
+
+@xrpc.procedure("com.atproto.repo.putRecord", auth=access)
+async def put_record(ctx: XRPCContext) -> dict[str, Any]:
+    body = ctx.input
+    swap_record = _cid_param(body["swapRecord"], "swapRecord") if "swapRecord" in body else UNSET
+    return await _write_one(ctx, "put", body["rkey"], swap_record)
+
+
+@xrpc.procedure("com.atproto.repo.deleteRecord", auth=access)
+async def delete_record(ctx: XRPCContext) -> dict[str, Any]:
+    body = ctx.input
+    did = await _own_repo(ctx, body["repo"])
+    collection, rkey = body["collection"], body["rkey"]
+    _check_path(collection, rkey)
+    swap_record = _cid_param(body["swapRecord"], "swapRecord") if body.get("swapRecord") else UNSET
+    writes = [Write("delete", collection, rkey, swap_record=swap_record)]
+    _charge(ctx, did, writes)
+    try:
+        result = await ctx.app.transactor.apply_writes(
+            did, writes, _cid_param(body.get("swapCommit"), "swapCommit")
+        )
+    except RecordNotFound:
+        return {}  # as the reference: deleting what is not there changes nothing
+    return {"commit": _commit_meta(result)}
+
+
+_WRITE_TYPES = {
+    "com.atproto.repo.applyWrites#create": "create",
+    "com.atproto.repo.applyWrites#update": "update",
+    "com.atproto.repo.applyWrites#delete": "delete",
+}
+
+
+@xrpc.procedure("com.atproto.repo.applyWrites", auth=access)
+async def apply_writes(ctx: XRPCContext) -> dict[str, Any]:
+    body = ctx.input
+    did = await _own_repo(ctx, body["repo"])
+    if len(body["writes"]) > MAX_APPLY_WRITES:
+        raise InvalidRequest(f"Too many writes. Max: {MAX_APPLY_WRITES}")
+    writes, statuses = [], []
+    for item in body["writes"]:
+        action = _WRITE_TYPES.get(item.get("$type"))
+        if action is None:
+            raise InvalidRequest(f"Invalid write type: {item.get('$type')!r}")
+        collection = item["collection"]
+        rkey = item.get("rkey") or _rkeys.next()
+        _check_path(collection, rkey)
+        if action == "delete":
+            writes.append(Write("delete", collection, rkey))
+            statuses.append(None)
+            continue
+        record, status = _prepare(ctx, collection, rkey, item.get("value"), body.get("validate"))
+        _check_size(record)
+        writes.append(Write(action, collection, rkey, record))
+        statuses.append(status)
+    _charge(ctx, did, writes)
+    result = await ctx.app.transactor.apply_writes(did, writes, _cid_param(body.get("swapCommit"), "swapCommit"))
+    results = []
+    for op, status in zip(result.ops, statuses):
+        if op.action == "delete":
+            results.append({"$type": "com.atproto.repo.applyWrites#deleteResult"})
+            continue
+        entry = {
+            "$type": f"com.atproto.repo.applyWrites#{op.action}Result",
+            "uri": _uri(did, op.collection, op.rkey),
+            "cid": op.cid.encode(),
+        }
+        if status:
+            entry["validationStatus"] = status
+        results.append(entry)
+    return {"commit": _commit_meta(result), "results": results}
+
+
+@xrpc.query("com.atproto.repo.getRecord")
+async def get_record(ctx: XRPCContext) -> dict[str, Any]:
+    params = ctx.params
+    repo, found = await ctx.app.db.read(
+        reads.get_record, params["repo"], params["collection"], params["rkey"]
+    )
+    wanted = _cid_param(params.get("cid"), "cid")
+    if found is None or (wanted is not None and found[0] != wanted):
+        raise RecordNotFound(
+            f"Could not locate record: {_uri(repo.did, params['collection'], params['rkey'])}"
+        )
+    cid, block = found
+    return {"uri": _uri(repo.did, params["collection"], params["rkey"]), "cid": cid.encode(), "value": codec.decode(block)}
+
+
+@xrpc.query("com.atproto.repo.listRecords")
+async def list_records(ctx: XRPCContext) -> dict[str, Any]:
+    params = ctx.params
+    limit = params["limit"]
+    repo, rows = await ctx.app.db.read(
+        reads.list_records,
+        params["repo"],
+        params["collection"],
+        limit,
+        params.get("cursor"),
+        params.get("reverse", False),
+    )
+    answer: dict[str, Any] = {
+        "records": [
+            {"uri": _uri(repo.did, params["collection"], rkey), "cid": cid.encode(), "value": codec.decode(block)}
+            for rkey, cid, block in rows
+        ]
+    }
+    if len(rows) == limit:
+        answer["cursor"] = rows[-1][0]
+    return answer
+
+
+@xrpc.query("com.atproto.repo.describeRepo")
+async def describe_repo(ctx: XRPCContext) -> dict[str, Any]:
+    repo, collections = await ctx.app.db.read(reads.describe, ctx.params["repo"])
+    try:
+        did_doc = await ctx.app.plc.resolve(repo.did)
+    except PLCError:
+        did_doc = {}  # the directory is unreachable: say so through handleIsCorrect
+    return {
+        "handle": repo.handle,
+        "did": repo.did,
+        "collections": collections,
+        "handleIsCorrect": f"at://{repo.handle}" in did_doc.get("alsoKnownAs", []),
+        "didDoc": did_doc,
+    }
