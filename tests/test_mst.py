@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leafpds.ipld.cid import CID, cid_for_cbor, parse_cid
-from leafpds.ipld.codec import encode, encode_with_cid
+from leafpds.ipld.codec import decode, encode, encode_with_cid
 from leafpds.repo.mst import (
     MST,
     InvalidMSTKey,
@@ -29,6 +29,7 @@ from leafpds.repo.mst import (
     proof_for_key,
     validate_key,
 )
+from leafpds.repo.mst import _encode_node, _entry_head
 from tests.vectors import load_json, load_lines
 
 # The leaf value the reference implementation's MST tests use.
@@ -378,6 +379,50 @@ def test_proof_for_key():
     assert proof_for_key(MemoryBlockSource(), empty.root_cid(), "a/b")[0][0] == empty.root_cid()
 
 
+# -- node encoding ----------------------------------------------------------
+
+
+def random_cid(rng: random.Random) -> CID:
+    """Mostly the usual 36-byte CIDs; sometimes CIDs of other lengths."""
+    if rng.random() < 0.8:
+        return cid_for_cbor(rng.randbytes(8))
+    return CID(rng.randbytes(rng.choice([1, 2, 22, 23, 24, 100, 254, 255, 256, 300])))
+
+
+def random_keys(rng: random.Random, count: int) -> list[bytes]:
+    """Sorted distinct keys whose shared prefixes reach every CBOR head size."""
+    stem = rng.randbytes(rng.choice([0, 5, 23, 24, 30, 255, 256, 600]))
+    keys = set()
+    while len(keys) < count:
+        cut = rng.randint(0, len(stem))
+        keys.add(stem[:cut] + rng.randbytes(rng.choice([0, 1, 3, 20, 23, 24, 300])))
+    return sorted(keys)
+
+
+def test_node_encoding_is_byte_identical_to_cbrrr():
+    # The hand-assembled node encoding against the general DAG-CBOR encoder.
+    rng = random.Random(1)
+    for _ in range(5000):
+        keys = random_keys(rng, rng.choice([0, 1, 2, 3, 4, 5, 8, 23, 24, 25, 40]))
+        values = [random_cid(rng) for _ in keys]
+        rights = [cid_for_cbor(rng.randbytes(4)) if rng.random() < 0.5 else None for _ in keys]
+        left = cid_for_cbor(b"l") if rng.random() < 0.5 else None
+        heads, entries, prev = [], [], b""
+        for key, val, right in zip(keys, values, rights):
+            heads.append(_entry_head(prev, key))
+            p = common_prefix_length(prev, key)
+            entries.append({"k": key[p:], "p": p, "t": right, "v": val})
+            prev = key
+        assert _encode_node(values, left, rights, heads) == encode({"e": entries, "l": left})
+
+
+def assert_canonical_blocks(blocks):
+    """Each block is its CID's content and cbrrr's encoding of what it holds."""
+    for cid, data in blocks:
+        assert cid_for_cbor(data) == cid
+        assert encode(decode(data)) == data
+
+
 # -- decoding untrusted nodes -----------------------------------------------
 
 
@@ -528,6 +573,63 @@ def test_commit_accounting_and_proofs(keys, data):
     assert all(cid_for_cbor(data) == cid for cid, data in diff.new_blocks.items())
     assert diff.proof <= new_nodes
 
+    assert_canonical_blocks(diff.new_blocks.items())
+
     # A relay holding only the commit's blocks can undo it.
     emitted = MemoryBlockSource({**diff.new_blocks, **diff.proof_blocks})
     assert invert_ops(emitted, diff.root, inverse) == root
+
+
+def random_commit(rng, keys, present):
+    """Up to 6 operations, a key possibly several times (added, then deleted...)."""
+    ops, state = [], dict(present)
+    for _ in range(rng.randint(1, 6)):
+        key = rng.choice(keys)
+        if key not in state:
+            ops.append(("create", key, value(rng.randrange(4))))
+            state[key] = ops[-1][2]
+        elif rng.random() < 0.5:
+            ops.append(("update", key, VALUES[(VALUES.index(state[key]) + 1) % 4]))
+            state[key] = ops[-1][2]
+        else:
+            ops.append(("delete", key, None))
+            del state[key]
+    return ops, state
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chains_of_commits_through_one_cache(seed):
+    # How the transactor writes: each commit from the last one's root, nodes
+    # coming from a shared cache (with what earlier encodings memoized).
+    rng = random.Random(seed)
+    keys = rng.sample(KEY_POOL, 80)
+    cache = NodeCache()
+    source = MemoryBlockSource()
+    root, present, stored_nodes = None, {}, set()
+    for _ in range(60):
+        ops, after = random_commit(rng, keys, present)
+        diff = apply_ops(source, root, ops, cache)
+        expected = build(sorted(after.items()), cache=NodeCache())
+        assert diff.root == expected.root_cid()
+        new_nodes = set(expected.node_cids())
+        # Exact accounting, also when an operation undoes another.
+        assert diff.removed <= stored_nodes and not diff.new_blocks.keys() & stored_nodes
+        assert (stored_nodes - diff.removed) | diff.new_blocks.keys() == new_nodes
+        assert_canonical_blocks(diff.new_blocks.items())
+        source.update(diff.new_blocks)
+        root, present, stored_nodes = diff.root, after, new_nodes
+
+
+def test_commit_that_rebuilds_part_of_the_tree():
+    tree, _ = big_tree(300)
+    high = next(k for k in EXAMPLE_KEYS if key_layer(k) >= 3)
+    # The split that adding ``high`` made is undone by deleting it; only the
+    # path to the other key changes.
+    ops = [("create", high, LEAF), ("create", "com.example.other/1", LEAF), ("delete", high, None)]
+    diff = apply_ops(stored(tree), tree.root_cid(), ops, NodeCache())
+    after = tree.add("com.example.other/1", LEAF)
+    assert diff.root == after.root_cid()
+    old_nodes, new_nodes = set(tree.node_cids()), set(after.node_cids())
+    assert diff.new_blocks.keys() == new_nodes - old_nodes
+    assert diff.removed == old_nodes - new_nodes
+    assert diff.new_blocks

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Protocol, Union
 
-from cbrrr import encode_dag_cbor
-
 from leafpds.ipld.cid import CID, DAG_CBOR_PREFIX
 from leafpds.ipld.codec import DecodeError, decode, encode_with_cid
 
@@ -137,9 +135,15 @@ class _Node:
     One tree node, immutable once built.  ``keys`` are full keys; a subtree
     reference (``left``, each of ``rights``) is None, a CID (not loaded), or a
     _Node.  ``cid`` and ``data`` are set once the node is encoded or loaded.
+
+    ``heads`` memoizes, per entry, the encoding of what depends only on the
+    key and the one before it (see :func:`_entry_head`), so that re-encoding
+    a node whose links changed costs no prefix computations; an item, or the
+    whole list, is None until it is needed.  A list is shared only between
+    nodes with the same keys.
     """
 
-    __slots__ = ("layer", "left", "keys", "values", "rights", "cid", "data")
+    __slots__ = ("layer", "left", "keys", "values", "rights", "cid", "data", "heads")
 
     def __init__(
         self,
@@ -150,6 +154,7 @@ class _Node:
         rights: list[_Ref],
         cid: CID | None = None,
         data: bytes | None = None,
+        heads: list[bytes | None] | None = None,
     ) -> None:
         self.layer = layer
         self.left = left
@@ -158,6 +163,7 @@ class _Node:
         self.rights = rights
         self.cid = cid
         self.data = data
+        self.heads = heads
 
     def gap(self, i: int) -> _Ref:
         """The subtree between key ``i - 1`` and key ``i``."""
@@ -170,17 +176,13 @@ class _Node:
     def with_gap(self, i: int, ref: _Ref) -> _Node:
         """A copy with gap ``i`` replaced by ``ref``."""
         if i == 0:
-            return _Node(self.layer, ref, self.keys, self.values, self.rights)
+            return _Node(self.layer, ref, self.keys, self.values, self.rights, heads=self.heads)
         rights = self.rights.copy()
         rights[i - 1] = ref
-        return _Node(self.layer, self.left, self.keys, self.values, rights)
+        return _Node(self.layer, self.left, self.keys, self.values, rights, heads=self.heads)
 
 
 _Ref = Union[None, CID, _Node]
-
-
-def _ref_cid(ref: _Ref) -> CID | None:
-    return ref.cid if isinstance(ref, _Node) else ref
 
 
 def _is_node_link(ref: object) -> bool:
@@ -483,7 +485,8 @@ class MST:
                 old = node.values[i]
                 values = node.values.copy()
                 values[i] = value
-                new = _Node(node.layer, node.left, node.keys, values, node.rights)
+                new = _Node(node.layer, node.left, node.keys, values, node.rights,
+                            heads=node.heads)
                 for parent, j in reversed(path):
                     new = parent.with_gap(j, new)
                 return MST(self._source, self._cache, new, self._layer), old
@@ -527,6 +530,7 @@ class MST:
             [*node.keys[:i], key, *node.keys[i:]],
             [*node.values[:i], value, *node.values[i:]],
             [*new.rights[:i], high, *new.rights[i:]],
+            heads=_replaced(node.heads, i, i, 1),
         )
 
     def _split(self, ref: _Ref, layer: int, key: bytes) -> tuple[_Ref, _Ref]:
@@ -546,11 +550,12 @@ class MST:
             left_part = _Node(layer, low, [], [], [])
         else:
             left_part = _Node(layer, node.left, node.keys[:i], node.values[:i],
-                              [*node.rights[: i - 1], low])
+                              [*node.rights[: i - 1], low], heads=_replaced(node.heads, i, n, 0))
         if i == n:
             right_part = None if high is None else _Node(layer, high, [], [], [])
         else:
-            right_part = _Node(layer, high, node.keys[i:], node.values[i:], node.rights[i:])
+            right_part = _Node(layer, high, node.keys[i:], node.values[i:], node.rights[i:],
+                               heads=_replaced(node.heads, 0, i, 0))
         return left_part, right_part
 
     def _remove(self, ref: _Ref, layer: int, key: bytes, klayer: int) -> tuple[_Ref, CID]:
@@ -568,7 +573,8 @@ class MST:
             merged = self._merge(node.gap(i), node.rights[i], layer - 1)
             new = _Node(layer, node.left, node.keys[:i] + node.keys[i + 1:],
                         node.values[:i] + node.values[i + 1:],
-                        node.rights[:i] + node.rights[i + 1:]).with_gap(i, merged)
+                        node.rights[:i] + node.rights[i + 1:],
+                        heads=_replaced(node.heads, i, i + 1, 0)).with_gap(i, merged)
         if not new.keys and new.left is None:
             return None, old
         return new, old
@@ -582,9 +588,13 @@ class MST:
         na, nb = self._load(a, layer), self._load(b, layer)
         seam = self._merge(na.gap(len(na.keys)), nb.left, layer - 1)
         if not na.keys:
-            return _Node(layer, seam, nb.keys, nb.values, nb.rights)
+            return _Node(layer, seam, nb.keys, nb.values, nb.rights, heads=nb.heads)
+        heads = None
+        if na.heads is not None and nb.heads is not None:
+            # nb's first key now follows na's last.
+            heads = na.heads + _replaced(nb.heads, 0, 0, 0)
         return _Node(layer, na.left, na.keys + nb.keys, na.values + nb.values,
-                     [*na.rights[:-1], seam, *nb.rights])
+                     [*na.rights[:-1], seam, *nb.rights], heads=heads)
 
     # -- proofs -------------------------------------------------------------
 
@@ -631,36 +641,120 @@ def _empty_root() -> _Node:
     return _Node(0, None, [], [], [], cid, data)
 
 
+def _replaced(
+    heads: list[bytes | None] | None, start: int, stop: int, added: int
+) -> list[bytes | None] | None:
+    """
+    A node's entry heads once its keys ``start:stop`` are replaced by
+    ``added`` others: theirs are unknown, and so is the head of the key after
+    them, which has a new predecessor.
+    """
+    if heads is None:
+        return None
+    tail = [None, *heads[stop + 1:]] if stop < len(heads) else []
+    return [*heads[:start], *[None] * added, *tail]
+
+
+# The node encoding is assembled here rather than by cbrrr, from the memoized
+# entry heads: a node on a write's path changes one link, and re-encoding it
+# whole (prefixes, dicts, map-key sorting) was most of a write's cost.  The
+# layout is DAG-CBOR's canonical form of {"e": [{"k", "p", "t", "v"}...],
+# "l"}: map keys sorted by length then bytes, minimal-length heads, links as
+# tag 42 over a byte string of 0x00 and the binary CID.  tests/test_mst.py
+# checks it byte for byte against cbrrr.
+
+
+def _cbor_head(major: int, n: int) -> bytes:
+    """The minimal CBOR head of major type ``major`` (shifted) with argument ``n``."""
+    if n < 24:
+        return bytes((major | n,))
+    if n < 0x100:
+        return bytes((major | 24, n))
+    if n < 0x10000:
+        return bytes((major | 25,)) + n.to_bytes(2, "big")
+    return bytes((major | 26,)) + n.to_bytes(4, "big")
+
+
+_NULL = b"\xf6"
+# Tag 42, a 37-byte string, the identity multibase prefix: what precedes a
+# 36-byte CID, the only kind that links nodes (and the usual kind of value).
+_LINK_36 = b"\xd8\x2a\x58\x25\x00"
+_V_LINK_36 = b"\x61v" + _LINK_36
+_L_NULL = b"\x61l" + _NULL
+_L_LINK_36 = b"\x61l" + _LINK_36
+# A node map's head, its "e" key and the head of an array of n entries.
+_NODE_HEADS = [b"\xa2\x61e" + _cbor_head(0x80, n) for n in range(24)]
+
+
+def _link(cid: CID | None) -> bytes:
+    """A link, or null."""
+    if cid is None:
+        return _NULL
+    raw = cid.cid_bytes
+    if len(raw) == 36:
+        return _LINK_36 + raw
+    return b"\xd8\x2a" + _cbor_head(0x40, len(raw) + 1) + b"\x00" + raw
+
+
+def _entry_head(prev: bytes, key: bytes) -> bytes:
+    """An entry's map head, its "k" and "p", and the "t" key its link follows."""
+    p = common_prefix_length(prev, key)
+    suffix = key[p:]
+    return (
+        b"\xa4\x61k" + _cbor_head(0x40, len(suffix)) + suffix
+        + b"\x61p" + _cbor_head(0, p) + b"\x61t"
+    )
+
+
+def _encode_node(
+    values: list[CID], left: CID | None, rights: list[CID | None], heads: list[bytes]
+) -> bytes:
+    """A node's block, given its links as CIDs and its entry heads."""
+    n = len(heads)
+    parts = [_NODE_HEADS[n] if n < 24 else b"\xa2\x61e" + _cbor_head(0x80, n)]
+    # Node links are always 36-byte CIDs (decoding checks it); values need not be.
+    for head, right, value in zip(heads, rights, values):
+        raw = value.cid_bytes
+        parts += (
+            head,
+            _NULL if right is None else _LINK_36 + right.cid_bytes,
+            _V_LINK_36 + raw if len(raw) == 36 else b"\x61v" + _link(value),
+        )
+    parts.append(_L_NULL if left is None else _L_LINK_36 + left.cid_bytes)
+    return b"".join(parts)
+
+
 def _seal(node: _Node, cache: NodeCache, new: list[_Node] | None = None) -> CID:
     """
     Encode the nodes under ``node`` that are not encoded yet, children
-    first; cache each, and list it in ``new``.  (The hottest code of a
-    write: it calls cbrrr and hashlib directly.)
+    first; cache each, and list its cached copy in ``new``.  (The hottest
+    code of a write.)
     """
     if node.cid is not None:
         return node.cid
     left = node.left
     if type(left) is _Node:
         left = _seal(left, cache, new)
-    rights: list[_Ref] = []
-    entries = []
-    prev = b""
-    for key, value, right in zip(node.keys, node.values, node.rights):
-        if type(right) is _Node:
-            right = _seal(right, cache, new)
-        rights.append(right)
-        p = common_prefix_length(prev, key)
-        entries.append({"k": key[p:], "p": p, "t": right, "v": value})
-        prev = key
-    data = encode_dag_cbor({"e": entries, "l": left})
+    rights = [_seal(r, cache, new) if type(r) is _Node else r for r in node.rights]
+    keys = node.keys
+    heads = node.heads
+    if heads is None or None in heads:
+        heads = [
+            _entry_head(keys[i - 1] if i else b"", key) if heads is None or heads[i] is None
+            else heads[i]
+            for i, key in enumerate(keys)
+        ]
+        node.heads = heads
+    data = _encode_node(node.values, left, rights, heads)
     node.cid = cid = CID(DAG_CBOR_PREFIX + sha256(data).digest())
     node.data = data
     # The cached copy links by CID, as a decoded node does: it must not keep
     # this tree's other nodes alive, and later writes that start from it must
     # see only their own new nodes as objects.
-    cache.put(_Node(node.layer, left, node.keys, node.values, rights, cid, data))
+    stored = _Node(node.layer, left, keys, node.values, rights, cid, data, heads)
+    cache.put(stored)
     if new is not None:
-        new.append(node)
+        new.append(stored)
     return cid
 
 
@@ -683,60 +777,61 @@ def _diff(
     ``before``'s nodes that it lacks.  Sets hold CID bytes: cbrrr's CID
     hashes in Python, bytes in C.
     """
-    # The new tree's frontier: the nodes built in memory, and the stored
-    # subtrees they link to.
+    # The new tree's frontier: the nodes built in memory (as sealed, linking
+    # by CID), and the stored subtrees they link to.
     top, _ = after._top()
-    made: set[bytes] = set()
-    frontier: set[bytes] = set()
+    sealed: list[_Node] = []
     if top is None:
         new_root = _empty_root().cid
-        made.add(new_root.cid_bytes)
-    elif isinstance(top, _Node):
-        sealed: list[_Node] = []
+        sealed.append(_empty_root())
+    elif type(top) is _Node:
         new_root = _seal(top, after._cache, sealed)
-        for node in sealed:
-            made.add(node.cid.cid_bytes)
-            for sub in (node.left, *node.rights):
-                if sub is not None:
-                    frontier.add(_ref_cid(sub).cid_bytes)
     else:
         new_root = top
-    frontier.add(new_root.cid_bytes)
-    frontier |= made
+    made = {node.cid.cid_bytes for node in sealed}
+    frontier = {new_root.cid_bytes, *made}
+    for node in sealed:
+        if node.left is not None:
+            frontier.add(node.left.cid_bytes)
+        for right in node.rights:
+            if right is not None:
+                frontier.add(right.cid_bytes)
 
     # Walk the old tree from its root: a node the new tree has is shared with
     # all below it; any other is gone, and only its children need a look.
     # The gone nodes are the ones the operations read: this reads nothing new.
-    removed: list[CID] = []
+    removed: set[CID] = set()
     rebuilt: set[bytes] = set()  # old nodes that were built again as they were
     old_top, old_layer = before._top()
     stack = []
     if old_root is not None:
         if old_root.cid_bytes in frontier:
-            rebuilt.add(old_root.cid_bytes)
+            if old_root.cid_bytes in made:
+                rebuilt.add(old_root.cid_bytes)
         else:
             stack.append((old_root, old_layer))
     while stack:
         cid, layer = stack.pop()
-        removed.append(cid)
+        removed.add(cid)
         if old_top is None:
             break  # the empty tree's root links to nothing
-        for sub in before._load(cid, layer).subtrees():
-            key = sub.cid_bytes
-            if key not in frontier:
-                stack.append((sub, layer - 1))
-            elif key in made:
-                rebuilt.add(key)
+        node = before._load(cid, layer)
+        for sub in (node.left, *node.rights):
+            if sub is not None:
+                key = sub.cid_bytes
+                if key not in frontier:
+                    stack.append((sub, layer - 1))
+                elif key in made:
+                    rebuilt.add(key)
 
+    if not rebuilt:
+        return new_root, {node.cid: node.data for node in sealed}, removed
     # A node built in memory can equal an old one (a split undone by a merge):
     # then it, and all below it, are old blocks.
     new_blocks: dict[CID, bytes] = {}
-    if top is None:
-        if new_root.cid_bytes not in rebuilt:
-            new_blocks[new_root] = _empty_root().data
-    elif isinstance(top, _Node):
+    if type(top) is _Node:
         _fresh(top, rebuilt, new_blocks)
-    return new_root, new_blocks, set(removed)
+    return new_root, new_blocks, removed
 
 
 @dataclass
@@ -748,13 +843,16 @@ class MSTDiff:
     new_blocks: dict[CID, bytes]
     #: Node CIDs of the old tree that are not in the new one.
     removed: set[CID]
-    #: New-tree node CIDs a relay needs (with ``new_blocks``) to check and
-    #: invert the operations: sync v1.1's covering proof of every key.
-    proof: set[CID]
-    #: The bytes of every block in ``proof``.
+    #: The new-tree node blocks a relay needs (with ``new_blocks``) to check
+    #: and invert the operations: sync v1.1's covering proof of every key.
     proof_blocks: dict[CID, bytes] = field(repr=False)
     #: Each operation's previous value (None for a create), in order.
     prevs: list[CID | None]
+
+    @property
+    def proof(self) -> set[CID]:
+        """The CIDs of ``proof_blocks``."""
+        return set(self.proof_blocks)
 
 
 def apply_ops(
@@ -791,7 +889,6 @@ def apply_ops(
         root=new_root,
         new_blocks=new_blocks,
         removed=removed,
-        proof=set(proof_blocks),
         proof_blocks=proof_blocks,
         prevs=prevs,
     )

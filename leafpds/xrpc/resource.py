@@ -33,10 +33,12 @@ from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, X
 
 # Importing the namespace modules declares their methods on `xrpc`.
 from leafpds.xrpc import identity as _identity, repo as _repo, server as _server, sync as _sync  # noqa: F401
+from leafpds.xrpc import blobs as _blobs  # noqa: F401
 
 log = Logger()
 
 JSON = "application/json; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
 
 # Headers atproto clients send from browsers; preflights must allow them.
 CORS_ALLOW_HEADERS = (
@@ -66,10 +68,16 @@ def json_body(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
 
 
+def body(request: IRequest, content_type: str, data: bytes) -> bytes:
+    """A whole answer: with its length, so clients need no chunked decoding."""
+    request.setHeader("content-type", content_type)
+    request.setHeader("content-length", str(len(data)))
+    return data
+
+
 def write_error(request: IRequest, error: XRPCError) -> bytes:
     request.setResponseCode(error.status)
-    request.setHeader("content-type", JSON)
-    return json_body(error.to_json())
+    return body(request, JSON, json_body(error.to_json()))
 
 
 class XRPCServer:
@@ -86,36 +94,32 @@ class XRPCServer:
 
     @app.route("/", methods=["GET", "HEAD"])
     def banner(self, request: IRequest) -> bytes:
-        request.setHeader("content-type", "text/plain; charset=utf-8")
-        return BANNER.format(version=leafpds.__version__).encode("utf-8")
+        return body(request, TEXT, BANNER.format(version=leafpds.__version__).encode("utf-8"))
 
     @app.route("/robots.txt", methods=["GET", "HEAD"])
     def robots(self, request: IRequest) -> bytes:
-        request.setHeader("content-type", "text/plain; charset=utf-8")
-        return ROBOTS.encode("utf-8")
+        return body(request, TEXT, ROBOTS.encode("utf-8"))
 
     @app.route("/.well-known/atproto-did", methods=["GET", "HEAD"])
     async def atproto_did(self, request: IRequest) -> bytes:
         """The DID of the account whose handle is this request's host name."""
-        request.setHeader("content-type", "text/plain; charset=utf-8")
         host = (request.getHeader("host") or "").rsplit(":", 1)[0].strip().lower()
         did = await self.ctx.accounts.did_for_handle(host) if host else None
         if did is None:
             request.setResponseCode(404)
-            return b"User not found"
-        return did.encode("utf-8")
+            return body(request, TEXT, b"User not found")
+        return body(request, TEXT, did.encode("utf-8"))
 
     @app.route("/xrpc/_health", methods=["GET", "HEAD"])
     async def health(self, request: IRequest) -> bytes:
-        request.setHeader("content-type", JSON)
-        body = {"version": leafpds.__version__}
+        status = {"version": leafpds.__version__}
         try:
             await self.ctx.db.read(_probe)
         except Exception:
             log.failure("Health check: the database cannot be read")
             request.setResponseCode(503)
-            body["error"] = "Service Unavailable"
-        return json_body(body)
+            status["error"] = "Service Unavailable"
+        return body(request, JSON, json_body(status))
 
     @app.route(
         "/xrpc/<nsid>",
@@ -273,14 +277,13 @@ async def _stream(request: IRequest, stream: XRPCStream) -> bytes:
 
 def _render(request: IRequest, result: Any) -> bytes:
     if isinstance(result, XRPCResponse):
-        request.setHeader("content-type", result.content_type)
         for name, value in result.headers.items():
             request.setHeader(name, value)
-        return result.body
+        return body(request, result.content_type, result.body)
     if result is None:
+        request.setHeader("content-length", "0")
         return b""
-    request.setHeader("content-type", JSON)
-    return atjson.dumps(result)
+    return body(request, JSON, atjson.dumps(result))
 
 
 class CORSResource(Resource):

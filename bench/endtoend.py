@@ -1,0 +1,185 @@
+"""
+End-to-end HTTP benchmark: a real leafpds process (`python -m twisted
+leafpds`), driven from this process by a minimal keep-alive HTTP/1.1 client
+(raw sockets, one thread per simulated client) so the client costs little
+next to the server.  Prints, with the server's CPU time per request:
+
+- createRecord with 1 client, and with 8 concurrent clients over 8 accounts (records/s)
+- getRecord with 1 and 8 concurrent clients (reads/s)
+- applyWrites in batches of 200 (records/s)
+- getRepo of a 2,000-record repo (ms)
+
+    .venv/bin/python bench/endtoend.py [--seconds 5]
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+COLLECTION = "app.bsky.feed.post"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the server process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def post(n: int) -> dict:
+    return {"$type": COLLECTION, "text": f"benchmark post {n}", "createdAt": "2026-11-28T00:00:00.000Z"}
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; answers must carry Content-Length."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def call(self, nsid: str, body=None, token=None, params=None) -> bytes:
+        path = f"/xrpc/{nsid}" + (f"?{urlencode(params, doseq=True)}" if params else "")
+        headers = [f"Host: localhost"]
+        if token:
+            headers.append(f"Authorization: Bearer {token}")
+        if body is None:
+            request = f"GET {path} HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\n\r\n"
+            self.sock.sendall(request.encode())
+        else:
+            data = json.dumps(body).encode()
+            headers += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+            request = f"POST {path} HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\n\r\n"
+            self.sock.sendall(request.encode() + data)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(l.split(b":")[1]) for l in lines[1:] if l.lower().startswith(b"content-length:"))
+        while len(self.buffer) < length:
+            self.buffer += self._recv()
+        content, self.buffer = self.buffer[:length], self.buffer[length:]
+        if status != 200:
+            raise RuntimeError(f"{nsid}: {status} {content[:200]!r}")
+        return content
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        return chunk
+
+
+def run_clients(port: int, count: int, seconds: float, work) -> int:
+    """``count`` threads, each with its own connection, calling work(conn, i, n) until time is up."""
+    done = [0] * count
+
+    def loop(i: int) -> None:
+        conn = Connection(port)
+        deadline = time.perf_counter() + seconds
+        n = 0
+        while time.perf_counter() < deadline:
+            work(conn, i, n)
+            n += 1
+        done[i] = n
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done)
+
+
+def main(seconds: float) -> None:
+    port, plc_port = free_port(), free_port()
+    data = Path(tempfile.mkdtemp(prefix="leafpds-e2e-bench-"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "twisted", "--log-file", str(data / "server.log"), "leafpds",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--plc-listen", f"tcp:{plc_port}:interface=127.0.0.1",
+         "--data-dir", str(data / "data"), "--no-rate-limits"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        for _ in range(200):
+            try:
+                setup = Connection(port)
+                setup.call("_health")
+                break
+            except OSError:
+                time.sleep(0.05)
+        accounts = []
+        for i in range(8):
+            made = json.loads(setup.call("com.atproto.server.createAccount", {
+                "handle": f"bench{i}.test", "email": f"b{i}@example.com", "password": "benchmark-password"}))
+            accounts.append((made["did"], made["accessJwt"]))
+
+        def report(label: str, n: int, unit: str, cpu_before: float) -> None:
+            used = cpu_seconds(server.pid) - cpu_before
+            print(f"{label:<38}{n / seconds:8.0f} {unit}  (server CPU {used / max(n, 1) * 1e6:5.0f} µs each)")
+
+        def create(conn, i, n):
+            did, token = accounts[i]
+            conn.call("com.atproto.repo.createRecord", {"repo": did, "collection": COLLECTION, "record": post(n)}, token)
+
+        cpu = cpu_seconds(server.pid)
+        report("createRecord, 1 client:", run_clients(port, 1, seconds, create), "records/s", cpu)
+        cpu = cpu_seconds(server.pid)
+        report("createRecord, 8 clients / 8 accounts:", run_clients(port, 8, seconds, create), "records/s", cpu)
+
+        did = accounts[0][0]
+        listed = json.loads(setup.call("com.atproto.repo.listRecords", params={"repo": did, "collection": COLLECTION, "limit": "100"}))
+        rkeys = [r["uri"].rsplit("/", 1)[1] for r in listed["records"]]
+
+        def read(conn, i, n):
+            conn.call("com.atproto.repo.getRecord", params={"repo": did, "collection": COLLECTION, "rkey": rkeys[n % len(rkeys)]})
+
+        cpu = cpu_seconds(server.pid)
+        report("getRecord, 1 client:", run_clients(port, 1, seconds, read), "reads/s", cpu)
+        cpu = cpu_seconds(server.pid)
+        report("getRecord, 8 clients:", run_clients(port, 8, seconds, read), "reads/s", cpu)
+
+        # A fresh account, so the repo below holds exactly 2,000 records.
+        made = json.loads(setup.call("com.atproto.server.createAccount", {
+            "handle": "bigrepo.test", "email": "big@example.com", "password": "benchmark-password"}))
+        big_did, big_token = made["did"], made["accessJwt"]
+        start = time.perf_counter()
+        for b in range(10):
+            writes = [{"$type": "com.atproto.repo.applyWrites#create", "collection": COLLECTION, "value": post(b * 200 + i)}
+                      for i in range(200)]
+            setup.call("com.atproto.repo.applyWrites", {"repo": big_did, "writes": writes}, big_token)
+        elapsed = time.perf_counter() - start
+        print(f"{'applyWrites, batches of 200:':<38}{2000 / elapsed:8.0f} records/s")
+
+        timings = []
+        for _ in range(20):
+            start = time.perf_counter()
+            car = setup.call("com.atproto.sync.getRepo", params={"did": big_did})
+            timings.append(time.perf_counter() - start)
+        timings.sort()
+        print(f"{'getRepo, 2,000-record repo:':<38}{timings[len(timings) // 2] * 1000:8.1f} ms "
+              f"(median of 20, {len(car) / 1e6:.2f} MB)")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    main(parser.parse_args().seconds)
