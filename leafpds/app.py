@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from leafpds.accounts.accounts import Accounts
     from leafpds.accounts.keys import AccountKeys
     from leafpds.accounts.sessions import TokenIssuer
+    from leafpds.blobs.blobs import Blobs
     from leafpds.identity.handles import HandleResolver
     from leafpds.identity.plc import PLCClient
     from leafpds.repo.transactor import RepoTransactor
@@ -31,6 +32,7 @@ class AppContext:
     request_limits: "RateLimiter"
     write_limits: "RateLimiter"
     login_limits: "RateLimiter"
+    blobs: "Blobs"
     # Set once the services are built and the port is bound (the default
     # public URL for localhost includes the port).
     accounts: "Accounts" = field(init=False)

@@ -42,6 +42,11 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "[default: <data-dir>/master.key, created 0600 on first run].",
     ),
     "max-json-body": ("1048576", "Largest JSON request body accepted, in bytes."),
+    "max-blob-size": ("104857600", "Largest blob upload accepted, in bytes."),
+    "blob-grace": (
+        "3600",
+        "Seconds an uploaded blob is kept while no record references it.",
+    ),
     "rate-limit-requests": (
         "3000/300",
         "Requests allowed per client IP, as points/seconds.",
@@ -116,6 +121,8 @@ class Settings:
     rate_limit_writes: str = "5000/3600,35000/86400"
     rate_limit_logins: str = "30/300,300/86400"
     rate_limits: bool = True
+    max_blob_size: int = 104857600
+    blob_grace: float = 3600.0
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -127,6 +134,14 @@ class Settings:
             max_json_body = int(values["max-json-body"] or "")
         except ValueError:
             raise ConfigError("--max-json-body must be a number of bytes") from None
+        try:
+            max_blob_size = int(values["max-blob-size"] or "")
+        except ValueError:
+            raise ConfigError("--max-blob-size must be a number of bytes") from None
+        try:
+            blob_grace = float(values["blob-grace"] or "")
+        except ValueError:
+            raise ConfigError("--blob-grace must be a number of seconds") from None
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
         return cls(
@@ -148,6 +163,8 @@ class Settings:
             rate_limit_writes=values["rate-limit-writes"],
             rate_limit_logins=values["rate-limit-logins"],
             rate_limits=not values["no-rate-limits"],
+            max_blob_size=max_blob_size,
+            blob_grace=blob_grace,
         )
 
     @property

@@ -17,6 +17,8 @@ from leafpds.accounts.accounts import Accounts
 from leafpds.accounts.keys import AccountKeys, open_vault, server_key
 from leafpds.accounts.sessions import TokenIssuer, revoked_sessions
 from leafpds.app import AppContext
+from leafpds.blobs.blobs import Blobs
+from leafpds.blobs.store import DiskBlobStore
 from leafpds.config import ConfigError, Settings, load_master_secret
 from leafpds.db.pool import Database, connect
 from leafpds.identity.handles import HandleResolver
@@ -52,6 +54,9 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     tokens = TokenIssuer(vault.subkey("jwt"), settings.service_did, reactor.seconds)
     tokens.revoke(still_revoked)
     transactor = RepoTransactor(db, keys)
+    blob_root = settings.data_dir / "blobs"
+    blobs = Blobs(db, DiskBlobStore(blob_root, reactor), blob_root / "tmp", settings.blob_grace, reactor)
+    transactor.commit_hooks.append(blobs.commit_hook)
     app = AppContext(
         settings=settings,
         db=db,
@@ -66,6 +71,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         request_limits=_limiter(settings, settings.rate_limit_requests, reactor),
         write_limits=_limiter(settings, settings.rate_limit_writes, reactor),
         login_limits=_limiter(settings, settings.rate_limit_logins, reactor),
+        blobs=blobs,
     )
     app.accounts = Accounts(
         db,
@@ -99,7 +105,13 @@ class LeafPDSService(MultiService):
     def __init__(self, app: AppContext) -> None:
         super().__init__()
         self.app = app
-        self.site = XRPCSite(XRPCServer(app).resource(), app.settings.max_json_body)
+        self.site = XRPCSite(
+            XRPCServer(app).resource(),
+            app.settings.max_json_body,
+            max_blob_size=app.settings.max_blob_size,
+            spool=app.blobs.new_spool,
+        )
+        app.blobs.collector().setServiceParent(self)
         self.listening: Deferred[IListeningPort] | None = None
 
     def startService(self) -> None:

@@ -8,6 +8,7 @@ database from a newer leafpds is refused rather than guessed at.
 """
 
 import sqlite3
+from collections.abc import Sequence
 
 from twisted.logger import Logger
 
@@ -152,6 +153,8 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL,
         PRIMARY KEY (did, cid)
     ) STRICT;
+    -- The collector's question: which temporary blobs are past their grace period.
+    CREATE INDEX blobs_temporary ON blobs (created_at) WHERE temp_key IS NOT NULL;
 
     CREATE TABLE record_blobs (
         did TEXT NOT NULL,
@@ -162,6 +165,9 @@ MIGRATIONS: list[str] = [
         FOREIGN KEY (did, collection, rkey) REFERENCES records(did, collection, rkey)
             ON DELETE CASCADE
     ) STRICT;
+    -- Deleting or updating a record finds its links through this (without
+    -- it, the cascade would scan the table for every record deleted).
+    CREATE INDEX record_blobs_by_record ON record_blobs (did, collection, rkey);
     """,
 ]
 
@@ -170,10 +176,15 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration the database lacks; return the resulting version."""
+def migrate(conn: sqlite3.Connection, steps: Sequence[str] | None = None) -> int:
+    """
+    Apply every migration the database lacks; return the resulting version.
+    ``steps`` is leafpds's own list unless another database (the PLC
+    directory's) brings its own.
+    """
+    steps = MIGRATIONS if steps is None else steps
     current = schema_version(conn)
-    latest = len(MIGRATIONS)
+    latest = len(steps)
     if current > latest:
         raise SchemaTooNew(
             f"database schema version {current} is newer than this leafpds "
@@ -184,7 +195,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         # inside one explicit transaction instead.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(MIGRATIONS[version - 1]):
+            for statement in _statements(steps[version - 1]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")

@@ -13,7 +13,7 @@ request's reads or writes — and it runs in one hop, in one transaction.
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,7 +97,7 @@ class Database:
         self._pending: list[tuple[Callable, tuple, Deferred]] = []
         self._writing = False
 
-    def migrate(self) -> int:
+    def migrate(self, steps: Sequence[str] | None = None) -> int:
         """
         Bring the schema up to date; call once at start-up before serving.
 
@@ -106,7 +106,7 @@ class Database:
         """
         conn = connect(self.path)
         try:
-            return migrations.migrate(conn)
+            return migrations.migrate(conn, steps)
         finally:
             conn.close()
 

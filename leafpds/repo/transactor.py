@@ -24,12 +24,14 @@ error, the unit builds it itself against exactly the rows its transaction
 sees — the same code, the same result.
 """
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
 
 from leafpds import crypto, syntax
 from leafpds.db.pool import Database
@@ -43,6 +45,7 @@ from leafpds.repo.mst import MST, KeyExists, MissingBlock, apply_ops
 from leafpds.tid import TIDClock
 from leafpds.timestamps import now_iso
 
+log = Logger()
 
 #: Commits of at most this many writes are built on the reactor thread (some
 #: tens of µs per write); bigger ones in the writer's unit, off the reactor.
@@ -102,10 +105,19 @@ class CommitResult:
     events: list[tuple[int, bytes]] = field(repr=False)
     #: The new MST root.
     data: CID | None = field(default=None, repr=False)
+    #: What the commit hooks asked to run once the commit is durable.
+    after_commit: list[Callable[[], Any]] = field(default_factory=list, repr=False)
 
 
 class KeyProvider(Protocol):
     async def signing_key(self, did: str) -> crypto.Keypair: ...
+
+
+#: ``hook(conn, did, rev, ops, writes)`` runs inside a commit's unit of work,
+#: after the records index is updated (the replaced record blocks are still
+#: stored).  It may raise (an XRPCError) to refuse the whole commit, and may
+#: return an action to run on the reactor once the commit is durable.
+CommitHook = Callable[[Any, str, str, list[AppliedOp], list[Write]], Callable[[], Any] | None]
 
 
 class DIDLocks:
@@ -144,6 +156,7 @@ class RepoTransactor:
         # Thread-safe: revisions are drawn on the reactor and in writer units.
         self.revs = TIDClock()
         self.listeners: list[Callable[[list[tuple[int, bytes]]], None]] = []
+        self.commit_hooks: list[CommitHook] = []
         # DID -> (commit CID, MST root, rev) after its last commit through us,
         # least recently used first.  Only ever a hint: units check it.
         self._heads: OrderedDict[str, tuple[CID, CID, str]] = OrderedDict()
@@ -233,6 +246,7 @@ class RepoTransactor:
 
         result = await self.locks.run(did, locked)
         self.notify(result.events)
+        await _run_after_commit(result.after_commit)
         return result
 
     def _remember(self, result: CommitResult) -> None:
@@ -284,7 +298,18 @@ class RepoTransactor:
             built = _build(
                 source, did, writes, encoded, swap_commit, key, base, base_data, base_rev, self.revs
             )
-        return _store(conn, built)
+        return _store(conn, built, writes, self.commit_hooks)
+
+
+async def _run_after_commit(actions: list[Callable[[], Any]]) -> None:
+    # The commit stands whatever happens here: failures are only logged.
+    for action in actions:
+        try:
+            outcome = action()
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            log.failure("An after-commit action failed")
 
 
 class _NoBlocks:
@@ -352,8 +377,10 @@ def _build(
     )
 
 
-def _store(conn: Any, built: _Built) -> CommitResult:
-    """Write a built commit's rows and its firehose event."""
+def _store(
+    conn: Any, built: _Built, writes: list[Write], hooks: list[CommitHook]
+) -> CommitResult:
+    """Write a built commit's rows and its firehose event; run the commit hooks."""
     did, rev, now = built.did, built.rev, built.now
     storage.put_blocks(conn, did, rev, built.new_blocks.items())
     for op in built.ops:
@@ -361,6 +388,9 @@ def _store(conn: Any, built: _Built) -> CommitResult:
             storage.delete_record(conn, did, op.collection, op.rkey)
         else:
             storage.put_record(conn, did, op.collection, op.rkey, op.cid, rev, now)
+    after_commit = [
+        action for hook in hooks if (action := hook(conn, did, rev, built.ops, writes)) is not None
+    ]
     replaced = [op.prev for op in built.ops if op.prev is not None]
     if replaced:
         storage.delete_record_blocks(conn, did, replaced)
@@ -379,7 +409,7 @@ def _store(conn: Any, built: _Built) -> CommitResult:
         "tooBig": False,
         "time": now,
     }, now)]
-    return CommitResult(did, built.commit_cid, rev, built.ops, appended, built.data)
+    return CommitResult(did, built.commit_cid, rev, built.ops, appended, built.data, after_commit)
 
 
 def _resolve_ops(

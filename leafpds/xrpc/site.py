@@ -1,28 +1,46 @@
 """
 The ``twisted.web`` site: requests whose body grows past the limit are
 answered 413 and cut off as soon as the limit is crossed, not after the whole
-body has been buffered.
+body has been buffered.  Blob uploads have their own, larger limit, and
+their body streams into an upload spool (hashed as it arrives) instead of
+Twisted's buffer.
 """
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+
+#: The one method whose body is a blob.
+UPLOAD_PATH = b"/xrpc/com.atproto.repo.uploadBlob"
 
 
 class BodyLimitedRequest(Request):
     _received = 0
     _refused = False
+    _upload = False
 
     def _limit(self) -> int:
-        return self.channel.site.max_body_size
+        site = self.channel.site
+        return site.max_blob_size if self._upload else site.max_body_size
 
     def gotLength(self, length: int | None) -> None:
+        site = self.channel.site
+        # The body comes next, so the path decides now.  Twisted sets
+        # Request.path only once the body is in; until then the channel
+        # holds the request line's path.
+        path = getattr(self.channel, "_path", b"").split(b"?", 1)[0]
+        self._upload = site.spool is not None and path == UPLOAD_PATH
         if length is not None and length > self._limit():
             super().gotLength(0)  # an empty buffer, never written to
             self._refuse()
             return
-        super().gotLength(length)
+        if self._upload:
+            self.content = site.spool()
+        else:
+            super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -56,9 +74,24 @@ class BodyLimitedRequest(Request):
 
 
 class XRPCSite(Site):
+    """
+    ``spool()`` makes the file an upload's body streams into (closing it
+    must discard it); without one, uploads are ordinary bodies.
+    """
+
     requestFactory = BodyLimitedRequest
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, max_body_size: int) -> None:
-        super().__init__(resource)
+    def __init__(
+        self,
+        resource: IResource,
+        max_body_size: int,
+        max_blob_size: int | None = None,
+        spool: Callable[[], Any] | None = None,
+    ) -> None:
+        # XRPC parameters come from the query string only: never merge a
+        # form-encoded body into request.args (nor read it all to do so).
+        super().__init__(resource, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
+        self.max_blob_size = max_body_size if max_blob_size is None else max_blob_size
+        self.spool = spool

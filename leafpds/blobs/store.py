@@ -1,0 +1,118 @@
+"""
+Where blob bytes live.
+
+A :class:`BlobStore` holds each account's blobs by CID.  Every method is
+asynchronous and reading is streamed, so a store on the network (S3) fits
+the same interface as the disk store here.  Whether a blob is temporary or
+permanent is the database's business (the ``blobs`` table): the store only
+ever holds complete blobs under their final names, so making a blob
+permanent moves nothing.
+"""
+
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from twisted.internet.threads import deferToThreadPool
+
+from leafpds.ipld.cid import CID
+
+
+class BlobNotFound(Exception):
+    """The store has no such blob."""
+
+
+class BlobReader(Protocol):
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` more bytes; ``b""`` at the end."""
+
+    async def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    async def put(self, did: str, cid: CID, source: Path) -> None:
+        """
+        Store the complete file at ``source`` as ``did``'s blob ``cid`` and
+        consume it (moved if possible).  The blob is never visible under its
+        name before all of it is durably written.
+        """
+
+    async def open(self, did: str, cid: CID) -> BlobReader:
+        """Start reading a blob; raises :class:`BlobNotFound`."""
+
+    async def delete(self, did: str, cid: CID) -> None:
+        """Delete a blob; deleting one that is not there is not an error."""
+
+    async def exists(self, did: str, cid: CID) -> bool: ...
+
+
+class DiskBlobStore:
+    """
+    Blobs as files, ``<root>/<did>/<cid>``.
+
+    A blob arrives as a finished file on the same file system (the upload
+    spool); it is fsynced, then renamed into place, then its folder is
+    fsynced: a crash leaves either no file under the blob's name or the whole
+    blob.  File operations run in the reactor's thread pool.
+    """
+
+    def __init__(self, root: Path, reactor: Any) -> None:
+        self.root = root
+        self.reactor = reactor
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, did: str, cid: CID) -> Path:
+        # DIDs have no "/" and never start with "."; refuse anything that
+        # could step out of the root all the same.
+        if "/" in did or did.startswith(".") or "\x00" in did:
+            raise ValueError(f"not a DID: {did!r}")
+        return self.root / did / cid.encode()
+
+    def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+
+    async def put(self, did: str, cid: CID, source: Path) -> None:
+        await self._in_thread(self._put, self.path(did, cid), source)
+
+    def _put(self, target: Path, source: Path) -> None:
+        with open(source, "rb") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name is
+        folder = target.parent
+        if not folder.is_dir():
+            folder.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        os.replace(source, target)
+        _fsync_dir(folder)
+
+    async def open(self, did: str, cid: CID) -> "DiskBlobReader":
+        try:
+            f = await self._in_thread(open, self.path(did, cid), "rb")
+        except FileNotFoundError:
+            raise BlobNotFound(f"{did} {cid.encode()}") from None
+        return DiskBlobReader(f, self)
+
+    async def delete(self, did: str, cid: CID) -> None:
+        await self._in_thread(self.path(did, cid).unlink, True)
+
+    async def exists(self, did: str, cid: CID) -> bool:
+        return await self._in_thread(self.path(did, cid).is_file)
+
+
+class DiskBlobReader:
+    def __init__(self, f: BinaryIO, store: DiskBlobStore) -> None:
+        self._file = f
+        self._store = store
+
+    async def read(self, size: int) -> bytes:
+        return await self._store._in_thread(self._file.read, size)
+
+    async def close(self) -> None:
+        self._file.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,106 @@
+"""Blobs over XRPC: uploading, serving, listing."""
+
+from collections.abc import Callable
+from typing import Any
+
+from leafpds.blobs import index
+from leafpds.blobs.spool import UploadSpool
+from leafpds.blobs.store import BlobNotFound
+from leafpds.errors import InternalServerError, InvalidRequest
+from leafpds.ipld.cid import CID, InvalidCID, parse_cid
+from leafpds.repo import reads
+from leafpds.xrpc.auth import access
+from leafpds.xrpc.registry import XRPCContext, XRPCStream, xrpc
+
+#: Bytes read from the store per write to the client.
+CHUNK = 256 * 1024
+
+
+def _cid(value: str, name: str) -> CID:
+    try:
+        return parse_cid(value)
+    except InvalidCID:
+        raise InvalidRequest(f"Invalid {name}: {value!r}") from None
+
+
+def _cursor(ctx: XRPCContext) -> CID | None:
+    cursor = ctx.params.get("cursor")
+    return _cid(cursor, "cursor") if cursor is not None else None
+
+
+@xrpc.procedure("com.atproto.repo.uploadBlob", auth=access, raw_input=True)
+async def upload_blob(ctx: XRPCContext) -> dict[str, Any]:
+    spool = ctx.request.content
+    if not isinstance(spool, UploadSpool):
+        # XRPCSite streams uploadBlob bodies into a spool; nothing else does.
+        raise InternalServerError("Uploads are not configured on this server")
+    blob = await ctx.app.blobs.upload(
+        ctx.auth.did, spool, ctx.request.getHeader("content-type")
+    )
+    return {"blob": blob}
+
+
+def _find_blob(conn: Any, did: str, cid: CID) -> tuple[str, int]:
+    reads.find_active_repo(conn, did)
+    found = index.served_blob(conn, did, cid)
+    if found is None:
+        raise InvalidRequest("Blob not found")
+    return found
+
+
+@xrpc.query("com.atproto.sync.getBlob")
+async def get_blob(ctx: XRPCContext) -> XRPCStream:
+    did, cid = ctx.params["did"], _cid(ctx.params["cid"], "cid")
+    mime_type, size = await ctx.app.db.read(_find_blob, did, cid)
+    try:
+        reader = await ctx.app.blobs.store.open(did, cid)
+    except BlobNotFound:
+        raise InvalidRequest("Blob not found") from None
+    request = ctx.request
+    request.setHeader("content-length", str(size))
+    request.setHeader("x-content-type-options", "nosniff")
+    request.setHeader("content-security-policy", "default-src 'none'; sandbox")
+
+    async def produce(write: Callable[[bytes], Any]) -> None:
+        try:
+            while chunk := await reader.read(CHUNK):
+                paused = write(chunk)
+                if paused is not None:
+                    await paused
+        finally:
+            await reader.close()
+
+    return XRPCStream(mime_type, produce)
+
+
+def _list_blobs(conn: Any, did: str, since: str | None, limit: int, cursor: CID | None) -> list[CID]:
+    reads.find_active_repo(conn, did)
+    return index.list_blobs(conn, did, since, limit, cursor)
+
+
+@xrpc.query("com.atproto.sync.listBlobs")
+async def list_blobs(ctx: XRPCContext) -> dict[str, Any]:
+    params = ctx.params
+    cids = await ctx.app.db.read(
+        _list_blobs, params["did"], params.get("since"), params["limit"], _cursor(ctx)
+    )
+    answer: dict[str, Any] = {"cids": [cid.encode() for cid in cids]}
+    if cids:
+        # As the reference: the last CID, even on a short page.
+        answer["cursor"] = cids[-1].encode()
+    return answer
+
+
+@xrpc.query("com.atproto.repo.listMissingBlobs", auth=access)
+async def list_missing_blobs(ctx: XRPCContext) -> dict[str, Any]:
+    did = ctx.auth.did
+    rows = await ctx.app.db.read(index.list_missing, did, ctx.params["limit"], _cursor(ctx))
+    answer: dict[str, Any] = {
+        "blobs": [
+            {"cid": cid.encode(), "recordUri": f"at://{did}/{collection}/{rkey}"}
+            for cid, collection, rkey in rows
+        ]
+    }
+    if rows:
+        answer["cursor"] = rows[-1][0].encode()
+    return answer
