@@ -70,13 +70,28 @@ class Connection:
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
-        length = next(int(l.split(b":")[1]) for l in lines[1:] if l.lower().startswith(b"content-length:"))
-        while len(self.buffer) < length:
-            self.buffer += self._recv()
-        content, self.buffer = self.buffer[:length], self.buffer[length:]
+        lengths = [int(l.split(b":")[1]) for l in lines[1:] if l.lower().startswith(b"content-length:")]
+        content = self._read(lengths[0]) if lengths else self._read_chunked()
         if status != 200:
             raise RuntimeError(f"{nsid}: {status} {content[:200]!r}")
         return content
+
+    def _read(self, length: int) -> bytes:
+        while len(self.buffer) < length:
+            self.buffer += self._recv()
+        content, self.buffer = self.buffer[:length], self.buffer[length:]
+        return content
+
+    def _read_chunked(self) -> bytes:
+        parts = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                self.buffer += self._recv()
+            size_line, self.buffer = self.buffer.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            parts.append(self._read(size + 2)[:size])
+            if size == 0:
+                return b"".join(parts)
 
     def _recv(self) -> bytes:
         chunk = self.sock.recv(1 << 20)

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from leafpds.identity.handles import HandleResolver
     from leafpds.identity.plc import PLCClient
     from leafpds.repo.transactor import RepoTransactor
+    from leafpds.sequencer.crawlers import CrawlerNotifier
+    from leafpds.sequencer.fanout import Sequencer
     from leafpds.xrpc.ratelimit import RateLimiter
 
 
@@ -36,4 +38,6 @@ class AppContext:
     # Set once the services are built and the port is bound (the default
     # public URL for localhost includes the port).
     accounts: "Accounts" = field(init=False)
+    sequencer: "Sequencer" = field(init=False)
+    crawlers: "CrawlerNotifier" = field(init=False)
     public_url: str = ""

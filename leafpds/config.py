@@ -47,6 +47,19 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "3600",
         "Seconds an uploaded blob is kept while no record references it.",
     ),
+    "firehose-window": (
+        "72",
+        "Hours of firehose events kept for subscribers resuming from a cursor.",
+    ),
+    "firehose-buffer": (
+        "16777216",
+        "Bytes of firehose events buffered per subscriber before it is dropped as too slow.",
+    ),
+    "crawlers": (
+        None,
+        "Comma-separated relay URLs to ask to crawl this PDS (requestCrawl), "
+        "at start-up and after new events, at most every 20 minutes each.",
+    ),
     "rate-limit-requests": (
         "3000/300",
         "Requests allowed per client IP, as points/seconds.",
@@ -121,8 +134,11 @@ class Settings:
     rate_limit_writes: str = "5000/3600,35000/86400"
     rate_limit_logins: str = "30/300,300/86400"
     rate_limits: bool = True
+    crawlers: tuple[str, ...] = ()
     max_blob_size: int = 104857600
     blob_grace: float = 3600.0
+    firehose_window: float = 72.0
+    firehose_buffer: int = 16777216
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -142,6 +158,13 @@ class Settings:
             blob_grace = float(values["blob-grace"] or "")
         except ValueError:
             raise ConfigError("--blob-grace must be a number of seconds") from None
+        try:
+            firehose_window = float(values["firehose-window"] or "")
+            firehose_buffer = int(values["firehose-buffer"] or "")
+        except ValueError:
+            raise ConfigError(
+                "--firehose-window must be a number of hours, --firehose-buffer of bytes"
+            ) from None
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
         return cls(
@@ -163,8 +186,11 @@ class Settings:
             rate_limit_writes=values["rate-limit-writes"],
             rate_limit_logins=values["rate-limit-logins"],
             rate_limits=not values["no-rate-limits"],
+            crawlers=tuple(url.strip() for url in (values["crawlers"] or "").split(",") if url.strip()),
             max_blob_size=max_blob_size,
             blob_grace=blob_grace,
+            firehose_window=firehose_window,
+            firehose_buffer=firehose_buffer,
         )
 
     @property

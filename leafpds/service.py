@@ -25,6 +25,8 @@ from leafpds.identity.handles import HandleResolver
 from leafpds.identity.plc import PLCClient
 from leafpds.identity.plc_server import make_plc_service
 from leafpds.repo.transactor import RepoTransactor
+from leafpds.sequencer.crawlers import CrawlerNotifier
+from leafpds.sequencer.fanout import Sequencer
 from leafpds.xrpc.ratelimit import Limit, RateLimiter
 from leafpds.lexicon import Lexicons
 from leafpds.xrpc.resource import XRPCServer
@@ -84,6 +86,12 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         public_url=lambda: app.public_url,
         now=reactor.seconds,
     )
+    app.sequencer = Sequencer(
+        db, reactor, settings.firehose_window * 3600, settings.firehose_buffer
+    )
+    transactor.listeners.append(app.sequencer.committed)
+    app.crawlers = CrawlerNotifier(list(settings.crawlers), lambda: settings.hostname, reactor)
+    transactor.listeners.append(app.crawlers.committed)
     return app
 
 
@@ -112,6 +120,7 @@ class LeafPDSService(MultiService):
             spool=app.blobs.new_spool,
         )
         app.blobs.collector().setServiceParent(self)
+        app.sequencer.service().setServiceParent(self)
         self.listening: Deferred[IListeningPort] | None = None
 
     def startService(self) -> None:
@@ -151,6 +160,7 @@ class LeafPDSService(MultiService):
             listen=settings.listen,
             data_dir=str(settings.data_dir.resolve()),
         )
+        self.app.crawlers.start()
         return port
 
     def _cannot_listen(self, failure):

@@ -30,6 +30,7 @@ from leafpds.errors import (
 from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
 from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
+from leafpds.xrpc.subscribe import FirehoseFactory
 
 # Importing the namespace modules declares their methods on `xrpc`.
 from leafpds.xrpc import identity as _identity, repo as _repo, server as _server, sync as _sync  # noqa: F401
@@ -88,6 +89,7 @@ class XRPCServer:
     def __init__(self, ctx: AppContext, registry: Registry = xrpc) -> None:
         self.ctx = ctx
         self.registry = registry
+        self.firehose = FirehoseFactory(ctx.sequencer, ctx.lexicons, ctx.reactor)
 
     def resource(self) -> IResource:
         return CORSResource(self.app.resource())
@@ -120,6 +122,13 @@ class XRPCServer:
             request.setResponseCode(503)
             status["error"] = "Service Unavailable"
         return body(request, JSON, json_body(status))
+
+    @app.route("/xrpc/com.atproto.sync.subscribeRepos")
+    def subscribe_repos(self, request: IRequest) -> Any:
+        try:
+            return self.firehose.upgrade(request)
+        except XRPCError as e:
+            return write_error(request, e)
 
     @app.route(
         "/xrpc/<nsid>",
