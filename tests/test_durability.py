@@ -2,7 +2,7 @@
 Durability: a real leafpds process is SIGKILLed in the middle of bursts of
 writes from 16 concurrent clients, then restarted on the same data folder.
 Every acknowledged write must be there, no batch half-applied, and the
-firehose log must hold exactly each repo's history.
+firehose replayed from cursor=0 must hold exactly each repo's history.
 """
 
 import json
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest_twisted
 import treq
 from cbrrr import decode_multi_dag_cbor_in_violation_of_the_spec as frames
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 
 from tests.test_accounts import PASSWORD
 
@@ -168,19 +168,39 @@ def check_ledger(ledger: list, did: str, stored: dict[str, tuple[int, str]]) -> 
             assert all(present) or not any(present), entry
 
 
-def check_log(db_path: Path, did: str, stored: dict[str, tuple[int, str]], head: dict) -> None:
-    """Replaying the firehose log of the repo gives exactly its records and head."""
+def firehose_history(port: int, last_seq: int) -> list[dict]:
+    """Every event, replayed from cursor=0 over the WebSocket (run in a thread)."""
+    from websockets.sync.client import connect
+
+    bodies = []
+    url = f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos?cursor=0"
+    with connect(url, max_size=None, open_timeout=10) as socket_:
+        while not bodies or bodies[-1]["seq"] < last_seq:
+            header, body = list(frames(socket_.recv(timeout=10)))
+            assert header["op"] == 1, body
+            bodies.append({"t": header["t"], **body})
+    return bodies
+
+
+def last_seq(db_path: Path) -> int:
     import sqlite3
 
-    conn = sqlite3.connect(db_path)
-    rows = conn.execute(
-        "SELECT event FROM repo_seq WHERE did = ? AND event_type = '#commit' ORDER BY seq", (did,)
-    ).fetchall()
-    conn.close()
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT max(seq) FROM repo_seq").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def check_log(history: list[dict], did: str, stored: dict[str, tuple[int, str]], head: dict) -> None:
+    """Replaying the repo's #commit events gives exactly its records, chained by since, ending at head."""
+    seqs = [event["seq"] for event in history]
+    assert seqs == sorted(set(seqs))  # in order, no duplicates
     replayed: dict[str, str] = {}
     previous_rev = None
-    for (frame,) in rows:
-        _header, body = list(frames(frame))
+    for body in history:
+        if body["t"] != "#commit" or body["repo"] != did:
+            continue
         assert body["since"] == previous_rev
         previous_rev = body["rev"]
         for op in body["ops"]:
@@ -222,11 +242,14 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_write(tmp_path):
         server.kill()
         await defer.DeferredList(burst, consumeErrors=True)
         await server.start()
+        history = await threads.deferToThread(
+            firehose_history, server.port, last_seq(tmp_path / "data" / "leafpds.sqlite")
+        )
         for did, _token in accounts:
             stored = await records_of(server, did)
             check_ledger(ledger, did, stored)
             code, head = await server.call("com.atproto.sync.getLatestCommit", params={"did": did})
             assert code == 200
-            check_log(tmp_path / "data" / "leafpds.sqlite", did, stored, head)
+            check_log(history, did, stored, head)
         assert sum(1 for e in ledger if e.get("acked")) > 50  # the burst really wrote
     server.kill()
