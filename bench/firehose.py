@@ -1,0 +1,106 @@
+"""
+Firehose fan-out benchmark: a real leafpds process, 100 WebSocket
+subscribers (Autobahn, in this process) and a writer creating records at a
+steady pace from a thread.  Prints events/s delivered and the latency from
+commit (the event's ``time``) to receipt, p50 and p99.
+
+    .venv/bin/python bench/firehose.py [--subscribers 100] [--seconds 10] [--rate 200]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from cbrrr import decode_multi_dag_cbor_in_violation_of_the_spec as frames
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.threads import deferToThread
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from endtoend import COLLECTION, Connection, free_port, post  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+latencies: list[float] = []
+received = [0]
+
+
+class Subscriber(WebSocketClientProtocol):
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        now = time.time()
+        header, body = list(frames(payload))
+        if header.get("t") == "#commit":
+            sent = datetime.fromisoformat(body["time"].replace("Z", "+00:00")).timestamp()
+            latencies.append(now - sent)
+            received[0] += 1
+
+
+def writer(port: int, did: str, token: str, seconds: float, rate: float, stop: threading.Event) -> int:
+    conn = Connection(port)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds and not stop.is_set():
+        conn.call("com.atproto.repo.createRecord", {"repo": did, "collection": COLLECTION, "record": post(n)}, token)
+        n += 1
+        pause = start + n / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    return n
+
+
+async def main(reactor, args) -> None:
+    port, plc_port = free_port(), free_port()
+    data = Path(tempfile.mkdtemp(prefix="leafpds-firehose-bench-"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "twisted", "--log-file", str(data / "server.log"), "leafpds",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--plc-listen", f"tcp:{plc_port}:interface=127.0.0.1",
+         "--data-dir", str(data / "data"), "--no-rate-limits"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        for _ in range(200):
+            try:
+                setup = Connection(port)
+                setup.call("_health")
+                break
+            except OSError:
+                await task.deferLater(reactor, 0.05, lambda: None)
+        made = json.loads(setup.call("com.atproto.server.createAccount", {
+            "handle": "fanout-bench.test", "email": "f@example.com", "password": "benchmark-password"}))
+        url = f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos"
+        factory = WebSocketClientFactory(url)
+        factory.protocol = Subscriber
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        for _ in range(args.subscribers):
+            await endpoint.connect(factory)
+        await task.deferLater(reactor, 1.0, lambda: None)  # let the handshakes finish
+        stop = threading.Event()
+        start = time.perf_counter()
+        written = await deferToThread(
+            writer, port, made["did"], made["accessJwt"], args.seconds, args.rate, stop)
+        await task.deferLater(reactor, 1.0, lambda: None)  # the last frames
+        elapsed = time.perf_counter() - start
+        latencies.sort()
+        p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
+        print(f"{args.subscribers} subscribers, {written} commits written at ~{written / args.seconds:.0f}/s")
+        print(f"delivered {received[0]} events ({received[0] / elapsed:,.0f} events/s across subscribers; "
+              f"expected {written * args.subscribers})")
+        print(f"commit -> receipt latency: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms (ms resolution of `time`)")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=200.0)
+    arguments = parser.parse_args()
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))
