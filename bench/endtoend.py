@@ -54,7 +54,7 @@ class Connection:
 
     def call(self, nsid: str, body=None, token=None, params=None) -> bytes:
         path = f"/xrpc/{nsid}" + (f"?{urlencode(params, doseq=True)}" if params else "")
-        headers = [f"Host: localhost"]
+        headers = ["Host: localhost"]
         if token:
             headers.append(f"Authorization: Bearer {token}")
         if body is None:
@@ -121,23 +121,30 @@ def run_clients(port: int, count: int, seconds: float, work) -> int:
     return sum(done)
 
 
-def main(seconds: float) -> None:
+def start_server() -> tuple[subprocess.Popen, int, Connection]:
+    """A leafpds process in a fresh data folder; returns it, its port and a connection to it."""
     port, plc_port = free_port(), free_port()
-    data = Path(tempfile.mkdtemp(prefix="leafpds-e2e-bench-"))
+    data = Path(tempfile.mkdtemp(prefix="leafpds-bench-"))
     server = subprocess.Popen(
         [sys.executable, "-m", "twisted", "--log-file", str(data / "server.log"), "leafpds",
          "--listen", f"tcp:{port}:interface=127.0.0.1", "--plc-listen", f"tcp:{plc_port}:interface=127.0.0.1",
          "--data-dir", str(data / "data"), "--no-rate-limits"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    for _ in range(200):
+        try:
+            setup = Connection(port)
+            setup.call("_health")
+            return server, port, setup
+        except OSError:
+            time.sleep(0.05)
+    server.terminate()
+    raise RuntimeError(f"leafpds did not start; see {data / 'server.log'}")
+
+
+def main(seconds: float) -> None:
+    server, port, setup = start_server()
     try:
-        for _ in range(200):
-            try:
-                setup = Connection(port)
-                setup.call("_health")
-                break
-            except OSError:
-                time.sleep(0.05)
         accounts = []
         for i in range(8):
             made = json.loads(setup.call("com.atproto.server.createAccount", {

@@ -9,10 +9,7 @@ commit (the event's ``time``) to receipt, p50 and p99.
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -25,9 +22,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.threads import deferToThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from endtoend import COLLECTION, Connection, free_port, post  # noqa: E402
+from endtoend import COLLECTION, Connection, post, start_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 latencies: list[float] = []
 received = [0]
 
@@ -55,22 +51,8 @@ def writer(port: int, did: str, token: str, seconds: float, rate: float, stop: t
 
 
 async def main(reactor, args) -> None:
-    port, plc_port = free_port(), free_port()
-    data = Path(tempfile.mkdtemp(prefix="leafpds-firehose-bench-"))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "twisted", "--log-file", str(data / "server.log"), "leafpds",
-         "--listen", f"tcp:{port}:interface=127.0.0.1", "--plc-listen", f"tcp:{plc_port}:interface=127.0.0.1",
-         "--data-dir", str(data / "data"), "--no-rate-limits"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    server, port, setup = start_server()
     try:
-        for _ in range(200):
-            try:
-                setup = Connection(port)
-                setup.call("_health")
-                break
-            except OSError:
-                await task.deferLater(reactor, 0.05, lambda: None)
         made = json.loads(setup.call("com.atproto.server.createAccount", {
             "handle": "fanout-bench.test", "email": "f@example.com", "password": "benchmark-password"}))
         url = f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos"
