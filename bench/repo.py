@@ -10,6 +10,7 @@ Repository engine benchmark, through the real transactor and SQLite:
 """
 
 import argparse
+import gc
 import io
 import tempfile
 import time
@@ -67,6 +68,7 @@ async def main(reactor, args) -> None:
     keys = Keys()
     transactor = RepoTransactor(db, keys)
     rkeys = TIDClock()
+    gc.freeze()  # as the service does after start-up (leafpds.tap)
 
     await new_repo(db, transactor, keys, "did:plc:solo")
     start = time.perf_counter()

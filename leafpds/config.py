@@ -73,6 +73,21 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "30/300,300/86400",
         "Sign-in attempts per identifier, as comma-separated points/seconds windows.",
     ),
+    "github-client-id": (None, "GitHub OAuth app client id [default: no GitHub sign-in]."),
+    "github-client-secret": (None, "GitHub OAuth app client secret."),
+    "github-url": ("https://github.com", "GitHub web URL (authorize and token endpoints)."),
+    "github-api-url": ("https://api.github.com", "GitHub REST API URL."),
+    "google-client-id": (None, "Google OAuth client id [default: no Google sign-in]."),
+    "google-client-secret": (None, "Google OAuth client secret."),
+    "google-issuer": (
+        "https://accounts.google.com",
+        "Google OpenID issuer; endpoints come from its discovery document.",
+    ),
+    "app-redirect-uri": (
+        None,
+        "Comma-separated app URLs that sign-in may send the user back to "
+        "(exact match; nothing else is allowed).",
+    ),
     "contact-email": (None, "Contact address shown by describeServer."),
     "privacy-policy-url": (None, "Privacy policy link shown by describeServer."),
     "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
@@ -139,6 +154,14 @@ class Settings:
     blob_grace: float = 3600.0
     firehose_window: float = 72.0
     firehose_buffer: int = 16777216
+    github_client_id: str | None = None
+    github_client_secret: str | None = field(default=None, repr=False)
+    github_url: str = "https://github.com"
+    github_api_url: str = "https://api.github.com"
+    google_client_id: str | None = None
+    google_client_secret: str | None = field(default=None, repr=False)
+    google_issuer: str = "https://accounts.google.com"
+    app_redirect_uris: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -186,11 +209,19 @@ class Settings:
             rate_limit_writes=values["rate-limit-writes"],
             rate_limit_logins=values["rate-limit-logins"],
             rate_limits=not values["no-rate-limits"],
-            crawlers=tuple(url.strip() for url in (values["crawlers"] or "").split(",") if url.strip()),
+            crawlers=_comma_list(values["crawlers"]),
             max_blob_size=max_blob_size,
             blob_grace=blob_grace,
             firehose_window=firehose_window,
             firehose_buffer=firehose_buffer,
+            github_client_id=values["github-client-id"] or None,
+            github_client_secret=values["github-client-secret"] or None,
+            github_url=(values["github-url"] or "").rstrip("/"),
+            github_api_url=(values["github-api-url"] or "").rstrip("/"),
+            google_client_id=values["google-client-id"] or None,
+            google_client_secret=values["google-client-secret"] or None,
+            google_issuer=(values["google-issuer"] or "").rstrip("/"),
+            app_redirect_uris=_comma_list(values["app-redirect-uri"]),
         )
 
     @property
@@ -204,6 +235,10 @@ class Settings:
         if self.hostname == "localhost" and port is not None:
             return f"http://localhost:{port}"
         return f"https://{self.hostname}"
+
+
+def _comma_list(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
 
 def load_master_secret(path: Path, environ: Mapping[str, str]) -> bytes:

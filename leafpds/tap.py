@@ -1,5 +1,6 @@
 """``twistd leafpds``: the command-line options and the service they build."""
 
+import gc
 import os
 
 from twisted.application.service import IService
@@ -43,4 +44,9 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    return LeafPDSService(open_app(options.settings, os.environ, reactor))
+    service = LeafPDSService(open_app(options.settings, os.environ, reactor))
+    # What start-up built (modules, lexicons, the app) lives as long as the
+    # process: keep the cyclic garbage collector from walking it again and
+    # again.
+    gc.freeze()
+    return service

@@ -59,3 +59,20 @@ def test_master_secret_created_once_with_0600(tmp_path):
     assert load_master_secret(path, {}) == first
     assert load_master_secret(path, {"LEAFPDS_MASTER_SECRET": "from-env"}) == b"from-env"
     assert path.read_bytes().strip() == first  # never overwritten
+
+
+def test_sign_in_provider_options_and_secrets_not_shown():
+    settings = Settings.from_options(resolve(
+        {"github-client-id": "gh-id", "github-client-secret": "gh-secret",
+         "app-redirect-uri": "https://app.example/cb, http://127.0.0.1:9/done"},
+        {"LEAFPDS_GOOGLE_CLIENT_SECRET": "go-secret", "LEAFPDS_GOOGLE_ISSUER": "http://127.0.0.1:5/"},
+    ))
+    assert settings.github_client_id == "gh-id"
+    assert settings.github_url == "https://github.com"
+    assert settings.github_api_url == "https://api.github.com"
+    assert settings.google_issuer == "http://127.0.0.1:5"
+    assert settings.google_client_id is None
+    assert settings.app_redirect_uris == ("https://app.example/cb", "http://127.0.0.1:9/done")
+    shown = repr(settings)
+    assert "gh-secret" not in shown and "go-secret" not in shown
+    assert "--github-client-id" in str(Options()) and "LEAFPDS_APP_REDIRECT_URI" in str(Options())

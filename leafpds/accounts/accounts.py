@@ -109,7 +109,13 @@ class Accounts:
         password: str | None,
         invite_code: str | None = None,
         invite_required: bool = False,
+        oauth_identity: tuple[str, str] | None = None,
     ) -> SignedIn:
+        """
+        A new account; ``password`` None makes it passwordless (signed up
+        through a provider, whose ``(provider, subject)`` is then
+        ``oauth_identity``, stored in the same transaction).
+        """
         handle = validate_new_handle(handle, self.handle_domains)
         email = _check_email(email)
         if password is not None:
@@ -139,7 +145,15 @@ class Accounts:
 
         now = self.now()
         session, result = await self.db.write(
-            self._create_unit, did, handle, email, password_hash, signing_key, invite_code, now
+            self._create_unit,
+            did,
+            handle,
+            email,
+            password_hash,
+            signing_key,
+            invite_code,
+            now,
+            oauth_identity,
         )
         self.transactor.notify(result)
         account = Account(did, handle, email, "active", password_hash is not None)
@@ -155,6 +169,7 @@ class Accounts:
         signing_key: crypto.Keypair,
         invite_code: str | None,
         now: float,
+        oauth_identity: tuple[str, str] | None,
     ) -> tuple[Session, list[tuple[int, bytes]]]:
         # Checked again inside the transaction: another request may have taken
         # the handle or email since the first check.
@@ -166,6 +181,12 @@ class Accounts:
             (did, handle, email, password_hash, created),
         )
         self.keys.store_unit(conn, did, signing_key)
+        if oauth_identity is not None:
+            # The primary key refuses a second account for the same identity.
+            conn.execute(
+                "INSERT INTO oauth_identities (provider, subject, did, created_at) VALUES (?, ?, ?, ?)",
+                (*oauth_identity, did, created),
+            )
         if invite_code:
             conn.execute(
                 "INSERT INTO invite_code_uses (code, used_by, used_at) VALUES (?, ?, ?)",
@@ -194,6 +215,18 @@ class Accounts:
             _start_session, account.did, self.now(), app_password_name, privileged
         )
         return SignedIn(account, self.tokens.pair(account.did, session), session.scope)
+
+    async def did_for_identity(self, provider: str, subject: str) -> str | None:
+        """The account a provider's identity signs in to, if any."""
+        return await self.db.read(_did_for_identity, provider, subject)
+
+    async def start_session(self, did: str) -> SignedIn:
+        """A full session for an account whose owner proved who they are elsewhere."""
+        account = await self.get(did)
+        if not account.active:
+            raise AuthenticationRequired("Account is not active")
+        session = await self.db.write(_start_session, did, self.now(), None, False)
+        return SignedIn(account, self.tokens.pair(did, session), session.scope)
 
     async def refresh(self, credentials: RefreshCredentials) -> SignedIn:
         session = await self.db.write(sessions.rotate_session_unit, credentials, self.now())
@@ -338,6 +371,13 @@ def _login_candidates(conn: Any, identifier: str) -> tuple[Account, bytes | None
         (account.did,),
     ).fetchall()
     return account, row[5], app_passwords
+
+
+def _did_for_identity(conn: Any, provider: str, subject: str) -> str | None:
+    row = conn.execute(
+        "SELECT did FROM oauth_identities WHERE provider = ? AND subject = ?", (provider, subject)
+    ).fetchone()
+    return row[0] if row else None
 
 
 def _match_password(

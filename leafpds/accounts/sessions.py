@@ -35,6 +35,8 @@ ACCESS_SCOPES = (ACCESS, APP_PASS, APP_PASS_PRIVILEGED)
 ACCESS_LIFETIME = 2 * 60 * 60
 REFRESH_LIFETIME = 90 * 24 * 60 * 60
 REFRESH_GRACE = 2 * 60 * 60
+# How many verified access tokens TokenIssuer remembers.
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,11 @@ class TokenIssuer:
         self.now = now  # a callable returning seconds (reactor.seconds)
         # session id -> when its last access token expires
         self.revoked: dict[str, float] = {}
+        # access token -> its credentials and expiry.  A client sends the
+        # same token for hours, and checking its signature and claims again
+        # (~250 µs in pyjwt) gives the same answer every time; expiry and
+        # revocation still are checked on every use.
+        self._verified: dict[str, tuple[AccessCredentials, int]] = {}
 
     def __repr__(self) -> str:
         return f"<TokenIssuer {self.service_did}>"
@@ -148,13 +155,22 @@ class TokenIssuer:
             raise ExpiredToken("Token has expired")
 
     def verify_access(self, token: str) -> AccessCredentials:
-        claims = self._decode(token, "at+jwt")
-        if claims.get("scope") not in ACCESS_SCOPES or not isinstance(claims.get("sid"), str):
-            raise InvalidToken("Bad token scope")
-        self._check_expiry(claims)
-        if claims["sid"] in self.revoked:
+        verified = self._verified.get(token)
+        if verified is None:
+            claims = self._decode(token, "at+jwt")
+            if claims.get("scope") not in ACCESS_SCOPES or not isinstance(claims.get("sid"), str):
+                raise InvalidToken("Bad token scope")
+            self._check_expiry(claims)
+            verified = (AccessCredentials(claims["sub"], claims["scope"], claims["sid"]), claims["exp"])
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = verified
+        credentials, expires = verified
+        if expires <= self.now():
+            raise ExpiredToken("Token has expired")
+        if credentials.session_id in self.revoked:
             raise ExpiredToken("Token has been revoked")
-        return AccessCredentials(claims["sub"], claims["scope"], claims["sid"])
+        return credentials
 
     def verify_refresh(self, token: str) -> RefreshCredentials:
         claims = self._decode(token, "refresh+jwt")

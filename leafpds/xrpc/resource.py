@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
@@ -31,6 +32,7 @@ from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
 from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
 from leafpds.xrpc.subscribe import FirehoseFactory
+from leafpds.web.auth import AuthPages
 
 # Importing the namespace modules declares their methods on `xrpc`.
 from leafpds.xrpc import identity as _identity, repo as _repo, server as _server, sync as _sync  # noqa: F401
@@ -90,13 +92,19 @@ class XRPCServer:
         self.ctx = ctx
         self.registry = registry
         self.firehose = FirehoseFactory(ctx.sequencer, ctx.lexicons, ctx.reactor)
+        self.auth = AuthPages(ctx)
 
     def resource(self) -> IResource:
-        return CORSResource(self.app.resource())
+        return CORSResource(MethodRouter(self, self.app.resource()))
 
     @app.route("/", methods=["GET", "HEAD"])
     def banner(self, request: IRequest) -> bytes:
         return body(request, TEXT, BANNER.format(version=leafpds.__version__).encode("utf-8"))
+
+    @app.route("/auth/", branch=True, methods=["GET", "HEAD", "POST"])
+    def auth_pages(self, request: IRequest) -> IResource:
+        """Sign-in with GitHub or Google (see :mod:`leafpds.web.auth`)."""
+        return self.auth.resource()
 
     @app.route("/robots.txt", methods=["GET", "HEAD"])
     def robots(self, request: IRequest) -> bytes:
@@ -165,12 +173,13 @@ class XRPCServer:
         )
 
     def _lookup(self, request: IRequest, nsid: str) -> Method:
-        try:
-            syntax.validate_nsid(nsid)
-        except syntax.InvalidSyntax:
-            raise InvalidRequest(f"Invalid XRPC method name: {nsid!r}") from None
         method = self.registry.methods.get(nsid)
         if method is None:
+            # Declared methods have valid names; only an unknown one needs checking.
+            try:
+                syntax.validate_nsid(nsid)
+            except syntax.InvalidSyntax:
+                raise InvalidRequest(f"Invalid XRPC method name: {nsid!r}") from None
             raise MethodNotImplemented("Method Not Implemented")
         verb = request.method
         if verb == b"HEAD":
@@ -318,3 +327,46 @@ class CORSResource(Resource):
             request.setHeader("content-length", "0")
             return b""
         return self.wrapped.render(request)
+
+
+class MethodRouter(Resource):
+    """
+    Sends ``/xrpc/<nsid>`` for a declared method straight to
+    :meth:`XRPCServer.dispatch`, and everything else through the Klein app.
+    Klein's URL matching and Deferred plumbing cost as much as the rest of
+    a small query; for these paths its answer would be the same.
+    """
+
+    isLeaf = True
+
+    # The HTTP methods the ``/xrpc/<nsid>`` route accepts.
+    VERBS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH"))
+
+    def __init__(self, server: XRPCServer, klein: IResource) -> None:
+        super().__init__()
+        self.server = server
+        self.klein = klein
+        # Paths with a route of their own (the firehose, the health check).
+        self.routed = frozenset(rule.rule.encode() for rule in server.app.url_map.iter_rules())
+
+    def render(self, request: IRequest) -> Any:
+        path = request.path
+        if (
+            not path.startswith(b"/xrpc/")
+            or request.method not in self.VERBS
+            or path in self.routed
+            or (nsid := path[6:].decode("latin-1")) not in self.server.registry.methods
+        ):
+            return self.klein.render(request)
+        answer = ensureDeferred(self.server.dispatch(request, nsid))
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: answer.cancel())  # the client went away
+
+        def respond(data: bytes) -> None:
+            if not finished.called:
+                request.write(data)
+                request.finish()
+
+        answer.addCallback(respond)
+        answer.addErrback(lambda failure: log.failure("Writing an XRPC answer failed", failure))
+        return NOT_DONE_YET

@@ -3,18 +3,28 @@ The ``twisted.web`` site: requests whose body grows past the limit are
 answered 413 and cut off as soon as the limit is crossed, not after the whole
 body has been buffered.  Blob uploads have their own, larger limit, and
 their body streams into an upload spool (hashed as it arrives) instead of
-Twisted's buffer.
+Twisted's buffer.  The access log goes out in batches.
 """
 
 import json
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 #: The one method whose body is a blob.
 UPLOAD_PATH = b"/xrpc/com.atproto.repo.uploadBlob"
+
+# Access log lines (Combined Log Format) go out as one log event per batch:
+# a log event costs ~30 µs in the JSON log observer, a twentieth of a small
+# request, while the line itself costs a few.
+ACCESS_LOG_INTERVAL = 1.0  # seconds a line may wait
+ACCESS_LOG_BATCH = 1000  # lines that are written at once without waiting
+
+access_log = Logger(namespace="leafpds.access")
 
 
 class BodyLimitedRequest(Request):
@@ -95,3 +105,25 @@ class XRPCSite(Site):
         self.max_body_size = max_body_size
         self.max_blob_size = max_body_size if max_blob_size is None else max_blob_size
         self.spool = spool
+        self._access_lines: list[str] = []
+        self._access_flush: IDelayedCall | None = None
+
+    def log(self, request: Request) -> None:
+        self._access_lines.append(self._logFormatter(self._logDateTime, request))
+        if len(self._access_lines) >= ACCESS_LOG_BATCH:
+            self.flush_access_log()
+        elif self._access_flush is None:
+            self._access_flush = self.reactor.callLater(ACCESS_LOG_INTERVAL, self.flush_access_log)
+
+    def flush_access_log(self) -> None:
+        """Write the waiting access log lines now."""
+        if self._access_flush is not None and self._access_flush.active():
+            self._access_flush.cancel()
+        self._access_flush = None
+        if self._access_lines:
+            lines, self._access_lines = self._access_lines, []
+            access_log.info("{requests}", requests="\n".join(lines))
+
+    def stopFactory(self) -> None:
+        self.flush_access_log()
+        super().stopFactory()

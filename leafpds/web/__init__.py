@@ -1,0 +1,1 @@
+"""leafpds's own server-rendered pages (sign-in with outside providers)."""
