@@ -332,3 +332,33 @@ async def test_keys_are_sealed_at_rest_and_a_wrong_master_secret_refuses_to_star
         )).code == 200
     finally:
         await again.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_account_per_provider_identity(pds):
+    import pytest
+
+    from leafpds.errors import InvalidRequest
+
+    accounts = pds.service.app.accounts
+    first = await accounts.create("octo.test", "octo@example.com", None, oauth_identity=("github", "42"))
+    assert await accounts.did_for_identity("github", "42") == first.account.did
+    with pytest.raises(InvalidRequest):
+        await accounts.create("octo2.test", "octo2@example.com", None, oauth_identity=("github", "42"))
+    # Even when the early check is passed (two sign-ups racing), the transaction refuses.
+    real = accounts.did_for_identity
+
+    async def not_yet(provider, subject):
+        return None
+
+    accounts.did_for_identity = not_yet
+    try:
+        with pytest.raises(InvalidRequest):
+            await accounts.create("octo3.test", "octo3@example.com", None, oauth_identity=("github", "42"))
+    finally:
+        accounts.did_for_identity = real
+
+    def count(conn):
+        return conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+
+    assert await pds.service.app.db.read(count) == 1

@@ -123,6 +123,8 @@ class Accounts:
         if invite_required and not invite_code:
             raise XRPCError("No invite code provided", name="InvalidInviteCode")
         await self.db.read(_check_available, handle, email, invite_code if invite_required else None)
+        if oauth_identity is not None and await self.did_for_identity(*oauth_identity):
+            raise InvalidRequest("This sign-in already has an account; sign in again to use it")
 
         signing_key = crypto.K256Keypair.generate()
         password_hash = await deferToThread(hash_password, password) if password else None
@@ -182,7 +184,11 @@ class Accounts:
         )
         self.keys.store_unit(conn, did, signing_key)
         if oauth_identity is not None:
-            # The primary key refuses a second account for the same identity.
+            # One account per identity, even when two sign-ups race (two tabs).
+            if conn.execute(
+                "SELECT 1 FROM oauth_identities WHERE provider = ? AND subject = ?", oauth_identity
+            ).fetchone():
+                raise InvalidRequest("This sign-in already has an account; sign in again to use it")
             conn.execute(
                 "INSERT INTO oauth_identities (provider, subject, did, created_at) VALUES (?, ?, ?, ?)",
                 (*oauth_identity, did, created),
