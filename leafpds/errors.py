@@ -90,3 +90,15 @@ class RecordNotFound(XRPCError):
 
 class RepoNotFound(XRPCError):
     name = "RepoNotFound"
+
+
+class BlobNotFound(XRPCError):
+    name = "BlobNotFound"
+
+
+class InvalidMimeType(XRPCError):
+    name = "InvalidMimeType"
+
+
+class InvalidSize(XRPCError):
+    name = "InvalidSize"

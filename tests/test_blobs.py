@@ -16,7 +16,7 @@ from zope.interface import implementer
 from leafpds.blobs import sniff
 from leafpds.blobs.refs import BlobRef, find_blob_refs
 from leafpds.blobs.spool import UploadSpool
-from leafpds.blobs.store import BlobNotFound, DiskBlobStore
+from leafpds.blobs.store import DiskBlobStore, MissingBlobFile
 from leafpds.ipld import atjson
 from leafpds.ipld.cid import cid_for_raw, parse_cid
 from tests.harness import make_settings, start_pds
@@ -104,7 +104,7 @@ async def test_disk_store_put_open_delete(tmp_path):
     await store.delete(did, cid)
     await store.delete(did, cid)  # twice is fine
     assert not final.exists()
-    with pytest.raises(BlobNotFound):
+    with pytest.raises(MissingBlobFile):
         await store.open(did, cid)
     with pytest.raises(ValueError):
         store.path("../etc", cid)

@@ -12,21 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from leafpds.blobs.refs import BlobRef, find_blob_refs
-from leafpds.errors import XRPCError
+from leafpds.errors import BlobNotFound, InvalidMimeType, InvalidSize
 from leafpds.ipld import codec
 from leafpds.ipld.cid import CID
-
-
-class BlobNotFound(XRPCError):
-    name = "BlobNotFound"
-
-
-class InvalidMimeType(XRPCError):
-    name = "InvalidMimeType"
-
-
-class InvalidSize(XRPCError):
-    name = "InvalidSize"
 
 
 def _linked(conn: Any, did: str, cid: bytes) -> bool:

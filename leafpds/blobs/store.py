@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThreadPool
 from leafpds.ipld.cid import CID
 
 
-class BlobNotFound(Exception):
+class MissingBlobFile(Exception):
     """The store has no such blob."""
 
 
@@ -38,7 +38,7 @@ class BlobStore(Protocol):
         """
 
     async def open(self, did: str, cid: CID) -> BlobReader:
-        """Start reading a blob; raises :class:`BlobNotFound`."""
+        """Start reading a blob; raises :class:`MissingBlobFile`."""
 
     async def delete(self, did: str, cid: CID) -> None:
         """Delete a blob; deleting one that is not there is not an error."""
@@ -88,7 +88,7 @@ class DiskBlobStore:
         try:
             f = await self._in_thread(open, self.path(did, cid), "rb")
         except FileNotFoundError:
-            raise BlobNotFound(f"{did} {cid.encode()}") from None
+            raise MissingBlobFile(f"{did} {cid.encode()}") from None
         return DiskBlobReader(f, self)
 
     async def delete(self, did: str, cid: CID) -> None:

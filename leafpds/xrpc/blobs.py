@@ -5,7 +5,7 @@ from typing import Any
 
 from leafpds.blobs import index
 from leafpds.blobs.spool import UploadSpool
-from leafpds.blobs.store import BlobNotFound
+from leafpds.blobs.store import MissingBlobFile
 from leafpds.errors import InternalServerError, InvalidRequest
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.repo import reads
@@ -54,7 +54,7 @@ async def get_blob(ctx: XRPCContext) -> XRPCStream:
     mime_type, size = await ctx.app.db.read(_find_blob, did, cid)
     try:
         reader = await ctx.app.blobs.store.open(did, cid)
-    except BlobNotFound:
+    except MissingBlobFile:
         raise InvalidRequest("Blob not found") from None
     request = ctx.request
     request.setHeader("content-length", str(size))
