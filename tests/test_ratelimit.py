@@ -83,3 +83,16 @@ async def test_no_rate_limits_flag(tmp_path):
             assert (await running.get("com.atproto.server.describeServer")).code == 200
     finally:
         await running.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_in_pages_and_firehose_count_too(tmp_path):
+    running = await start_pds(make_settings(tmp_path, rate_limit_requests="2/60"))
+    try:
+        for _ in range(2):
+            page = await running.request("POST", "/auth/exchange", data=b"{}")
+            assert page.code == 400  # counted, then refused for its content
+        assert_error(await running.request("POST", "/auth/exchange", data=b"{}"), 429, "RateLimitExceeded")
+        assert_error(await running.get("com.atproto.sync.subscribeRepos"), 429, "RateLimitExceeded")
+    finally:
+        await running.service.stopService()

@@ -102,8 +102,12 @@ class XRPCServer:
         return body(request, TEXT, BANNER.format(version=leafpds.__version__).encode("utf-8"))
 
     @app.route("/auth/", branch=True, methods=["GET", "HEAD", "POST"])
-    def auth_pages(self, request: IRequest) -> IResource:
+    def auth_pages(self, request: IRequest) -> Any:
         """Sign-in with GitHub or Google (see :mod:`leafpds.web.auth`)."""
+        try:
+            self.ctx.request_limits.consume(_client_ip(request), 1, request)
+        except XRPCError as e:
+            return write_error(request, e)
         return self.auth.resource()
 
     @app.route("/robots.txt", methods=["GET", "HEAD"])
@@ -134,6 +138,7 @@ class XRPCServer:
     @app.route("/xrpc/com.atproto.sync.subscribeRepos")
     def subscribe_repos(self, request: IRequest) -> Any:
         try:
+            self.ctx.request_limits.consume(_client_ip(request), 1, request)
             return self.firehose.upgrade(request)
         except XRPCError as e:
             return write_error(request, e)
