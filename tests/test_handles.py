@@ -8,6 +8,7 @@ import ipaddress
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.names import authority, dns, server
 from twisted.web import resource, server as web_server
@@ -280,12 +281,20 @@ class Network:
 
     def start(self):
         factory = DNSServerFactory(authorities=[self.dns])
-        udp = reactor.listenUDP(
-            0, dns.DNSDatagramProtocol(controller=factory), interface="127.0.0.1"
-        )
-        self.dns_port = udp.getHost().port
-        # Truncated answers are retried over TCP, on the same port.
-        tcp = reactor.listenTCP(self.dns_port, factory, interface="127.0.0.1")
+        # DNS over UDP and TCP on one port number (truncated answers are retried
+        # over TCP): the TCP number a free UDP port has may be taken, so retry.
+        for _ in range(20):
+            udp = reactor.listenUDP(
+                0, dns.DNSDatagramProtocol(controller=factory), interface="127.0.0.1"
+            )
+            self.dns_port = udp.getHost().port
+            try:
+                tcp = reactor.listenTCP(self.dns_port, factory, interface="127.0.0.1")
+                break
+            except CannotListenError:
+                udp.stopListening()
+        else:
+            raise RuntimeError("no port free for both UDP and TCP")
         site = web_server.Site(self.web)
         site.noisy = False
         http = reactor.listenTCP(0, site, interface="127.0.0.1")
