@@ -50,11 +50,6 @@ class ExpiredToken(XRPCError):
     name = "ExpiredToken"
 
 
-class Forbidden(XRPCError):
-    status = 403
-    name = "Forbidden"
-
-
 class MethodNotImplemented(XRPCError):
     status = 501
     name = "MethodNotImplemented"
@@ -73,11 +68,6 @@ class RateLimitExceeded(XRPCError):
 class InternalServerError(XRPCError):
     status = 500
     name = "InternalServerError"
-
-
-class NotEnoughResources(XRPCError):
-    status = 503
-    name = "NotEnoughResources"
 
 
 class InvalidSwap(XRPCError):

@@ -476,3 +476,14 @@ async def test_errors_found_in_memory_are_confirmed_by_the_unit(repos):
     after = await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "y", post("y"))])
     _, body = frame(repos.heard[-1][1])
     assert body["since"] == made.rev and after.rev > made.rev
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_record_over_the_size_limit_is_refused(repos):
+    did = "did:plc:bigrecord"
+    await repos.new(did)
+    state = await repos.state(did)
+    huge = {"$type": "com.example.blob", "data": b"\x00" * (1024 * 1024 + 1)}
+    with pytest.raises(InvalidRequest, match="too large"):
+        await repos.transactor.apply_writes(did, [Write("create", "com.example.blob", "big", huge)])
+    assert await repos.state(did) == state

@@ -12,6 +12,8 @@ from leafpds.ipld import codec
 # The sync spec's limits: a #commit's blocks and op count.
 MAX_COMMIT_BLOCKS_BYTES = 2_000_000
 MAX_COMMIT_OPS = 200
+# The largest record, as DAG-CBOR (the network's limit for one record).
+MAX_RECORD_BYTES = 1024 * 1024
 
 
 def encode_frame(event_type: str, body: dict[str, Any]) -> bytes:

@@ -165,7 +165,3 @@ def iter_blocks(conn: Any, did: str, since: str | None = None, page: int = 2000)
         if len(rows) < page:
             return
         after = rows[-1][0]
-
-
-def count_blocks(conn: Any, did: str) -> int:
-    return conn.execute("SELECT count(*) FROM blocks WHERE did = ?", (did,)).fetchone()[0]

@@ -229,6 +229,11 @@ class RepoTransactor:
         encoded = [
             codec.encode_with_cid(w.record) if w.action != "delete" else None for w in writes
         ]
+        for write, block in zip(writes, encoded):
+            if block is not None and len(block[1]) > events.MAX_RECORD_BYTES:
+                raise InvalidRequest(
+                    f"Record is too large: {write.path} (max {events.MAX_RECORD_BYTES} bytes)"
+                )
         key = await self.keys.signing_key(did)
 
         async def locked() -> CommitResult:

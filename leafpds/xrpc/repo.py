@@ -15,8 +15,6 @@ from leafpds.xrpc.auth import access
 from leafpds.xrpc.ratelimit import WRITE_POINTS
 from leafpds.xrpc.registry import XRPCContext, xrpc
 
-# The largest record accepted, as DAG-CBOR (the network's limit for a record).
-MAX_RECORD_BYTES = 1024 * 1024
 MAX_APPLY_WRITES = 200
 
 _rkeys = TIDClock()
@@ -80,11 +78,6 @@ def _check_path(collection: str, rkey: str) -> None:
         raise InvalidRequest(str(e)) from None
 
 
-def _check_size(record: dict) -> None:
-    if len(codec.encode(record)) > MAX_RECORD_BYTES:
-        raise XRPCError(f"Record is too large (max {MAX_RECORD_BYTES} bytes)", name="InvalidRequest")
-
-
 def _uri(did: str, collection: str, rkey: str) -> str:
     return f"at://{did}/{collection}/{rkey}"
 
@@ -100,7 +93,6 @@ async def _write_one(ctx: XRPCContext, action: str, rkey: str, swap_record: Any 
     collection = body["collection"]
     _check_path(collection, rkey)
     record, status = _prepare(ctx, collection, rkey, body["record"], body.get("validate"))
-    _check_size(record)
     writes = [Write(action, collection, rkey, record, swap_record=swap_record)]
     _charge(ctx, did, writes)
     result = await ctx.app.transactor.apply_writes(did, writes, _cid_param(body.get("swapCommit"), "swapCommit"))
@@ -166,7 +158,6 @@ async def apply_writes(ctx: XRPCContext) -> dict[str, Any]:
             statuses.append(None)
             continue
         record, status = _prepare(ctx, collection, rkey, item.get("value"), body.get("validate"))
-        _check_size(record)
         writes.append(Write(action, collection, rkey, record))
         statuses.append(status)
     _charge(ctx, did, writes)
