@@ -97,6 +97,7 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
 FLAGS: dict[str, str] = {
     "invite-required": "Require an invite code to create an account.",
     "no-rate-limits": "Turn rate limiting off (benchmarks, trusted setups).",
+    "no-password-signup": "Refuse createAccount: new accounts only through sign-in with GitHub or Google.",
 }
 
 ENV_PREFIX = "LEAFPDS_"
@@ -145,6 +146,7 @@ class Settings:
     privacy_policy_url: str | None = None
     terms_of_service_url: str | None = None
     invite_required: bool = False
+    password_signup: bool = True
     rate_limit_requests: str = "3000/300"
     rate_limit_writes: str = "5000/3600,35000/86400"
     rate_limit_logins: str = "30/300,300/86400"
@@ -205,6 +207,7 @@ class Settings:
             privacy_policy_url=values["privacy-policy-url"],
             terms_of_service_url=values["terms-of-service-url"],
             invite_required=values["invite-required"],
+            password_signup=not values["no-password-signup"],
             rate_limit_requests=values["rate-limit-requests"],
             rate_limit_writes=values["rate-limit-writes"],
             rate_limit_logins=values["rate-limit-logins"],

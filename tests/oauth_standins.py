@@ -166,11 +166,16 @@ class GoogleStandIn(_StandIn):
 
     def __init__(self) -> None:
         super().__init__()
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.kid = "standin-1"
+        self.jwks_fetches = 0
+        self.rotate_key()
         self.sub = "109876543210987654321"
         # Claims merged over the real ones in the next id_tokens (to misbehave).
         self.claims: dict[str, Any] = {}
+
+    def rotate_key(self) -> None:
+        """Sign from now on with a new key (a new ``kid``), as Google does every few days."""
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = secrets.token_hex(8)
 
     @app.route("/.well-known/openid-configuration")
     def discovery(self, request):
@@ -185,6 +190,7 @@ class GoogleStandIn(_StandIn):
 
     @app.route("/oauth2/v3/certs")
     def jwks(self, request):
+        self.jwks_fetches += 1
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
         jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
         return _json(request, {"keys": [jwk]})

@@ -4,145 +4,25 @@ stand-ins for both providers, driven over HTTP by treq, following every
 redirect by hand (and carrying the sign-in cookie as a browser would).
 """
 
-import gc
-import html
-import re
-from urllib.parse import parse_qs, urlencode, urlsplit
-
 import pytest
 import pytest_twisted
 import treq
 
 from leafpds.accounts.oauth import Expiring, HandOffCodes, PKCE, handle_hint
-from leafpds.web.auth import AuthPages
-from tests.harness import make_settings, start_pds
-from tests.oauth_standins import CLIENT_ID, CLIENT_SECRET, GitHubStandIn, GoogleStandIn
-
-APP = "http://127.0.0.1:1/app/done?from=leafpds"
-OTHER_APP = "http://127.0.0.1:1/other"
-
-
-@pytest_twisted.async_yield_fixture
-async def world(tmp_path):
-    github = GitHubStandIn().listen()
-    google = GoogleStandIn().listen()
-    pds = await start_pds(make_settings(
-        tmp_path / "data",
-        github_client_id=CLIENT_ID,
-        github_client_secret=CLIENT_SECRET,
-        github_url=github.url,
-        github_api_url=github.api_url,
-        google_client_id=CLIENT_ID,
-        google_client_secret=CLIENT_SECRET,
-        google_issuer=google.url,
-        app_redirect_uri=f"{APP},{OTHER_APP}",
-    ))
-    yield pds, github, google
-    await pds.service.stopService()
-    await github.stop()
-    await google.stop()
-
-
-def auth_pages(pds) -> AuthPages:
-    """The running server's sign-in state (to move its clock in tests)."""
-    # Found by identity rather than through the resource tree, whose layers change.
-    return next(
-        o for o in gc.get_objects() if isinstance(o, AuthPages) and o.ctx is pds.service.app
-    )
-
-
-def query(url: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-
-
-def local(url: str) -> str:
-    """The path and query of a URL on the PDS (whose public URL says localhost)."""
-    parts = urlsplit(url)
-    return parts.path + ("?" + parts.query if parts.query else "")
-
-
-class Browser:
-    """Follows leafpds's sign-in redirects by hand, keeping its cookie."""
-
-    def __init__(self, pds) -> None:
-        self.pds = pds
-        self.cookie = ""
-
-    def _headers(self) -> dict[str, str]:
-        return {"Cookie": self.cookie} if self.cookie else {}
-
-    async def get(self, path: str):
-        answer = await self.pds.request("GET", path, headers=self._headers(), allow_redirects=False)
-        set_cookie = answer.header("set-cookie")
-        if set_cookie:
-            self.cookie = set_cookie.split(";")[0]
-        return answer
-
-    async def post_form(self, path: str, fields: dict[str, str]):
-        return await self.pds.request(
-            "POST", path, data=fields, headers=self._headers(), allow_redirects=False
-        )
-
-    async def to_provider(self, provider: str, redirect_uri: str = APP, state: str = "app-state") -> str:
-        """Start a sign-in; the provider's authorize URL."""
-        answer = await self.get(
-            f"/auth/{provider}/login?" + treq_query({"redirect_uri": redirect_uri, "state": state})
-        )
-        assert answer.code == 302, answer.body
-        return answer.header("location")
-
-    async def approve(self, authorize_url: str, decision: str = "approve") -> str:
-        """Approve on the stand-in's authorize page; the callback URL it sends back to."""
-        page = await treq.get(authorize_url)
-        assert page.code == 200 and b"Authorize" in await page.content()
-        fields = query(authorize_url)
-        fields["decision"] = decision
-        answer = await treq.post(authorize_url.split("?")[0], data=fields, allow_redirects=False)
-        assert answer.code == 302
-        await answer.content()
-        return answer.headers.getRawHeaders("location")[0]
-
-    async def sign_in(self, provider: str, redirect_uri: str = APP):
-        """Up to the callback's answer (chooser page or redirect to the app)."""
-        callback = await self.approve(await self.to_provider(provider, redirect_uri))
-        return await self.get(local(callback))
-
-    async def choose_handle(self, chooser, handle: str | None = None):
-        text = chooser.body.decode()
-        ticket = html.unescape(re.search(r'name="ticket" value="([^"]+)"', text).group(1))
-        prefilled = html.unescape(re.search(r'id="handle" name="handle" value="([^"]+)"', text).group(1))
-        return await self.post_form("/auth/signup", {"ticket": ticket, "handle": handle or prefilled})
-
-
-def treq_query(params: dict[str, str]) -> str:
-    return urlencode(params)
-
-
-async def exchange(pds, code: str, redirect_uri: str = APP):
-    return await pds.request(
-        "POST", "/auth/exchange", json={"code": code, "redirect_uri": redirect_uri}
-    )
-
-
-def back_at_app(answer, redirect_uri: str = APP) -> dict[str, str]:
-    assert answer.code == 302, answer.body
-    location = answer.header("location")
-    assert location.startswith(redirect_uri.split("?")[0] + "?")
-    return query(location)
-
-
-async def first_sign_in(pds, provider: str, expected_handle: str):
-    browser = Browser(pds)
-    chooser = await browser.sign_in(provider)
-    assert chooser.code == 200, chooser.body
-    assert f'value="{expected_handle}"'.encode() in chooser.body
-    params = back_at_app(await browser.choose_handle(chooser))
-    assert params["state"] == "app-state" and params["from"] == "leafpds"
-    assert "accessJwt" not in str(params)
-    answer = await exchange(pds, params["code"])
-    assert answer.code == 200, answer.body
-    return answer.json(), params["code"]
-
+from tests.oauth_standins import CLIENT_ID
+from tests.signin import (  # noqa: F401 (world is a fixture)
+    APP,
+    OTHER_APP,
+    Browser,
+    auth_pages,
+    back_at_app,
+    exchange,
+    first_sign_in,
+    local,
+    query,
+    treq_query,
+    world,
+)
 
 @pytest.mark.parametrize(
     ("provider", "handle"), [("github", "octo-cat.test"), ("google", "ada-lovelace.test")]
@@ -241,7 +121,8 @@ async def test_hand_off_code_is_single_use_and_bound_to_its_redirect_uri(world):
 @pytest_twisted.ensureDeferred
 async def test_redirect_uri_must_be_allow_listed(world):
     pds, github, _google = world
-    for uri in ["https://evil.example/steal", APP + "&more=1", ""]:
+    # (No redirect_uri at all means leafpds's own account page: see test_account_pages.)
+    for uri in ["https://evil.example/steal", APP + "&more=1"]:
         answer = await Browser(pds).get(
             "/auth/github/login?" + treq_query({"redirect_uri": uri, "state": "s"})
         )
@@ -377,3 +258,16 @@ async def test_plc_failure_during_sign_up_creates_nothing_and_the_form_can_be_se
     assert await pds.service.app.db.read(_account_count) == 0
     params = back_at_app(await browser.choose_handle(chooser))
     assert (await exchange(pds, params["code"])).json()["handle"] == "octo-cat.test"
+
+
+@pytest_twisted.ensureDeferred
+async def test_google_keys_are_cached_and_fetched_again_for_a_new_key_id(world):
+    pds, _github, google = world
+    await first_sign_in(pds, "google", "ada-lovelace.test")
+    back_at_app(await Browser(pds).sign_in("google"))
+    assert google.jwks_fetches == 1
+
+    # Google rotates its keys: a token signed with a key id not yet seen.
+    google.rotate_key()
+    back_at_app(await Browser(pds).sign_in("google"))
+    assert google.jwks_fetches == 2

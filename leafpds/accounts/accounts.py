@@ -240,10 +240,31 @@ class Accounts:
         return SignedIn(account, self.tokens.pair(account.did, session), session.scope)
 
     async def sign_out(self, credentials: RefreshCredentials) -> None:
-        await self.db.write(
-            sessions.end_sessions_unit, credentials.did, [credentials.session_id], self.now()
-        )
-        self.tokens.revoke([credentials.session_id])
+        await self.end_session(credentials.did, credentials.session_id)
+
+    async def end_session(self, did: str, session_id: str) -> None:
+        """End one session: its refresh tokens go, its access tokens are refused from now on."""
+        await self.db.write(sessions.end_sessions_unit, did, [session_id], self.now())
+        self.tokens.revoke([session_id])
+
+    async def set_password(self, did: str, password: str) -> None:
+        """Give an account (e.g. one created by sign-in) a password, or a new one."""
+        _check_password(password)
+        password_hash = await deferToThread(hash_password, password)
+        await self.db.write(_set_password, did, password_hash)
+
+    # -- identities at GitHub or Google ------------------------------------------
+
+    async def linked_identities(self, did: str) -> list[str]:
+        """The providers whose identities sign in to this account."""
+        return await self.db.read(_linked_providers, did)
+
+    async def link_identity(self, did: str, provider: str, subject: str) -> None:
+        """Let (provider, subject) sign in to ``did`` too; refused if it belongs to another account."""
+        await self.db.write(_link_identity, did, provider, subject, iso_from_epoch(self.now()))
+
+    async def email_in_use(self, email: str) -> bool:
+        return await self.db.read(_account_by, "email", email.strip().lower()) is not None
 
     async def get(self, did: str) -> Account:
         account = await self.db.read(_account_by, "did", did)
@@ -384,6 +405,35 @@ def _did_for_identity(conn: Any, provider: str, subject: str) -> str | None:
         "SELECT did FROM oauth_identities WHERE provider = ? AND subject = ?", (provider, subject)
     ).fetchone()
     return row[0] if row else None
+
+
+def _linked_providers(conn: Any, did: str) -> list[str]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT provider FROM oauth_identities WHERE did = ? ORDER BY provider", (did,)
+        )
+    ]
+
+
+def _link_identity(conn: Any, did: str, provider: str, subject: str, now: str) -> None:
+    owner = _did_for_identity(conn, provider, subject)
+    if owner == did:
+        return
+    if owner is not None:
+        raise InvalidRequest("That sign-in already belongs to another account on this server")
+    if conn.execute(
+        "SELECT 1 FROM oauth_identities WHERE did = ? AND provider = ?", (did, provider)
+    ).fetchone():
+        raise InvalidRequest("This account is already linked to another identity at that provider")
+    conn.execute(
+        "INSERT INTO oauth_identities (provider, subject, did, created_at) VALUES (?, ?, ?, ?)",
+        (provider, subject, did, now),
+    )
+
+
+def _set_password(conn: Any, did: str, password_hash: bytes) -> None:
+    conn.execute("UPDATE accounts SET password_hash = ? WHERE did = ?", (password_hash, did))
 
 
 def _match_password(

@@ -26,6 +26,9 @@ import treq
 HTTP_TIMEOUT = 15
 PENDING_LIFETIME = 10 * 60
 HANDOFF_LIFETIME = 60
+# Google rotates its signing keys every few days; a key id not yet seen
+# makes leafpds fetch the set again at once.
+JWKS_LIFETIME = 6 * 60 * 60
 USER_AGENT = "leafpds"
 
 
@@ -100,8 +103,12 @@ class PendingLogin:
     provider: str
     pkce: PKCE
     nonce: str
+    # Where the user goes afterwards: an allow-listed app, or "" for
+    # leafpds's own account pages.
     redirect_uri: str
     app_state: str
+    # Set when a signed-in user links this provider to their account.
+    link_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,11 +229,17 @@ class Google:
     name = "google"
     title = "Google"
 
-    def __init__(self, client_id: str, client_secret: str, issuer: str) -> None:
+    def __init__(
+        self, client_id: str, client_secret: str, issuer: str, now: Callable[[], float]
+    ) -> None:
         self.client_id = client_id
         self._client_secret = client_secret
         self.issuer = issuer
+        self.now = now
         self._discovery: dict[str, Any] | None = None
+        # kid -> key, and when the set was fetched
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys_fetched = float("-inf")
 
     def __repr__(self) -> str:
         return f"<Google {self.issuer} client {self.client_id}>"
@@ -288,14 +301,30 @@ class Google:
             raise OAuthError("Your Google account's email address is not verified")
         return Identity(self.name, str(claims["sub"]), email, handle_hint(email.split("@")[0]))
 
-    async def _verify(self, id_token: str, jwks_uri: str) -> dict[str, Any]:
-        keys = await _json(await treq.get(jwks_uri, timeout=HTTP_TIMEOUT), "Reading Google's keys")
+    async def _key(self, kid: Any, jwks_uri: str) -> jwt.PyJWK:
+        """Google's key ``kid``, from the cached set, fetched again when stale or missing."""
+        if kid not in self._keys or self.now() - self._keys_fetched > JWKS_LIFETIME:
+            keys = await _json(await treq.get(jwks_uri, timeout=HTTP_TIMEOUT), "Reading Google's keys")
+            try:
+                key_set = jwt.PyJWKSet.from_dict(keys)
+            except (jwt.PyJWTError, ValueError, TypeError) as e:
+                raise OAuthError(f"Google's keys are not usable: {e}") from None
+            self._keys = {k.key_id: k for k in key_set.keys if k.key_id}
+            self._keys_fetched = self.now()
         try:
-            key_set = jwt.PyJWKSet.from_dict(keys)
+            return self._keys[kid]
+        except (KeyError, TypeError):
+            raise OAuthError("Google's ID token is signed with an unknown key") from None
+
+    async def _verify(self, id_token: str, jwks_uri: str) -> dict[str, Any]:
+        try:
             kid = jwt.get_unverified_header(id_token).get("kid")
-            key = next(k for k in key_set.keys if k.key_id == kid)
-            # Google writes its issuer with or without the scheme.
-            bare = self.issuer.split("://", 1)[-1]
+        except jwt.PyJWTError as e:
+            raise OAuthError(f"Google's ID token is not valid: {e}") from None
+        key = await self._key(kid, jwks_uri)
+        # Google writes its issuer with or without the scheme.
+        bare = self.issuer.split("://", 1)[-1]
+        try:
             return jwt.decode(
                 id_token,
                 key,
@@ -304,8 +333,6 @@ class Google:
                 issuer=[self.issuer, bare],
                 options={"require": ["iss", "aud", "exp", "iat", "sub"]},
             )
-        except StopIteration:
-            raise OAuthError("Google's ID token is signed with an unknown key") from None
         except (jwt.PyJWTError, ValueError, TypeError) as e:
             raise OAuthError(f"Google's ID token is not valid: {e}") from None
 
@@ -313,7 +340,7 @@ class Google:
 Provider = GitHub | Google
 
 
-def configured_providers(settings: Any) -> dict[str, Provider]:
+def configured_providers(settings: Any, now: Callable[[], float]) -> dict[str, Provider]:
     """The providers the operator configured; one without a client id is not offered."""
     providers: dict[str, Provider] = {}
     if settings.github_client_id:
@@ -325,6 +352,6 @@ def configured_providers(settings: Any) -> dict[str, Provider]:
         )
     if settings.google_client_id:
         providers["google"] = Google(
-            settings.google_client_id, settings.google_client_secret or "", settings.google_issuer
+            settings.google_client_id, settings.google_client_secret or "", settings.google_issuer, now
         )
     return providers

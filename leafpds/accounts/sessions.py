@@ -17,6 +17,8 @@ those access tokens are refused at once; the list is kept in memory (checked
 on every request without a database hop) and in the database (for restarts).
 """
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +123,11 @@ class TokenIssuer:
             self.access_token(did, session.session_id, session.scope),
             self.refresh_token(did, session.token_id, session.session_id, session.expires_at),
         )
+
+    def form_token(self, session_id: str) -> str:
+        """A value that ties a web form to the session that was shown it (against CSRF)."""
+        mac = hmac.new(self._secret, b"form:" + session_id.encode("utf-8"), hashlib.sha256)
+        return mac.hexdigest()[:32]
 
     def revoke(self, session_ids: list[str]) -> None:
         """Refuse these sessions' access tokens from now on (call after the revocation commits)."""

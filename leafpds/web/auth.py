@@ -2,16 +2,19 @@
 Sign-in with GitHub or Google, mounted under ``/auth/``:
 
 ``GET /auth/<provider>/login?redirect_uri=…&state=…``
-    checks that ``redirect_uri`` is one the operator allow-listed, remembers
-    the request (10 minutes, single use, bound to this browser by a cookie)
-    and sends the browser to the provider with leafpds's own state, PKCE
-    and, for Google, a nonce.
+    checks that ``redirect_uri`` is one the operator allow-listed (without
+    one, the user ends on leafpds's own account page), remembers the request
+    (10 minutes, single use, bound to this browser by a cookie) and sends the
+    browser to the provider with leafpds's own state, PKCE and, for Google,
+    a nonce.
 ``GET /auth/<provider>/callback``
     trades the provider's code for the user's identity.  A known identity
     goes straight back to the app; a new one gets the handle chooser.
 ``POST /auth/signup``
     the handle chooser's form: provisions the account (no password) and the
     identity mapping together, then goes back to the app.
+``GET /auth/handle?handle=…``
+    ``{handle, available, message}``: the chooser's check as the user types.
 ``POST /auth/exchange``
     the app trades the one-time ``code`` it was sent back with, and the same
     ``redirect_uri``, for ``{did, handle, accessJwt, refreshJwt}``.
@@ -20,18 +23,16 @@ Going back to the app means a redirect to its ``redirect_uri`` with its
 ``state`` and a one-time ``code``; tokens never appear in a URL.
 """
 
-import html
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from leafpds.accounts.accounts import SignedIn
 from leafpds.accounts.oauth import (
     PENDING_LIFETIME,
     Expiring,
@@ -44,13 +45,24 @@ from leafpds.accounts.oauth import (
 )
 from leafpds.app import AppContext
 from leafpds.errors import XRPCError
+from leafpds.identity.handles import validate_new_handle
+from leafpds.web import browser
+from leafpds.web.layout import (
+    escape,
+    form_fields,
+    query_arg,
+    same_secret,
+    send_json,
+    send_page,
+    send_redirect,
+    with_query,
+)
 
 log = Logger()
 
-HTML = "text/html; charset=utf-8"
-JSON = "application/json; charset=utf-8"
 # Ties a pending sign-in to the browser that started it (login CSRF).
 COOKIE = b"leafpds_signin"
+ACCOUNT_PAGE = "/account/"
 
 
 @dataclass(frozen=True)
@@ -63,20 +75,21 @@ class Signup:
     app_state: str
 
 
-def with_query(url: str, params: dict[str, str]) -> str:
-    """``url`` with ``params`` added to whatever query it already has."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def page(title: str, content: str) -> bytes:
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)} · leafpds</title></head>\n"
-        f"<body><main><h1>{html.escape(title)}</h1>\n{content}\n</main></body></html>\n"
-    ).encode("utf-8")
+# Tells the chooser, as the user types, whether a handle can be had; the
+# form works the same without it.
+_HANDLE_CHECK = """
+const input = document.getElementById("handle"), status = document.getElementById("handle-status");
+let timer;
+input.addEventListener("input", () => {
+  clearTimeout(timer);
+  timer = setTimeout(async () => {
+    const answer = await fetch("/auth/handle?" + new URLSearchParams({handle: input.value}));
+    const result = await answer.json();
+    status.textContent = result.message;
+    status.setAttribute("role", result.available ? "status" : "alert");
+  }, 250);
+});
+"""
 
 
 class AuthPages:
@@ -84,8 +97,8 @@ class AuthPages:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self.providers = configured_providers(ctx.settings)
         now = ctx.reactor.seconds
+        self.providers = configured_providers(ctx.settings, now)
         # state -> (browser cookie, pending login)
         self.pending: Expiring[tuple[str, PendingLogin]] = Expiring(PENDING_LIFETIME, now)
         self.signups: Expiring[Signup] = Expiring(PENDING_LIFETIME, now)
@@ -96,30 +109,9 @@ class AuthPages:
     def resource(self) -> IResource:
         return self.app.resource()
 
-    # -- answers ---------------------------------------------------------------
-
-    def _page(self, request: IRequest, title: str, content: str, code: int = 200) -> bytes:
-        data = page(title, content)
-        request.setResponseCode(code)
-        request.setHeader("content-type", HTML)
-        request.setHeader("content-length", str(len(data)))
-        request.setHeader("cache-control", "no-store")
-        return data
-
-    def _error_page(self, request: IRequest, message: str, code: int = 400) -> bytes:
-        return self._page(request, "Sign-in failed", f"<p role=alert>{html.escape(message)}</p>", code)
-
-    def _redirect(self, request: IRequest, url: str) -> bytes:
-        request.setResponseCode(302)
-        request.setHeader("location", url.encode("utf-8"))
-        request.setHeader("cache-control", "no-store")
-        request.setHeader("content-length", "0")
-        return b""
-
-    def _back_to_app(self, request: IRequest, redirect_uri: str, app_state: str, **params: str) -> bytes:
-        if app_state:
-            params["state"] = app_state
-        return self._redirect(request, with_query(redirect_uri, params))
+    def error_page(self, request: IRequest, message: str, code: int = 400) -> bytes:
+        content = f"<p role=alert>{escape(message)}</p><p><a href=\"{ACCOUNT_PAGE}\">Start again</a></p>"
+        return send_page(request, "Sign-in failed", content, code)
 
     def _callback_url(self, provider: str) -> str:
         return f"{self.ctx.public_url}/auth/{provider}/callback"
@@ -130,85 +122,150 @@ class AuthPages:
 
     # -- the flow --------------------------------------------------------------
 
-    @app.route("/<provider>/login", methods=["GET"])
-    async def login(self, request: IRequest, provider: str) -> bytes:
-        chosen = self.providers.get(provider)
-        if chosen is None:
-            return self._error_page(request, "This server does not offer that sign-in.", 404)
-        redirect_uri = _arg(request, "redirect_uri")
-        if redirect_uri not in self.ctx.settings.app_redirect_uris:
-            return self._error_page(request, "The app asked to be sent back to an address this server does not allow.")
-        pending = PendingLogin(
-            provider, PKCE.generate(), secrets.token_urlsafe(24), redirect_uri, _arg(request, "state")
-        )
-        browser = self._browser(request) or secrets.token_urlsafe(24)
-        state = self.pending.add((browser, pending))
+    async def begin(self, request: IRequest, pending: PendingLogin) -> bytes:
+        """Remember ``pending`` for this browser and send it to the provider."""
+        browser_id = self._browser(request) or secrets.token_urlsafe(24)
+        state = self.pending.add((browser_id, pending))
         request.addCookie(
-            COOKIE, browser.encode("ascii"), path=b"/auth/", httpOnly=True, sameSite="lax",
+            COOKIE, browser_id.encode("ascii"), path=b"/auth/", httpOnly=True, sameSite="lax",
             secure=self.ctx.public_url.startswith("https:"),
         )
         try:
-            url = await chosen.authorize_url(self._callback_url(provider), state, pending)
+            url = await self.providers[pending.provider].authorize_url(
+                self._callback_url(pending.provider), state, pending
+            )
         except OAuthError as e:
             self.pending.take(state)
-            return self._error_page(request, str(e), 502)
-        return self._redirect(request, url)
+            return self.error_page(request, str(e), 502)
+        return send_redirect(request, url)
+
+    @app.route("/<provider>/login", methods=["GET"])
+    async def login(self, request: IRequest, provider: str) -> bytes:
+        """Sign in and go back to an app (``redirect_uri``), or with none, to the account page."""
+        if provider not in self.providers:
+            return self.error_page(request, "This server does not offer that sign-in.", 404)
+        redirect_uri = query_arg(request, "redirect_uri")
+        if redirect_uri and redirect_uri not in self.ctx.settings.app_redirect_uris:
+            return self.error_page(request, "The app asked to be sent back to an address this server does not allow.")
+        pending = PendingLogin(
+            provider, PKCE.generate(), secrets.token_urlsafe(24), redirect_uri, query_arg(request, "state")
+        )
+        return await self.begin(request, pending)
 
     @app.route("/<provider>/callback", methods=["GET"])
     async def callback(self, request: IRequest, provider: str) -> bytes:
-        state = _arg(request, "state")
-        browser, pending = self.pending.take(state) or ("", None)
+        state = query_arg(request, "state")
+        browser_id, pending = self.pending.take(state) or ("", None)
         if (
             pending is None
             or pending.provider != provider
-            or not _same(browser, self._browser(request))
+            or not same_secret(browser_id, self._browser(request))
         ):
-            return self._error_page(request, "This sign-in has expired or was already used. Please start again.")
-        if _arg(request, "error") or not _arg(request, "code"):
+            return self.error_page(request, "This sign-in has expired or was already used. Please start again.")
+        if query_arg(request, "error") or not query_arg(request, "code"):
+            if not pending.redirect_uri:
+                return self.error_page(request, "The sign-in was cancelled.")
             return self._back_to_app(request, pending.redirect_uri, pending.app_state, error="access_denied")
         try:
             identity = await self.providers[provider].identify(
-                _arg(request, "code"), self._callback_url(provider), pending
+                query_arg(request, "code"), self._callback_url(provider), pending
             )
         except OAuthError as e:
             log.warn("Sign-in with {provider} failed: {error}", provider=provider, error=str(e))
-            return self._error_page(request, str(e), 502)
+            return self.error_page(request, str(e), 502)
+        if pending.link_to is not None:
+            return await self._link(request, pending.link_to, identity)
         did = await self.ctx.accounts.did_for_identity(identity.provider, identity.subject)
         if did is not None:
-            code = self.handoffs.issue(did, pending.redirect_uri)
-            return self._back_to_app(request, pending.redirect_uri, pending.app_state, code=code)
-        ticket = self.signups.add(Signup(identity, browser, pending.redirect_uri, pending.app_state))
+            return await self._finish(request, did, pending.redirect_uri, pending.app_state)
+        if await self.ctx.accounts.email_in_use(identity.email):
+            # Never joined by email alone: whoever holds the other account links it.
+            return self.error_page(
+                request,
+                f"An account on this server already uses {identity.email}. If it is yours, sign in"
+                f" to it and link {self.providers[provider].title} from its account page.",
+                409,
+            )
+        ticket = self.signups.add(Signup(identity, browser_id, pending.redirect_uri, pending.app_state))
         return self._chooser(request, ticket, identity.handle_hint + self.ctx.settings.handle_domain)
 
+    async def _link(self, request: IRequest, did: str, identity: Identity) -> bytes:
+        try:
+            await self.ctx.accounts.link_identity(did, identity.provider, identity.subject)
+        except XRPCError as e:
+            return self.error_page(request, e.message, 409)
+        return send_redirect(request, with_query(ACCOUNT_PAGE, {"done": f"linked-{identity.provider}"}))
+
+    async def _finish(
+        self,
+        request: IRequest,
+        did: str,
+        redirect_uri: str,
+        app_state: str,
+        signed_in: SignedIn | None = None,
+    ) -> bytes:
+        """Back to the app with a hand-off code, or into the account page."""
+        if redirect_uri:
+            code = self.handoffs.issue(did, redirect_uri)
+            return self._back_to_app(request, redirect_uri, app_state, code=code)
+        try:
+            signed_in = signed_in or await self.ctx.accounts.start_session(did)
+        except XRPCError as e:
+            return self.error_page(request, e.message, 403)
+        browser.remember(request, self.ctx, signed_in)
+        return send_redirect(request, ACCOUNT_PAGE)
+
+    def _back_to_app(self, request: IRequest, redirect_uri: str, app_state: str, **params: str) -> bytes:
+        if app_state:
+            params["state"] = app_state
+        return send_redirect(request, with_query(redirect_uri, params))
+
     def _chooser(self, request: IRequest, ticket: str, handle: str, problem: str = "") -> bytes:
-        alert = f'<p role=alert id=problem>{html.escape(problem)}</p>' if problem else ""
-        described = ' aria-describedby="problem"' if problem else ""
+        alert = f"<p role=alert id=problem>{escape(problem)}</p>" if problem else ""
         content = (
             "<p>Welcome! Choose the handle people will know you by.</p>"
             f"{alert}"
             '<form method="post" action="/auth/signup">'
-            f'<input type="hidden" name="ticket" value="{html.escape(ticket)}">'
-            '<label for="handle">Handle</label> '
-            f'<input id="handle" name="handle" value="{html.escape(handle)}" required'
-            f' autocomplete="username" spellcheck="false"{described}> '
-            f"<small>ending in {html.escape(self.ctx.settings.handle_domain)}</small> "
+            f'<input type="hidden" name="ticket" value="{escape(ticket)}">'
+            '<label for="handle">Handle</label>'
+            f'<input id="handle" name="handle" value="{escape(handle)}" required'
+            ' autocomplete="username" spellcheck="false" autocapitalize="none"'
+            ' aria-describedby="handle-hint handle-status problem">'
+            f'<small id="handle-hint">It ends in <code>{escape(self.ctx.settings.handle_domain)}</code>.</small>'
+            '<p id="handle-status" aria-live="polite"></p>'
             '<button type="submit">Create my account</button></form>'
         )
-        return self._page(request, "Choose your handle", content, 400 if problem else 200)
+        return send_page(
+            request, "Choose your handle", content, 400 if problem else 200, script=_HANDLE_CHECK
+        )
+
+    def _full_handle(self, handle: str) -> str:
+        handle = handle.strip().lower()
+        domain = self.ctx.settings.handle_domain
+        return handle if not handle or handle.endswith(domain) else handle + domain
+
+    @app.route("/handle", methods=["GET"])
+    async def handle_available(self, request: IRequest) -> bytes:
+        """``{handle, available, message}`` for the chooser's live check."""
+        handle = self._full_handle(query_arg(request, "handle"))
+        try:
+            handle = validate_new_handle(handle, [self.ctx.settings.handle_domain])
+            available = await self.ctx.accounts.did_for_handle(handle) is None
+            message = f"{handle} is available." if available else f"{handle} is already taken."
+        except XRPCError as e:
+            available, message = False, e.message
+        return send_json(request, 200, {"handle": handle, "available": available, "message": message})
 
     @app.route("/signup", methods=["POST"])
     async def signup(self, request: IRequest) -> bytes:
-        form = _form(request)
+        form = form_fields(request)
         ticket = form.get("ticket", "")
         waiting = self.signups.get(ticket)
-        if waiting is None or not _same(waiting.browser, self._browser(request)):
-            return self._error_page(request, "This sign-up has expired or was already used. Please start again.")
+        if waiting is None or not same_secret(waiting.browser, self._browser(request)):
+            return self.error_page(request, "This sign-up has expired or was already used. Please start again.")
         if ticket in self.signing_up:
-            return self._error_page(request, "Your account is already being created.", 409)
-        handle = form.get("handle", "").strip().lower()
-        domain = self.ctx.settings.handle_domain
-        if handle and not handle.endswith(domain):
-            handle += domain
+            return self.error_page(request, "Your account is already being created.", 409)
+        handle = self._full_handle(form.get("handle", ""))
         identity = waiting.identity
         self.signing_up.add(ticket)
         try:
@@ -220,8 +277,9 @@ class AuthPages:
         finally:
             self.signing_up.discard(ticket)
         self.signups.take(ticket)
-        code = self.handoffs.issue(signed_in.account.did, waiting.redirect_uri)
-        return self._back_to_app(request, waiting.redirect_uri, waiting.app_state, code=code)
+        return await self._finish(
+            request, signed_in.account.did, waiting.redirect_uri, waiting.app_state, signed_in
+        )
 
     @app.route("/exchange", methods=["POST"])
     async def exchange(self, request: IRequest) -> bytes:
@@ -232,51 +290,20 @@ class AuthPages:
         if not isinstance(given, dict) or not all(
             isinstance(given.get(k), str) for k in ("code", "redirect_uri")
         ):
-            return _json(request, 400, {"error": "InvalidRequest", "message": "Expected {code, redirect_uri}"})
+            return send_json(request, 400, {"error": "InvalidRequest", "message": "Expected {code, redirect_uri}"})
         did = self.handoffs.redeem(given["code"], given["redirect_uri"])
         if did is None:
-            return _json(request, 400, {
+            return send_json(request, 400, {
                 "error": "InvalidGrant",
                 "message": "The code is unknown, expired, already used, or for another redirect_uri",
             })
         try:
             signed_in = await self.ctx.accounts.start_session(did)
         except XRPCError as e:
-            return _json(request, e.status, e.to_json())
-        return _json(request, 200, {
+            return send_json(request, e.status, e.to_json())
+        return send_json(request, 200, {
             "did": did,
             "handle": signed_in.account.handle,
             "accessJwt": signed_in.tokens.access,
             "refreshJwt": signed_in.tokens.refresh,
         })
-
-
-def _same(a: str, b: str) -> bool:
-    return bool(a) and secrets.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
-
-
-def _arg(request: IRequest, name: str) -> str:
-    values = request.args.get(name.encode("ascii"))
-    return values[0].decode("utf-8", "replace") if values else ""
-
-
-def _form(request: IRequest) -> dict[str, str]:
-    """
-    The fields of a urlencoded form body.  Read here because the site never
-    merges bodies into ``request.args`` (XRPC parameters are query-only).
-    """
-    content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        return {}
-    request.content.seek(0)
-    pairs = parse_qsl(request.content.read().decode("utf-8", "replace"), keep_blank_values=True)
-    return {name: value for name, value in reversed(pairs)}  # the first of repeated fields
-
-
-def _json(request: IRequest, code: int, value: Any) -> bytes:
-    data = json.dumps(value, separators=(",", ":")).encode("utf-8")
-    request.setResponseCode(code)
-    request.setHeader("content-type", JSON)
-    request.setHeader("content-length", str(len(data)))
-    request.setHeader("cache-control", "no-store")
-    return data

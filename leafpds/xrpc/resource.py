@@ -32,6 +32,7 @@ from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
 from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
 from leafpds.xrpc.subscribe import FirehoseFactory
+from leafpds.web.account import AccountPages
 from leafpds.web.auth import AuthPages
 
 # Importing the namespace modules declares their methods on `xrpc`.
@@ -93,6 +94,7 @@ class XRPCServer:
         self.registry = registry
         self.firehose = FirehoseFactory(ctx.sequencer, ctx.lexicons, ctx.reactor)
         self.auth = AuthPages(ctx)
+        self.account = AccountPages(ctx, self.auth)
 
     def resource(self) -> IResource:
         return CORSResource(MethodRouter(self, self.app.resource()))
@@ -104,11 +106,20 @@ class XRPCServer:
     @app.route("/auth/", branch=True, methods=["GET", "HEAD", "POST"])
     def auth_pages(self, request: IRequest) -> Any:
         """Sign-in with GitHub or Google (see :mod:`leafpds.web.auth`)."""
+        return self._limited(request, self.auth.resource())
+
+    @app.route("/account/", branch=True, methods=["GET", "HEAD", "POST"])
+    def account_pages(self, request: IRequest) -> Any:
+        """The sign-in and account pages (see :mod:`leafpds.web.account`)."""
+        return self._limited(request, self.account.resource())
+
+    def _limited(self, request: IRequest, pages: IResource) -> Any:
+        # Pages count against the same per-IP limit as XRPC calls.
         try:
             self.ctx.request_limits.consume(_client_ip(request), 1, request)
         except XRPCError as e:
             return write_error(request, e)
-        return self.auth.resource()
+        return pages
 
     @app.route("/robots.txt", methods=["GET", "HEAD"])
     def robots(self, request: IRequest) -> bytes:

@@ -101,6 +101,8 @@ async def _session_answer(ctx: XRPCContext, signed_in: SignedIn) -> dict[str, An
 @xrpc.procedure("com.atproto.server.createAccount")
 async def create_account(ctx: XRPCContext) -> dict[str, Any]:
     body = ctx.input
+    if not ctx.app.settings.password_signup:
+        raise InvalidRequest("This server creates accounts only through sign-in with GitHub or Google")
     if body.get("did"):
         raise InvalidRequest("Importing an existing DID is not supported here")
     if "email" not in body:

@@ -1,0 +1,275 @@
+"""
+leafpds's own account pages, mounted under ``/account/``:
+
+``GET /account/``
+    signed out: the sign-in page (the configured providers, and a password
+    form for accounts that have one); signed in: the account page (DID,
+    handle, the sign-ins linked to it, app passwords, the password).
+``POST /account/signin``, ``POST /account/signout``
+``POST /account/link``
+    sends the signed-in user to another provider; its identity then signs in
+    to this same account (see :mod:`leafpds.web.auth`).
+``POST /account/app-passwords``, ``POST /account/app-passwords/revoke``
+    create (the password is shown once) and revoke app passwords, which
+    standard Bluesky clients use with ``createSession``.
+``POST /account/password``
+    sets a password, for example on an account created by sign-in.
+
+Every form carries a token bound to the session (against CSRF).
+"""
+
+import secrets
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from leafpds.accounts.oauth import PendingLogin, PKCE
+from leafpds.accounts.sessions import ACCESS, AccessCredentials
+from leafpds.app import AppContext
+from leafpds.errors import XRPCError
+from leafpds.web import browser
+from leafpds.web.auth import ACCOUNT_PAGE, AuthPages
+from leafpds.web.layout import (
+    escape,
+    form_fields,
+    query_arg,
+    same_secret,
+    send_page,
+    send_redirect,
+    with_query,
+)
+
+# What a redirect back to the account page reports (by key: no text from the URL is shown).
+_DONE = {
+    "linked-github": "GitHub now signs you in to this account.",
+    "linked-google": "Google now signs you in to this account.",
+    "password": "Your password is set.",
+    "revoked": "The app password was revoked; apps using it are signed out.",
+}
+
+
+class AccountPages:
+    app = Klein()
+
+    def __init__(self, ctx: AppContext, auth: AuthPages) -> None:
+        self.ctx = ctx
+        self.auth = auth
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    def _form_token(self, credentials: AccessCredentials) -> str:
+        return self.ctx.tokens.form_token(credentials.session_id)
+
+    def _form(self, credentials: AccessCredentials, action: str, fields: str, button: str, quiet: bool = False) -> str:
+        token = escape(self._form_token(credentials))
+        style = ' class="quiet"' if quiet else ""
+        return (
+            f'<form method="post" action="{ACCOUNT_PAGE}{action}">'
+            f'<input type="hidden" name="form_token" value="{token}">{fields}'
+            f"<button type=\"submit\"{style}>{escape(button)}</button></form>"
+        )
+
+    def _checked(self, request: IRequest) -> tuple[AccessCredentials | None, dict[str, str]]:
+        """The signed-in session behind a form post, if its form token matches."""
+        credentials = browser.signed_in(request, self.ctx)
+        fields = form_fields(request)
+        if credentials is None or not same_secret(
+            fields.get("form_token", ""), self._form_token(credentials)
+        ):
+            return None, fields
+        return credentials, fields
+
+    def _expired(self, request: IRequest) -> bytes:
+        content = (
+            "<p role=alert>You are signed out, or this form is out of date.</p>"
+            f'<p><a href="{ACCOUNT_PAGE}">Sign in again</a></p>'
+        )
+        return send_page(request, "Please sign in", content, 403)
+
+    # -- signed out --------------------------------------------------------------
+
+    def _sign_in_page(self, request: IRequest, problem: str = "", code: int = 200) -> bytes:
+        alert = f"<p role=alert>{escape(problem)}</p>" if problem else ""
+        buttons = "".join(
+            f'<p><a class="button" href="/auth/{name}/login">Sign in with {escape(provider.title)}</a></p>'
+            for name, provider in self.auth.providers.items()
+        )
+        first_time = (
+            "<p>New here? Signing in for the first time creates your account.</p>" if buttons else ""
+        )
+        content = (
+            f"{alert}{first_time}{buttons}"
+            "<h2>With a password</h2>"
+            f'<form method="post" action="{ACCOUNT_PAGE}signin">'
+            '<label for="identifier">Handle or email</label>'
+            '<input id="identifier" name="identifier" required autocomplete="username"'
+            ' spellcheck="false" autocapitalize="none">'
+            '<label for="password">Password</label>'
+            '<input id="password" name="password" type="password" required autocomplete="current-password">'
+            '<button type="submit">Sign in</button></form>'
+        )
+        return send_page(request, "Sign in", content, code)
+
+    @app.route("/signin", methods=["POST"])
+    async def sign_in(self, request: IRequest) -> bytes:
+        fields = form_fields(request)
+        identifier = fields.get("identifier", "").strip().lower()
+        try:
+            self.ctx.login_limits.consume(identifier, 1, request)
+            signed_in = await self.ctx.accounts.sign_in(identifier, fields.get("password", ""))
+        except XRPCError as e:
+            return self._sign_in_page(request, e.message, e.status)
+        if signed_in.scope != ACCESS:
+            return self._sign_in_page(request, "App passwords sign apps in; use your own password here.", 403)
+        browser.remember(request, self.ctx, signed_in)
+        return send_redirect(request, ACCOUNT_PAGE)
+
+    # -- signed in ---------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    async def home(self, request: IRequest) -> bytes:
+        credentials = browser.signed_in(request, self.ctx)
+        if credentials is None:
+            return self._sign_in_page(request)
+        try:
+            account = await self.ctx.accounts.get(credentials.did)
+        except XRPCError:
+            browser.forget(request, self.ctx)
+            return self._sign_in_page(request)
+        done = _DONE.get(query_arg(request, "done"), "")
+        notice = f"<p role=status>{escape(done)}</p>" if done else ""
+        content = (
+            f"{notice}<dl><dt>Handle</dt><dd><code>@{escape(account.handle)}</code></dd>"
+            f"<dt>DID</dt><dd><code>{escape(account.did)}</code></dd>"
+            f"<dt>Server</dt><dd><code>{escape(self.ctx.public_url)}</code></dd></dl>"
+            + await self._sign_ins(credentials, account.has_password)
+            + await self._app_passwords(credentials)
+            + self._form(credentials, "signout", "", "Sign out", quiet=True)
+        )
+        return send_page(request, "Your account", content)
+
+    async def _sign_ins(self, credentials: AccessCredentials, has_password: bool) -> str:
+        linked = set(await self.ctx.accounts.linked_identities(credentials.did))
+        rows = []
+        for name, provider in self.auth.providers.items():
+            if name in linked:
+                rows.append(f"<li>{escape(provider.title)}: linked</li>")
+            else:
+                field = f'<input type="hidden" name="provider" value="{escape(name)}">'
+                rows.append(
+                    f"<li>{escape(provider.title)}: not linked "
+                    + self._form(credentials, "link", field, f"Link {provider.title}", quiet=True)
+                    + "</li>"
+                )
+        password = (
+            '<label for="new-password">New password</label>'
+            '<input id="new-password" name="password" type="password" required minlength="8"'
+            ' autocomplete="new-password">'
+            '<label for="confirm-password">The same again</label>'
+            '<input id="confirm-password" name="confirm" type="password" required minlength="8"'
+            ' autocomplete="new-password">'
+        )
+        state = "set" if has_password else "not set: you sign in through the providers above"
+        return (
+            "<h2>How you sign in</h2><ul>" + "".join(rows) + f"<li>Password: {state}</li></ul>"
+            + self._form(credentials, "password", password, "Change password" if has_password else "Set a password")
+        )
+
+    async def _app_passwords(self, credentials: AccessCredentials) -> str:
+        rows = "".join(
+            f"<tr><td>{escape(entry['name'])}</td><td>{escape(entry['createdAt'][:10])}</td><td>"
+            + self._form(
+                credentials,
+                "app-passwords/revoke",
+                f'<input type="hidden" name="name" value="{escape(entry["name"])}">',
+                "Revoke",
+                quiet=True,
+            )
+            + "</td></tr>"
+            for entry in await self.ctx.accounts.list_app_passwords(credentials.did)
+        )
+        table = (
+            f"<table><thead><tr><th>Name</th><th>Created</th><th></th></tr></thead><tbody>{rows}</tbody></table>"
+            if rows
+            else "<p>None yet.</p>"
+        )
+        fields = (
+            '<label for="app-password-name">Name (the app it is for)</label>'
+            '<input id="app-password-name" name="name" required maxlength="64" spellcheck="false">'
+            '<label><input type="checkbox" name="privileged" value="1"> Allow access to direct messages</label>'
+        )
+        return (
+            "<h2>App passwords</h2><p>Bluesky apps sign in with your handle and an app password.</p>"
+            + table
+            + self._form(credentials, "app-passwords", fields, "Create app password")
+        )
+
+    @app.route("/app-passwords", methods=["POST"])
+    async def create_app_password(self, request: IRequest) -> bytes:
+        credentials, fields = self._checked(request)
+        if credentials is None:
+            return self._expired(request)
+        try:
+            created = await self.ctx.accounts.create_app_password(
+                credentials.did, fields.get("name", ""), fields.get("privileged") == "1"
+            )
+        except XRPCError as e:
+            return self._problem(request, e.message)
+        account = await self.ctx.accounts.get(credentials.did)
+        content = (
+            f"<p>Your app password for <strong>{escape(created['name'])}</strong>:</p>"
+            f'<p><output class="secret" id="app-password">{escape(created["password"])}</output></p>'
+            "<p>Copy it now: it is not shown again. In the app, sign in with your handle"
+            f" <code>{escape(account.handle)}</code>, this password, and the server"
+            f" <code>{escape(self.ctx.public_url)}</code>.</p>"
+            f'<p><a href="{ACCOUNT_PAGE}">Back to your account</a></p>'
+        )
+        return send_page(request, "App password created", content)
+
+    @app.route("/app-passwords/revoke", methods=["POST"])
+    async def revoke_app_password(self, request: IRequest) -> bytes:
+        credentials, fields = self._checked(request)
+        if credentials is None:
+            return self._expired(request)
+        await self.ctx.accounts.revoke_app_password(credentials.did, fields.get("name", ""))
+        return send_redirect(request, with_query(ACCOUNT_PAGE, {"done": "revoked"}))
+
+    @app.route("/password", methods=["POST"])
+    async def set_password(self, request: IRequest) -> bytes:
+        credentials, fields = self._checked(request)
+        if credentials is None:
+            return self._expired(request)
+        if fields.get("password", "") != fields.get("confirm", ""):
+            return self._problem(request, "The two passwords differ.")
+        try:
+            await self.ctx.accounts.set_password(credentials.did, fields.get("password", ""))
+        except XRPCError as e:
+            return self._problem(request, e.message)
+        return send_redirect(request, with_query(ACCOUNT_PAGE, {"done": "password"}))
+
+    @app.route("/link", methods=["POST"])
+    async def link(self, request: IRequest) -> bytes:
+        credentials, fields = self._checked(request)
+        if credentials is None:
+            return self._expired(request)
+        provider = fields.get("provider", "")
+        if provider not in self.auth.providers:
+            return self._problem(request, "This server does not offer that sign-in.")
+        pending = PendingLogin(
+            provider, PKCE.generate(), secrets.token_urlsafe(24), "", "", link_to=credentials.did
+        )
+        return await self.auth.begin(request, pending)
+
+    @app.route("/signout", methods=["POST"])
+    async def sign_out(self, request: IRequest) -> bytes:
+        credentials, _fields = self._checked(request)
+        if credentials is not None:
+            await self.ctx.accounts.end_session(credentials.did, credentials.session_id)
+        browser.forget(request, self.ctx)
+        return send_redirect(request, ACCOUNT_PAGE)
+
+    def _problem(self, request: IRequest, message: str) -> bytes:
+        content = f"<p role=alert>{escape(message)}</p><p><a href=\"{ACCOUNT_PAGE}\">Back to your account</a></p>"
+        return send_page(request, "That did not work", content, 400)

@@ -1,0 +1,326 @@
+"""
+leafpds's own pages over HTTP: the sign-in page, first sign-in into the
+account page, linking the other provider, app passwords, setting a
+password, signing out, the live handle check, and their refusals.
+"""
+
+import html
+import re
+
+import pytest_twisted
+
+from tests.harness import Answer
+from tests.signin import (  # noqa: F401 (world is a fixture)
+    APP,
+    Browser,
+    back_at_app,
+    exchange,
+    local,
+    start_world,
+    stop_world,
+    world,
+)
+from tests.test_accounts import PASSWORD, assert_error, bearer, create
+
+POST = {
+    "$type": "app.bsky.feed.post",
+    "text": "posted with an app password",
+    "createdAt": "2026-11-28T12:00:00.000Z",
+}
+
+
+def form_token(page: Answer) -> str:
+    return html.unescape(re.search(r'name="form_token" value="([^"]+)"', page.body.decode()).group(1))
+
+
+def field(page: Answer, pattern: str) -> str:
+    return html.unescape(re.search(pattern, page.body.decode()).group(1))
+
+
+async def sign_up_on_own_pages(pds, provider: str = "github", handle: str | None = None) -> Browser:
+    """First sign-in from leafpds's sign-in page to the account page."""
+    browser = Browser(pds)
+    signin = await browser.get("/account/")
+    assert signin.code == 200 and f'href="/auth/{provider}/login"'.encode() in signin.body
+    chooser = await browser.sign_in(provider, redirect_uri=None)
+    assert chooser.code == 200, chooser.body
+    done = await browser.choose_handle(chooser, handle)
+    assert (done.code, done.header("location")) == (303, "/account/"), done.body
+    assert "leafpds_account" in browser.cookies
+    return browser
+
+
+async def account_page(browser: Browser) -> Answer:
+    page = await browser.get("/account/")
+    assert page.code == 200 and b"Your account" in page.body, page.body
+    return page
+
+
+async def did_of(browser: Browser) -> str:
+    return field(await account_page(browser), r"<dt>DID</dt><dd><code>([^<]+)</code>")
+
+
+async def app_password(browser: Browser, name: str) -> str:
+    page = await account_page(browser)
+    created = await browser.post_form(
+        "/account/app-passwords", {"form_token": form_token(page), "name": name}
+    )
+    assert created.code == 200, created.body
+    return field(created, r'<output class="secret" id="app-password">([^<]+)</output>')
+
+
+async def session(pds, identifier: str, password: str) -> Answer:
+    return await pds.post(
+        "com.atproto.server.createSession", {"identifier": identifier, "password": password}
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_sign_in_on_own_pages_lands_on_the_account_page(world):
+    pds, _github, _google = world
+    browser = await sign_up_on_own_pages(pds)
+    page = await account_page(browser)
+    text = page.body.decode()
+    assert "@octo-cat.test" in text and "did:plc:" in text
+    assert "GitHub: linked" in text and "Google: not linked" in text
+    assert "Password: not set" in text
+    # Pages are never cached, framed or given scripts beyond their own.
+    assert page.header("cache-control") == "no-store"
+    assert page.header("x-frame-options") == "DENY"
+    csp = page.header("content-security-policy")
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+
+    # A second sign-in from a new browser finds the same account.
+    again = Browser(pds)
+    answer = await again.sign_in("github", redirect_uri=None)
+    assert (answer.code, answer.header("location")) == (302, "/account/")
+    assert await did_of(again) == await did_of(browser)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_account_cookie_is_http_only_and_scoped(world):
+    pds, _github, _google = world
+    browser = Browser(pds)
+    chooser = await browser.sign_in("github", redirect_uri=None)
+    done = await browser.choose_handle(chooser)
+    set_cookie = next(
+        c for c in done.headers.getRawHeaders("set-cookie") if c.startswith("leafpds_account=")
+    ).lower()
+    assert "httponly" in set_cookie and "samesite=lax" in set_cookie and "path=/account/" in set_cookie
+
+
+@pytest_twisted.ensureDeferred
+async def test_linking_google_lets_it_sign_in_to_the_same_did(world):
+    pds, _github, _google = world
+    browser = await sign_up_on_own_pages(pds)
+    did = await did_of(browser)
+
+    page = await account_page(browser)
+    to_google = await browser.post_form(
+        "/account/link", {"form_token": form_token(page), "provider": "google"}
+    )
+    assert to_google.code == 303
+    callback = await browser.approve(to_google.header("location"))
+    linked = await browser.get(local(callback))
+    assert (linked.code, linked.header("location")) == (302, "/account/?done=linked-google")
+    page = await browser.get("/account/?done=linked-google")
+    assert b"Google: linked" in page.body and b"Google now signs you in" in page.body
+
+    # Google alone now signs in to the same account, on these pages and for apps.
+    other = Browser(pds)
+    await other.sign_in("google", redirect_uri=None)
+    assert await did_of(other) == did
+    params = back_at_app(await Browser(pds).sign_in("google"))
+    assert (await exchange(pds, params["code"])).json()["did"] == did
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_identity_of_another_account_cannot_be_linked(world):
+    pds, _github, google = world
+    owner = await sign_up_on_own_pages(pds, "google")
+    google_did = await did_of(owner)
+    browser = await sign_up_on_own_pages(pds, "github")
+
+    page = await account_page(browser)
+    to_google = await browser.post_form(
+        "/account/link", {"form_token": form_token(page), "provider": "google"}
+    )
+    refused = await browser.get(local(await browser.approve(to_google.header("location"))))
+    assert refused.code == 409 and b"already belongs to another account" in refused.body
+    assert b"Google: not linked" in (await account_page(browser)).body
+    again = Browser(pds)
+    await again.sign_in("google", redirect_uri=None)
+    assert await did_of(again) == google_did
+
+
+@pytest_twisted.ensureDeferred
+async def test_app_passwords_sign_in_bluesky_clients_and_can_be_revoked(world):
+    pds, _github, _google = world
+    browser = await sign_up_on_own_pages(pds)
+    secret = await app_password(browser, "My phone")
+    assert re.fullmatch(r"[a-z2-7]{4}(-[a-z2-7]{4}){3}", secret)
+    assert b"My phone" in (await account_page(browser)).body
+
+    signed_in = await session(pds, "octo-cat.test", secret)
+    assert signed_in.code == 200, signed_in.body
+    access = signed_in.json()["accessJwt"]
+    did = signed_in.json()["did"]
+    posted = await pds.post(
+        "com.atproto.repo.createRecord",
+        {"repo": did, "collection": "app.bsky.feed.post", "record": POST},
+        headers=bearer(access),
+    )
+    assert posted.code == 200, posted.body
+
+    # An app password signs apps in, never the account pages.
+    other = Browser(pds)
+    refused = await other.post_form("/account/signin", {"identifier": "octo-cat.test", "password": secret})
+    assert refused.code == 403 and "leafpds_account" not in other.cookies
+
+    page = await account_page(browser)
+    revoked = await browser.post_form(
+        "/account/app-passwords/revoke", {"form_token": form_token(page), "name": "My phone"}
+    )
+    assert revoked.header("location") == "/account/?done=revoked"
+    assert b"My phone" not in (await account_page(browser)).body
+    assert_error(await session(pds, "octo-cat.test", secret), 401, "AuthenticationRequired")
+    # The app's session ended with it.
+    me = await pds.get("com.atproto.server.getSession", headers=bearer(access))
+    assert me.code in (400, 401)
+
+
+@pytest_twisted.ensureDeferred
+async def test_forms_need_the_session_and_its_form_token(world):
+    pds, _github, _google = world
+    browser = await sign_up_on_own_pages(pds)
+    stranger = Browser(pds)
+    page = await account_page(browser)
+    token = form_token(page)
+
+    for who, fields in [
+        (browser, {"name": "no token"}),
+        (browser, {"name": "wrong token", "form_token": "0" * 32}),
+        (stranger, {"name": "no session", "form_token": token}),
+    ]:
+        answer = await who.post_form("/account/app-passwords", fields)
+        assert answer.code == 403, answer.body
+    assert b"None yet." in (await account_page(browser)).body
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_account_made_by_sign_in_can_set_a_password(world):
+    pds, _github, _google = world
+    browser = await sign_up_on_own_pages(pds)
+    assert_error(await session(pds, "octo-cat.test", "a new long password"), 401, "AuthenticationRequired")
+
+    page = await account_page(browser)
+    for fields, problem in [
+        ({"password": "a new long password", "confirm": "another one"}, b"differ"),
+        ({"password": "short", "confirm": "short"}, b"at least 8"),
+    ]:
+        answer = await browser.post_form("/account/password", {"form_token": form_token(page), **fields})
+        assert answer.code == 400 and problem in answer.body
+    assert_error(await session(pds, "octo-cat.test", "short"), 401, "AuthenticationRequired")
+
+    done = await browser.post_form("/account/password", {
+        "form_token": form_token(page), "password": "a new long password", "confirm": "a new long password",
+    })
+    assert done.header("location") == "/account/?done=password"
+    assert b"Password: set" in (await account_page(browser)).body
+    signed_in = await session(pds, "octo-cat.test", "a new long password")
+    assert signed_in.code == 200 and signed_in.json()["did"] == await did_of(browser)
+
+    # The password also opens the account pages.
+    other = Browser(pds)
+    answer = await other.post_form(
+        "/account/signin", {"identifier": "octo-cat.test", "password": "a new long password"}
+    )
+    assert (answer.code, answer.header("location")) == (303, "/account/")
+    assert await did_of(other) == await did_of(browser)
+    wrong = await Browser(pds).post_form("/account/signin", {"identifier": "octo-cat.test", "password": "nope nope"})
+    assert wrong.code == 401 and b"Invalid identifier or password" in wrong.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_signing_out_ends_the_session(world):
+    pds, _github, _google = world
+    browser = await sign_up_on_own_pages(pds)
+    old_cookie = dict(browser.cookies)
+    page = await account_page(browser)
+    out = await browser.post_form("/account/signout", {"form_token": form_token(page)})
+    assert (out.code, out.header("location")) == (303, "/account/")
+    assert "leafpds_account" not in browser.cookies
+    assert b"Sign in with GitHub" in (await browser.get("/account/")).body
+
+    # The old cookie, replayed, no longer opens the account.
+    replay = Browser(pds)
+    replay.cookies = old_cookie
+    page = await replay.get("/account/")
+    assert b"Your account" not in page.body and b"Sign in with GitHub" in page.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_email_already_in_use_is_never_joined_automatically(world):
+    pds, _github, _google = world
+    taken = await create(pds, "octo", email="octo@example.com")  # GitHub's primary email
+    assert taken.code == 200
+    browser = Browser(pds)
+    refused = await browser.sign_in("github", redirect_uri=None)
+    assert refused.code == 409 and b"already uses octo@example.com" in refused.body
+    assert b"link GitHub from its account page" in refused.body
+    assert_error(await pds.get("com.atproto.identity.resolveHandle", {"handle": "octo-cat.test"}), 400, "HandleNotFound")
+
+    # Its owner signs in with the password and links GitHub instead.
+    await browser.post_form("/account/signin", {"identifier": "octo.test", "password": PASSWORD})
+    page = await account_page(browser)
+    to_github = await browser.post_form("/account/link", {"form_token": form_token(page), "provider": "github"})
+    linked = await browser.get(local(await browser.approve(to_github.header("location"))))
+    assert linked.header("location") == "/account/?done=linked-github"
+    params = back_at_app(await Browser(pds).sign_in("github"))
+    assert (await exchange(pds, params["code"])).json()["did"] == taken.json()["did"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_sign_in_on_own_pages_shows_an_error_page(world):
+    pds, _github, _google = world
+    browser = Browser(pds)
+    callback = await browser.approve(await browser.to_provider("google", redirect_uri=None), "deny")
+    answer = await browser.get(local(callback))
+    assert answer.code == 400 and b"cancelled" in answer.body
+    assert "leafpds_account" not in browser.cookies
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_handle_check(world):
+    pds, _github, _google = world
+    await sign_up_on_own_pages(pds)
+    for given, available, message in [
+        ("fresh-name", True, "fresh-name.test is available."),
+        ("octo-cat", False, "octo-cat.test is already taken."),
+        ("Octo-Cat.test", False, "octo-cat.test is already taken."),
+        ("x", False, "Handle too short"),
+        ("bad_name!", False, None),
+    ]:
+        answer = await pds.request("GET", "/auth/handle?handle=" + given)
+        assert answer.code == 200 and answer.json()["available"] is available, (given, answer.body)
+        if message:
+            assert message in answer.json()["message"]
+    chooser = await Browser(pds).sign_in("google", redirect_uri=None)
+    assert b'aria-live="polite"' in chooser.body and b"/auth/handle?" in chooser.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_password_signup_refuses_create_account_but_not_sign_in(tmp_path):
+    started = await start_world(tmp_path / "data", no_password_signup=True)
+    pds = started[0]
+    try:
+        assert_error(await create(pds, "alice"), 400, "InvalidRequest")
+        browser = await sign_up_on_own_pages(pds)
+        page = await account_page(browser)
+        done = await browser.post_form("/account/password", {
+            "form_token": form_token(page), "password": "a new long password", "confirm": "a new long password",
+        })
+        assert done.code == 303
+        assert (await session(pds, "octo-cat.test", "a new long password")).code == 200
+    finally:
+        await stop_world(started)
