@@ -83,7 +83,7 @@ async def test_first_sign_in_on_own_pages_lands_on_the_account_page(world):
     text = page.body.decode()
     assert "@octo-cat.test" in text and "did:plc:" in text
     assert "GitHub: linked" in text and "Google: not linked" in text
-    assert "Password: not set" in text
+    assert "Password: none yet" in text
     # Pages are never cached, framed or given scripts beyond their own.
     assert page.header("cache-control") == "no-store"
     assert page.header("x-frame-options") == "DENY"

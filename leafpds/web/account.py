@@ -62,13 +62,23 @@ class AccountPages:
     def _form_token(self, credentials: AccessCredentials) -> str:
         return self.ctx.tokens.form_token(credentials.session_id)
 
-    def _form(self, credentials: AccessCredentials, action: str, fields: str, button: str, quiet: bool = False) -> str:
+    def _form(
+        self,
+        credentials: AccessCredentials,
+        action: str,
+        fields: str,
+        button: str,
+        quiet: bool = False,
+        label: str = "",
+    ) -> str:
         token = escape(self._form_token(credentials))
         style = ' class="quiet"' if quiet else ""
+        # A button among several alike (Revoke) says what it acts on.
+        named = f' aria-label="{escape(label)}"' if label else ""
         return (
             f'<form method="post" action="{ACCOUNT_PAGE}{action}">'
             f'<input type="hidden" name="form_token" value="{token}">{fields}'
-            f"<button type=\"submit\"{style}>{escape(button)}</button></form>"
+            f"<button type=\"submit\"{style}{named}>{escape(button)}</button></form>"
         )
 
     def _checked(self, request: IRequest) -> tuple[AccessCredentials | None, dict[str, str]]:
@@ -171,7 +181,7 @@ class AccountPages:
             '<input id="confirm-password" name="confirm" type="password" required minlength="8"'
             ' autocomplete="new-password">'
         )
-        state = "set" if has_password else "not set: you sign in through the providers above"
+        state = "set" if has_password else "none yet (you sign in through the providers above)"
         return (
             "<h2>How you sign in</h2><ul>" + "".join(rows) + f"<li>Password: {state}</li></ul>"
             + self._form(credentials, "password", password, "Change password" if has_password else "Set a password")
@@ -186,6 +196,7 @@ class AccountPages:
                 f'<input type="hidden" name="name" value="{escape(entry["name"])}">',
                 "Revoke",
                 quiet=True,
+                label=f"Revoke {entry['name']}",
             )
             + "</td></tr>"
             for entry in await self.ctx.accounts.list_app_passwords(credentials.did)

@@ -61,6 +61,7 @@ BANNER = """\
 
 This is a PDS: it hosts atproto accounts and their repositories.
 Most API routes are under /xrpc/
+Your account: /account/
 
 Code: https://example.invalid/leafpds (see README.md)
 """
