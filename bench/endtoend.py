@@ -5,7 +5,9 @@ leafpds`), driven from this process by a minimal keep-alive HTTP/1.1 client
 next to the server.  Prints, with the server's CPU time per request:
 
 - createRecord with 1 client, and with 8 concurrent clients over 8 accounts (records/s)
-- getRecord with 1 and 8 concurrent clients (reads/s)
+- getRecord with 1 and 8 concurrent clients (reads/s), over 100 records read
+  again and again (served from the record cache), then with 8 clients reading
+  each of 2,000 records once (every read goes to the database)
 - applyWrites in batches of 200 (records/s)
 - getRepo of a 2,000-record repo (ms)
 
@@ -187,6 +189,30 @@ def main(seconds: float) -> None:
             setup.call("com.atproto.repo.applyWrites", {"repo": big_did, "writes": writes}, big_token)
         elapsed = time.perf_counter() - start
         print(f"{'applyWrites, batches of 200:':<38}{2000 / elapsed:8.0f} records/s")
+
+        listed = json.loads(setup.call("com.atproto.repo.listRecords", params={"repo": big_did, "collection": COLLECTION, "limit": "100"}))
+        big_rkeys = [r["uri"].rsplit("/", 1)[1] for r in listed["records"]]
+        while cursor := listed.get("cursor"):
+            listed = json.loads(setup.call("com.atproto.repo.listRecords", params={
+                "repo": big_did, "collection": COLLECTION, "limit": "100", "cursor": cursor}))
+            big_rkeys += [r["uri"].rsplit("/", 1)[1] for r in listed["records"]]
+
+        def read_each_once(i: int) -> None:
+            conn = Connection(port)
+            for rkey in big_rkeys[i::8]:
+                conn.call("com.atproto.repo.getRecord", params={"repo": big_did, "collection": COLLECTION, "rkey": rkey})
+
+        cpu = cpu_seconds(server.pid)
+        start = time.perf_counter()
+        threads = [threading.Thread(target=read_each_once, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+        used = cpu_seconds(server.pid) - cpu
+        print(f"{'getRecord, 8 clients, uncached:':<38}{len(big_rkeys) / elapsed:8.0f} reads/s  "
+              f"(server CPU {used / len(big_rkeys) * 1e6:5.0f} µs each)")
 
         timings = []
         for _ in range(20):

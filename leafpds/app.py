@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Any
 from leafpds.config import Settings
 from leafpds.db.pool import Database
 from leafpds.lexicon import Lexicons
+from leafpds.repo import reads
+from leafpds.repo.batch import BatchedReads
+from leafpds.repo.cache import RecordCache
 
 if TYPE_CHECKING:
     from leafpds.accounts.accounts import Accounts
@@ -41,3 +44,13 @@ class AppContext:
     sequencer: "Sequencer" = field(init=False)
     crawlers: "CrawlerNotifier" = field(init=False)
     public_url: str = ""
+    #: getRecord's answers (see :mod:`leafpds.repo.cache`).
+    record_cache: RecordCache = field(init=False)
+    #: getRecord's database look-ups, several to a reader trip.
+    record_reads: BatchedReads = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.record_reads = BatchedReads(self.db, reads.get_record)
+        self.record_cache = RecordCache(self.settings.record_cache)
+        # The cache forgets each record a commit changes, once it is durable.
+        self.transactor.commit_hooks.append(self.record_cache.commit_hook)

@@ -55,6 +55,11 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "16777216",
         "Bytes of firehose events buffered per subscriber before it is dropped as too slow.",
     ),
+    "record-cache": (
+        "33554432",
+        "Bytes of records kept in memory to answer getRecord without reading the database "
+        "(0: none).",
+    ),
     "crawlers": (
         None,
         "Comma-separated relay URLs to ask to crawl this PDS (requestCrawl), "
@@ -156,6 +161,7 @@ class Settings:
     blob_grace: float = 3600.0
     firehose_window: float = 72.0
     firehose_buffer: int = 16777216
+    record_cache: int = 33554432
     github_client_id: str | None = None
     github_client_secret: str | None = field(default=None, repr=False)
     github_url: str = "https://github.com"
@@ -190,6 +196,10 @@ class Settings:
             raise ConfigError(
                 "--firehose-window must be a number of hours, --firehose-buffer of bytes"
             ) from None
+        try:
+            record_cache = int(values["record-cache"] or "")
+        except ValueError:
+            raise ConfigError("--record-cache must be a number of bytes") from None
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
         return cls(
@@ -217,6 +227,7 @@ class Settings:
             blob_grace=blob_grace,
             firehose_window=firehose_window,
             firehose_buffer=firehose_buffer,
+            record_cache=record_cache,
             github_client_id=values["github-client-id"] or None,
             github_client_secret=values["github-client-secret"] or None,
             github_url=(values["github-url"] or "").rstrip("/"),

@@ -4,7 +4,7 @@ from typing import Any
 
 from leafpds import syntax
 from leafpds.errors import AuthenticationRequired, InvalidRequest, RecordNotFound, XRPCError
-from leafpds.ipld import codec
+from leafpds.ipld import atjson, codec
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.identity.plc import PLCError
 from leafpds.lexicon import ValidationError, validate_record
@@ -13,9 +13,11 @@ from leafpds.repo.transactor import UNSET, CommitResult, Write
 from leafpds.tid import TIDClock
 from leafpds.xrpc.auth import access
 from leafpds.xrpc.ratelimit import WRITE_POINTS
-from leafpds.xrpc.registry import XRPCContext, xrpc
+from leafpds.xrpc.registry import XRPCContext, XRPCResponse, xrpc
 
 MAX_APPLY_WRITES = 200
+
+JSON = "application/json; charset=utf-8"
 
 _rkeys = TIDClock()
 
@@ -179,18 +181,42 @@ async def apply_writes(ctx: XRPCContext) -> dict[str, Any]:
 
 
 @xrpc.query("com.atproto.repo.getRecord")
-async def get_record(ctx: XRPCContext) -> dict[str, Any]:
+async def get_record(ctx: XRPCContext) -> XRPCResponse:
     params = ctx.params
-    repo, found = await ctx.app.db.read(
-        reads.get_record, params["repo"], params["collection"], params["rkey"]
-    )
+    identifier, collection, rkey = params["repo"], params["collection"], params["rkey"]
+    key = (identifier, collection, rkey)
+    # The cache knows records by DID; a handle is resolved in the database.
+    found = ctx.app.record_cache.get(key) if identifier.startswith("did:") else None
+    did = identifier
+    if found is None:
+        did, found = await _read_record(ctx, key)
     wanted = _cid_param(params.get("cid"), "cid")
     if found is None or (wanted is not None and found[0] != wanted):
-        raise RecordNotFound(
-            f"Could not locate record: {_uri(repo.did, params['collection'], params['rkey'])}"
-        )
-    cid, block = found
-    return {"uri": _uri(repo.did, params["collection"], params["rkey"]), "cid": cid.encode(), "value": codec.decode(block)}
+        raise RecordNotFound(f"Could not locate record: {_uri(did, collection, rkey)}")
+    return XRPCResponse(found[1], JSON)
+
+
+async def _read_record(
+    ctx: XRPCContext, key: tuple[str, str, str]
+) -> tuple[str, tuple[CID, bytes] | None]:
+    """
+    A record from the database, as its DID and its (CID, getRecord answer);
+    a record named by DID is kept in the cache for the next read.
+    """
+    identifier, collection, rkey = key
+    cache = ctx.app.record_cache
+    ticket = cache.loading(key) if identifier.startswith("did:") else None
+    answer = None
+    try:
+        repo, found = await ctx.app.record_reads.get(identifier, collection, rkey)
+        if found is not None:
+            cid, block = found
+            uri = _uri(repo.did, collection, rkey)
+            answer = cid, atjson.dumps({"uri": uri, "cid": cid.encode(), "value": codec.decode(block)})
+    finally:
+        if ticket is not None:
+            cache.fill(key, ticket, answer)
+    return repo.did, answer
 
 
 @xrpc.query("com.atproto.repo.listRecords")
