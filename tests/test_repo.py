@@ -301,6 +301,20 @@ async def test_rev_grows_across_restart_even_with_a_slow_clock(repos):
 
 
 @pytest_twisted.ensureDeferred
+async def test_rev_grows_when_our_clock_falls_behind_the_head_we_remember(repos):
+    did = "did:plc:clockback"
+    await repos.new(did)
+    ahead = await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "a", post("a"))])
+    # The same transactor (its head in memory, so the commit is built
+    # inline), its clock now a year behind that head's rev.
+    repos.transactor.revs = TIDClock(now=lambda: 1_700_000_000.0 - 365 * 86400)
+    later = await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "b", post("b"))])
+    assert later.rev > ahead.rev
+    root, _, _, _ = await repos.state(did)
+    assert root == (later.cid, later.rev)
+
+
+@pytest_twisted.ensureDeferred
 async def test_export_import_round_trip_5000_records(repos, tmp_path):
     did = "did:plc:exporter"
     await repos.new(did)

@@ -215,9 +215,10 @@ class WriterThread:
                     outcome = Failure()
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                else:
-                    self._committed()
                 self._reactor.callFromThread(done, outcome, *args)
+                if not isinstance(outcome, Failure):
+                    # After waking the reactor: the callers wait, the checkpoint can.
+                    self._committed()
         finally:
             conn.close()
 

@@ -46,6 +46,21 @@ def write_root(conn: Any, did: str, commit_cid: CID, rev: str, now: str) -> None
     )
 
 
+def advance_root(
+    conn: Any, did: str, base: CID, commit_cid: CID, rev: str, now: str
+) -> bool:
+    """
+    Move the repo's root from ``base`` to ``commit_cid``, if ``base`` is its
+    root now: the check and the write in one statement.  False (and nothing
+    written) if it is not.
+    """
+    return conn.execute(
+        "UPDATE repo_roots SET commit_cid = ?, rev = ?, indexed_at = ?"
+        " WHERE did = ? AND commit_cid = ?",
+        (commit_cid.cid_bytes, rev, now, did, base.cid_bytes),
+    ).rowcount == 1
+
+
 def put_blocks(conn: Any, did: str, rev: str, blocks: Iterable[tuple[CID, bytes]]) -> None:
     # A block already stored (the same record content under another key) keeps
     # its original rev: the consumer of an earlier export already has it.
