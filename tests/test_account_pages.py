@@ -324,3 +324,37 @@ async def test_no_password_signup_refuses_create_account_but_not_sign_in(tmp_pat
         assert (await session(pds, "octo-cat.test", "a new long password")).code == 200
     finally:
         await stop_world(started)
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_page_requests_get_a_4xx_page_and_change_nothing(world):
+    pds, _github, _google = world
+    browser = await sign_up_on_own_pages(pds)
+    did = await did_of(browser)
+    junk = [
+        b"",
+        b"%ff%fe=%00",
+        b"form_token=" + b"A" * 100_000,
+        b"name=" + "é".encode() * 70 + b"&form_token=x",
+        b"provider=github&provider=google",
+        b"\x00\x01\x02garbage",
+    ]
+    paths = [
+        "/account/signin", "/account/signout", "/account/link", "/account/app-passwords",
+        "/account/app-passwords/revoke", "/account/password", "/auth/signup", "/auth/exchange",
+    ]
+    for path in paths:
+        for body in junk:
+            for content_type in ["application/x-www-form-urlencoded", "text/plain", "application/json"]:
+                answer = await pds.request(
+                    "POST", path, data=body, allow_redirects=False,
+                    headers={"Content-Type": content_type, "Cookie": f"leafpds_account={body[:40].decode('latin-1')}"},
+                )
+                assert 300 <= answer.code < 500, (path, body[:20], content_type, answer.code, answer.body[:200])
+                assert b"Traceback" not in answer.body and b"/leafpds/" not in answer.body
+    for path in ["/auth/handle?handle=%ff%fe", "/auth/handle?handle=" + "a" * 5000, "/auth/github/callback?state=%00",
+                 "/auth/nowhere/login", "/account/nothing-here", "/auth/google/login?redirect_uri=javascript:alert(1)"]:
+        answer = await Browser(pds).get(path)
+        assert answer.code < 500, (path, answer.code, answer.body[:200])
+    page = await account_page(browser)
+    assert did in page.body.decode() and b"None yet." in page.body and b"Password: none yet" in page.body
