@@ -135,16 +135,7 @@ class Database:
         # Still "writing" while the callers hear back: the units they submit
         # in their callbacks gather into one next batch, not a lone first one.
         try:
-            if isinstance(outcome, Failure):
-                # The transaction as a whole failed (e.g. the commit itself).
-                for d in waiting:
-                    d.errback(outcome)
-            else:
-                for d, (ok, result) in zip(waiting, outcome):
-                    if ok:
-                        d.callback(result)
-                    else:
-                        d.errback(result)
+            fire_each(outcome, waiting)
         finally:
             self._writing = False
             if self._pending:
@@ -163,6 +154,24 @@ class Database:
         self._writer.stop()
         self._readers.close()
         self.checkpointer.stop()
+
+
+def fire_each(outcome: Any, waiting: list[Deferred]) -> None:
+    """
+    Answer the callers of a batch: ``outcome`` is one ``(ok, result or
+    Failure)`` per caller, or a Failure of the whole batch (e.g. of its
+    commit), which then fails them all.  A caller that has gone (its
+    Deferred cancelled) is skipped.
+    """
+    if isinstance(outcome, Failure):
+        outcome = [(False, outcome)] * len(waiting)
+    for d, (ok, result) in zip(waiting, outcome):
+        if d.called:
+            continue
+        if ok:
+            d.callback(result)
+        else:
+            d.errback(result)
 
 
 class WriterThread:

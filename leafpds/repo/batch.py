@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from leafpds.db.pool import Database
+from leafpds.db.pool import Database, fire_each
 
 T = TypeVar("T")
 
@@ -54,15 +54,7 @@ class BatchedReads(Generic[T]):
         # Still busy while the callers hear back: what they ask for in their
         # callbacks joins the next trip.
         try:
-            if isinstance(outcome, Failure):
-                outcome = [(False, outcome)] * len(waiting)  # the trip itself failed
-            for d, (ok, result) in zip(waiting, outcome):
-                if d.called:
-                    continue  # cancelled: the client went away
-                if ok:
-                    d.callback(result)
-                else:
-                    d.errback(result)
+            fire_each(outcome, waiting)
         finally:
             self._busy = False
             if self._pending:
