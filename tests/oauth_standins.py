@@ -169,8 +169,10 @@ class GoogleStandIn(_StandIn):
         self.jwks_fetches = 0
         self.rotate_key()
         self.sub = "109876543210987654321"
-        # Claims merged over the real ones in the next id_tokens (to misbehave).
+        # Claims and header fields merged over the real ones in the next
+        # id_tokens (to misbehave).
         self.claims: dict[str, Any] = {}
+        self.header: dict[str, Any] = {}
 
     def rotate_key(self) -> None:
         """Sign from now on with a new key (a new ``kid``), as Google does every few days."""
@@ -220,7 +222,7 @@ class GoogleStandIn(_StandIn):
             "exp": now + 3600,
         }
         claims.update(self.claims)
-        id_token = jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
+        id_token = jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid, **self.header})
         return _json(request, {
             "access_token": "ya29." + secrets.token_urlsafe(16),
             "id_token": id_token,

@@ -157,19 +157,22 @@ async def test_denied_consent_goes_back_to_the_app_with_an_error(world):
 
 
 @pytest.mark.parametrize(
-    "claims",
+    ("claims", "header"),
     [
-        {"email_verified": False},
-        {"aud": "someone-else"},
-        {"iss": "https://accounts.example"},
-        {"exp": 1000},
-        {"nonce": "not-the-one"},
+        ({"email_verified": False}, {}),
+        ({"aud": "someone-else"}, {}),
+        ({"iss": "https://accounts.example"}, {}),
+        ({"exp": 1000}, {}),
+        ({"nonce": "not-the-one"}, {}),
+        ({}, {"kid": "a-key-google-never-had"}),
+        ({}, {"kid": ["not", "a", "string"]}),
     ],
 )
 @pytest_twisted.ensureDeferred
-async def test_bad_google_id_tokens_create_nothing(world, claims):
+async def test_bad_google_id_tokens_create_nothing(world, claims, header):
     pds, _github, google = world
     google.claims = claims
+    google.header = header
     answer = await Browser(pds).sign_in("google")
     assert answer.code == 502 and b"Sign-in failed" in answer.body
     assert await pds.service.app.db.read(_account_count) == 0

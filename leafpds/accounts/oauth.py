@@ -303,6 +303,8 @@ class Google:
 
     async def _key(self, kid: Any, jwks_uri: str) -> jwt.PyJWK:
         """Google's key ``kid``, from the cached set, fetched again when stale or missing."""
+        if not isinstance(kid, str):
+            raise OAuthError("Google's ID token names no signing key")
         if kid not in self._keys or self.now() - self._keys_fetched > JWKS_LIFETIME:
             keys = await _json(await treq.get(jwks_uri, timeout=HTTP_TIMEOUT), "Reading Google's keys")
             try:
@@ -313,7 +315,7 @@ class Google:
             self._keys_fetched = self.now()
         try:
             return self._keys[kid]
-        except (KeyError, TypeError):
+        except KeyError:
             raise OAuthError("Google's ID token is signed with an unknown key") from None
 
     async def _verify(self, id_token: str, jwks_uri: str) -> dict[str, Any]:
