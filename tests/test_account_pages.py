@@ -358,3 +358,36 @@ async def test_malformed_page_requests_get_a_4xx_page_and_change_nothing(world):
         assert answer.code < 500, (path, answer.code, answer.body[:200])
     page = await account_page(browser)
     assert did in page.body.decode() and b"None yet." in page.body and b"Password: none yet" in page.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_changing_the_password_signs_out_every_other_session_but_app_passwords(world):
+    pds, _github, _google = world
+    browser = await sign_up_on_own_pages(pds)
+    page = await account_page(browser)
+    await browser.post_form("/account/password", {
+        "form_token": form_token(page), "password": "the first password", "confirm": "the first password",
+    })
+    by_password = (await session(pds, "octo-cat.test", "the first password")).json()
+    app = (await session(pds, "octo-cat.test", await app_password(browser, "Phone"))).json()
+    elsewhere = Browser(pds)
+    await elsewhere.sign_in("github", redirect_uri=None)
+    await account_page(elsewhere)
+
+    page = await account_page(browser)
+    changed = await browser.post_form("/account/password", {
+        "form_token": form_token(page), "password": "the second password", "confirm": "the second password",
+    })
+    assert changed.header("location") == "/account/?done=password"
+    # This browser stays signed in; the other browser and the old password's session do not.
+    assert b"Your other sessions were signed out" in (await browser.get("/account/?done=password")).body
+    assert b"Your account" not in (await elsewhere.get("/account/")).body
+    old = await pds.get("com.atproto.server.getSession", headers=bearer(by_password["accessJwt"]))
+    assert old.code in (400, 401)
+    refreshed = await pds.post(
+        "com.atproto.server.refreshSession", headers=bearer(by_password["refreshJwt"])
+    )
+    assert refreshed.code in (400, 401)
+    assert_error(await session(pds, "octo-cat.test", "the first password"), 401, "AuthenticationRequired")
+    # The app with its own app password goes on.
+    assert (await pds.get("com.atproto.server.getSession", headers=bearer(app["accessJwt"]))).code == 200

@@ -247,11 +247,16 @@ class Accounts:
         await self.db.write(sessions.end_sessions_unit, did, [session_id], self.now())
         self.tokens.revoke([session_id])
 
-    async def set_password(self, did: str, password: str) -> None:
-        """Give an account (e.g. one created by sign-in) a password, or a new one."""
+    async def set_password(self, did: str, password: str, keep_session: str) -> None:
+        """
+        Give an account (e.g. one created by sign-in) a password, or a new
+        one.  Every other full session ends: whoever knew the old password is
+        signed out.  App-password sessions stay (they have secrets of their own).
+        """
         _check_password(password)
         password_hash = await deferToThread(hash_password, password)
-        await self.db.write(_set_password, did, password_hash)
+        ended = await self.db.write(_set_password, did, password_hash, keep_session, self.now())
+        self.tokens.revoke(ended)
 
     # -- identities at GitHub or Google ------------------------------------------
 
@@ -432,8 +437,20 @@ def _link_identity(conn: Any, did: str, provider: str, subject: str, now: str) -
     )
 
 
-def _set_password(conn: Any, did: str, password_hash: bytes) -> None:
+def _set_password(
+    conn: Any, did: str, password_hash: bytes, keep_session: str, now: float
+) -> list[str]:
     conn.execute("UPDATE accounts SET password_hash = ? WHERE did = ?", (password_hash, did))
+    others = [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT session_id FROM refresh_tokens"
+            " WHERE did = ? AND app_password_name IS NULL AND session_id != ?",
+            (did, keep_session),
+        )
+    ]
+    sessions.end_sessions_unit(conn, did, others, now)
+    return others
 
 
 def _match_password(

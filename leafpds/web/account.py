@@ -13,7 +13,8 @@ leafpds's own account pages, mounted under ``/account/``:
     create (the password is shown once) and revoke app passwords, which
     standard Bluesky clients use with ``createSession``.
 ``POST /account/password``
-    sets a password, for example on an account created by sign-in.
+    sets a password, for example on an account created by sign-in, and
+    signs out the account's other sessions.
 
 Every form carries a token bound to the session (against CSRF).
 """
@@ -44,7 +45,7 @@ from leafpds.web.layout import (
 _DONE = {
     "linked-github": "GitHub now signs you in to this account.",
     "linked-google": "Google now signs you in to this account.",
-    "password": "Your password is set.",
+    "password": "Your password is set. Your other sessions were signed out; apps using app passwords stay signed in.",
     "revoked": "The app password was revoked; apps using it are signed out.",
 }
 
@@ -255,7 +256,9 @@ class AccountPages:
         if fields.get("password", "") != fields.get("confirm", ""):
             return self._problem(request, "The two passwords differ.")
         try:
-            await self.ctx.accounts.set_password(credentials.did, fields.get("password", ""))
+            await self.ctx.accounts.set_password(
+                credentials.did, fields.get("password", ""), keep_session=credentials.session_id
+            )
         except XRPCError as e:
             return self._problem(request, e.message)
         return send_redirect(request, with_query(ACCOUNT_PAGE, {"done": "password"}))
