@@ -391,3 +391,13 @@ async def test_changing_the_password_signs_out_every_other_session_but_app_passw
     assert_error(await session(pds, "octo-cat.test", "the first password"), 401, "AuthenticationRequired")
     # The app with its own app password goes on.
     assert (await pds.get("com.atproto.server.getSession", headers=bearer(app["accessJwt"]))).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pages_without_their_trailing_slash_redirect_to_it(world):
+    pds, _github, _google = world
+    for path in ["/account", "/auth"]:
+        answer = await pds.request("GET", path, allow_redirects=False, headers={"Host": "elsewhere.example"})
+        assert answer.code in (301, 302, 308) and answer.header("location") == path + "/", answer.body
+    assert b"Sign in" in (await pds.request("GET", "/account")).body
+    assert b"Sign in" in (await pds.request("GET", "/auth")).body

@@ -139,6 +139,11 @@ class AuthPages:
             return self.error_page(request, str(e), 502)
         return send_redirect(request, url)
 
+    @app.route("/", methods=["GET"])
+    def index(self, request: IRequest) -> bytes:
+        """The sign-in page lives with the account pages."""
+        return send_redirect(request, ACCOUNT_PAGE)
+
     @app.route("/<provider>/login", methods=["GET"])
     async def login(self, request: IRequest, provider: str) -> bytes:
         """Sign in and go back to an app (``redirect_uri``), or with none, to the account page."""

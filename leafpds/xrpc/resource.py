@@ -5,6 +5,7 @@ the few plain pages around it, wrapped in CORS handling.
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -16,6 +17,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 from zope.interface import implementer
 
 import leafpds
@@ -34,6 +36,7 @@ from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, X
 from leafpds.xrpc.subscribe import FirehoseFactory
 from leafpds.web.account import AccountPages
 from leafpds.web.auth import AuthPages
+from leafpds.web.layout import send_redirect
 
 # Importing the namespace modules declares their methods on `xrpc`.
 from leafpds.xrpc import identity as _identity, repo as _repo, server as _server, sync as _sync  # noqa: F401
@@ -185,6 +188,10 @@ class XRPCServer:
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
         # Paths Klein cannot route (outside /xrpc/<nsid>), as XRPC-style JSON.
         exc = failure.value
+        if isinstance(exc, RequestRedirect):
+            # "/account" -> "/account/": a real redirect, kept on this host.
+            parts = urlsplit(exc.new_url)
+            return send_redirect(request, parts.path + (f"?{parts.query}" if parts.query else ""))
         return write_error(
             request, XRPCError(exc.description or exc.name, name=exc.name.replace(" ", ""), status=exc.code)
         )
