@@ -22,7 +22,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from klein import Klein
 from twisted.internet import reactor
-from twisted.web.server import Site
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 CLIENT_ID = "standin-client"
 CLIENT_SECRET = "standin-secret"
@@ -43,6 +44,23 @@ def _challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
+class _Reachable(Resource):
+    """A stand-in's pages, or a dropped connection once it has gone down."""
+
+    isLeaf = True
+
+    def __init__(self, stand_in: "_StandIn") -> None:
+        super().__init__()
+        self.stand_in = stand_in
+        self.pages = stand_in.app.resource()
+
+    def render(self, request: Any) -> Any:
+        if self.stand_in.down:
+            request.transport.abortConnection()
+            return NOT_DONE_YET
+        return self.pages.render(request)
+
+
 class _StandIn:
     """The authorize page and the code bookkeeping both providers share."""
 
@@ -50,20 +68,27 @@ class _StandIn:
 
     def __init__(self) -> None:
         self.port: Any = None
+        self.url = ""
+        # Set by go_down(): the provider is unreachable.
+        self.down = False
         # code -> the authorize request it answers
         self.codes: dict[str, dict[str, str]] = {}
         self.authorize_requests: list[dict[str, str]] = []
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
-
     def listen(self) -> "_StandIn":
-        self.port = reactor.listenTCP(0, Site(self.app.resource()), interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, Site(_Reachable(self)), interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
         return self
 
+    async def go_down(self) -> None:
+        """Refuse new connections and drop every request on the open ones."""
+        self.down = True
+        await self.stop()
+
     async def stop(self) -> None:
-        await self.port.stopListening()
+        if self.port is not None:
+            port, self.port = self.port, None
+            await port.stopListening()
 
     def _authorize_page(self, request: Any) -> bytes:
         fields = {k.decode(): v[0].decode() for k, v in request.args.items()}

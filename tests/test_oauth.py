@@ -4,6 +4,8 @@ stand-ins for both providers, driven over HTTP by treq, following every
 redirect by hand (and carrying the sign-in cookie as a browser would).
 """
 
+import re
+
 import pytest
 import pytest_twisted
 import treq
@@ -274,3 +276,39 @@ async def test_google_keys_are_cached_and_fetched_again_for_a_new_key_id(world):
     google.rotate_key()
     back_at_app(await Browser(pds).sign_in("google"))
     assert google.jwks_fetches == 2
+
+
+@pytest.mark.parametrize("provider", ["github", "google"])
+@pytest_twisted.ensureDeferred
+async def test_provider_failures_land_on_an_error_page_and_create_nothing(world, provider):
+    pds, github, google = world
+    # The provider refuses the code (here: one it never issued).
+    browser = Browser(pds)
+    callback = await browser.approve(await browser.to_provider(provider, redirect_uri=None))
+    tampered = re.sub(r"code=[^&]+", "code=never-issued", local(callback))
+    refused = await browser.get(tampered)
+    assert refused.code == 502 and b"Sign-in failed" in refused.body, refused.body
+
+    # The provider cannot be reached when leafpds trades the code.
+    browser = Browser(pds)
+    callback = await browser.approve(await browser.to_provider(provider, redirect_uri=None))
+    await (github if provider == "github" else google).go_down()
+    unreachable = await browser.get(local(callback))
+    assert unreachable.code == 502 and b"could not be reached" in unreachable.body, unreachable.body
+    assert "leafpds_account" not in browser.cookies
+    assert await pds.service.app.db.read(_account_count) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_google_unreachable_at_the_start_is_an_error_page(tmp_path):
+    from tests.signin import start_world, stop_world
+
+    started = await start_world(tmp_path / "data")
+    pds, _github, google = started
+    await google.go_down()
+    try:
+        answer = await Browser(pds).get("/auth/google/login")
+        assert answer.code == 502 and b"could not be reached" in answer.body
+        assert answer.header("location") is None
+    finally:
+        await stop_world(started)

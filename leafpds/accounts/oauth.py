@@ -138,8 +138,13 @@ class HandOffCodes:
         return found.did
 
 
-async def _json(response: Any, what: str) -> Any:
-    content = await response.content()
+async def _fetch_json(what: str, method: str, url: str, **kwargs: Any) -> Any:
+    """The JSON a provider answers to one request; any failure is an :class:`OAuthError`."""
+    try:
+        response = await treq.request(method, url, timeout=HTTP_TIMEOUT, **kwargs)
+        content = await response.content()
+    except Exception as e:  # refused, reset, timed out, TLS: the provider cannot be reached
+        raise OAuthError(f"{what} failed: the provider could not be reached ({type(e).__name__})") from None
     if response.code != 200:
         raise OAuthError(f"{what} failed (HTTP {response.code})")
     try:
@@ -182,7 +187,9 @@ class GitHub:
         return f"{self.web_url}/login/oauth/authorize?{urlencode(query)}"
 
     async def identify(self, code: str, callback: str, pending: PendingLogin) -> Identity:
-        response = await treq.post(
+        answer = await _fetch_json(
+            "GitHub token exchange",
+            "POST",
             f"{self.web_url}/login/oauth/access_token",
             data={
                 "client_id": self.client_id,
@@ -192,9 +199,7 @@ class GitHub:
                 "code_verifier": pending.pkce.verifier,
             },
             headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-            timeout=HTTP_TIMEOUT,
         )
-        answer = await _json(response, "GitHub token exchange")
         token = answer.get("access_token") if isinstance(answer, dict) else None
         if not isinstance(token, str):
             raise OAuthError("GitHub did not grant access")
@@ -203,13 +208,9 @@ class GitHub:
             "Accept": "application/vnd.github+json",
             "User-Agent": USER_AGENT,
         }
-        user = await _json(
-            await treq.get(f"{self.api_url}/user", headers=headers, timeout=HTTP_TIMEOUT),
-            "Reading the GitHub user",
-        )
-        emails = await _json(
-            await treq.get(f"{self.api_url}/user/emails", headers=headers, timeout=HTTP_TIMEOUT),
-            "Reading the GitHub user's emails",
+        user = await _fetch_json("Reading the GitHub user", "GET", f"{self.api_url}/user", headers=headers)
+        emails = await _fetch_json(
+            "Reading the GitHub user's emails", "GET", f"{self.api_url}/user/emails", headers=headers
         )
         if not isinstance(user, dict) or not isinstance(user.get("id"), int):
             raise OAuthError("GitHub answered without a user id")
@@ -246,10 +247,11 @@ class Google:
 
     async def _endpoints(self) -> dict[str, Any]:
         if self._discovery is None:
-            response = await treq.get(
-                f"{self.issuer}/.well-known/openid-configuration", timeout=HTTP_TIMEOUT
+            document = await _fetch_json(
+                "Reading Google's OpenID configuration",
+                "GET",
+                f"{self.issuer}/.well-known/openid-configuration",
             )
-            document = await _json(response, "Reading Google's OpenID configuration")
             needed = ("authorization_endpoint", "token_endpoint", "jwks_uri")
             if not isinstance(document, dict) or not all(
                 isinstance(document.get(k), str) for k in needed
@@ -274,7 +276,9 @@ class Google:
 
     async def identify(self, code: str, callback: str, pending: PendingLogin) -> Identity:
         endpoints = await self._endpoints()
-        response = await treq.post(
+        answer = await _fetch_json(
+            "Google token exchange",
+            "POST",
             endpoints["token_endpoint"],
             data={
                 "grant_type": "authorization_code",
@@ -285,9 +289,7 @@ class Google:
                 "code_verifier": pending.pkce.verifier,
             },
             headers={"Accept": "application/json"},
-            timeout=HTTP_TIMEOUT,
         )
-        answer = await _json(response, "Google token exchange")
         id_token = answer.get("id_token") if isinstance(answer, dict) else None
         if not isinstance(id_token, str):
             raise OAuthError("Google did not return an ID token")
@@ -306,7 +308,7 @@ class Google:
         if not isinstance(kid, str):
             raise OAuthError("Google's ID token names no signing key")
         if kid not in self._keys or self.now() - self._keys_fetched > JWKS_LIFETIME:
-            keys = await _json(await treq.get(jwks_uri, timeout=HTTP_TIMEOUT), "Reading Google's keys")
+            keys = await _fetch_json("Reading Google's keys", "GET", jwks_uri)
             try:
                 key_set = jwt.PyJWKSet.from_dict(keys)
             except (jwt.PyJWTError, ValueError, TypeError) as e:
