@@ -401,3 +401,19 @@ async def test_the_pages_without_their_trailing_slash_redirect_to_it(world):
         assert answer.code in (301, 302, 308) and answer.header("location") == path + "/", answer.body
     assert b"Sign in" in (await pds.request("GET", "/account")).body
     assert b"Sign in" in (await pds.request("GET", "/auth")).body
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_page_paths_and_page_bugs_get_pages_without_details(world, monkeypatch):
+    pds, _github, _google = world
+    missing = await pds.request("GET", "/account/nothing-here")
+    assert missing.code == 404 and missing.header("content-type").startswith("text/html")
+
+    async def broken(did):
+        raise RuntimeError("a secret detail")
+
+    monkeypatch.setattr(pds.service.app.accounts, "linked_identities", broken)
+    browser = await sign_up_on_own_pages(pds)
+    failed = await browser.get("/account/")
+    assert failed.code == 500 and b"Something went wrong" in failed.body
+    assert b"secret detail" not in failed.body and b"Traceback" not in failed.body

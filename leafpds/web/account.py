@@ -22,6 +22,7 @@ Every form carries a token bound to the session (against CSRF).
 import secrets
 
 from klein import Klein
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -32,6 +33,7 @@ from leafpds.errors import XRPCError
 from leafpds.web import browser
 from leafpds.web.auth import ACCOUNT_PAGE, AuthPages
 from leafpds.web.layout import (
+    error_page,
     escape,
     form_fields,
     query_arg,
@@ -59,6 +61,10 @@ class AccountPages:
 
     def resource(self) -> IResource:
         return self.app.resource()
+
+    @app.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Failure) -> bytes:
+        return error_page(request, failure)
 
     def _form_token(self, credentials: AccessCredentials) -> str:
         return self.ctx.tokens.form_token(credentials.session_id)

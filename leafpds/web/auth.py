@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from klein import Klein
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -48,6 +49,7 @@ from leafpds.errors import XRPCError
 from leafpds.identity.handles import validate_new_handle
 from leafpds.web import browser
 from leafpds.web.layout import (
+    error_page,
     escape,
     form_fields,
     query_arg,
@@ -108,6 +110,10 @@ class AuthPages:
 
     def resource(self) -> IResource:
         return self.app.resource()
+
+    @app.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Failure) -> bytes:
+        return error_page(request, failure)
 
     def error_page(self, request: IRequest, message: str, code: int = 400) -> bytes:
         content = f"<p role=alert>{escape(message)}</p><p><a href=\"{ACCOUNT_PAGE}\">Start again</a></p>"

@@ -12,7 +12,12 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+log = Logger()
 
 HTML = "text/html; charset=utf-8"
 JSON = "application/json; charset=utf-8"
@@ -117,3 +122,12 @@ def form_fields(request: IRequest) -> dict[str, str]:
 def same_secret(a: str, b: str) -> bool:
     """Constant-time equality of two non-empty secrets."""
     return bool(a) and secrets.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def error_page(request: IRequest, failure: Failure) -> bytes:
+    """The page for what a page's handler could not do: a routing error, or a bug (logged)."""
+    if failure.check(HTTPException):
+        error = failure.value
+        return send_page(request, error.name, f"<p role=alert>{escape(error.description or '')}</p>", error.code)
+    log.failure("A page failed", failure)
+    return send_page(request, "Something went wrong", "<p role=alert>Please try again later.</p>", 500)
