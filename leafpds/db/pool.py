@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from leafpds.db import migrations
 
 T = TypeVar("T")
+I = TypeVar("I")
 log = Logger()
 
 # synchronous=NORMAL in WAL mode survives a killed process (only a power loss
@@ -94,8 +95,7 @@ class Database:
         )
         self.checkpointer = Checkpointer(self.path)
         self._writer = WriterThread(self.path, reactor, self.checkpointer.wrote)
-        self._pending: list[tuple[Callable, tuple, Deferred]] = []
-        self._writing = False
+        self._writes: Coalescer[tuple[Callable, tuple], Any] = Coalescer(self._writer.submit)
 
     def migrate(self, steps: Sequence[str] | None = None) -> int:
         """
@@ -119,27 +119,7 @@ class Database:
         unit rolls back only itself): one thread hop and one commit serve
         them all.  Each caller's Deferred fires only after that commit.
         """
-        d: Deferred[T] = Deferred()
-        self._pending.append((fn, args, d))
-        if not self._writing:
-            self._flush()
-        return d
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        self._writing = True
-        self._writer.submit([(fn, args) for fn, args, _ in batch], self._batch_done,
-                            [d for _, _, d in batch])
-
-    def _batch_done(self, outcome: Any, waiting: list[Deferred]) -> None:
-        # Still "writing" while the callers hear back: the units they submit
-        # in their callbacks gather into one next batch, not a lone first one.
-        try:
-            fire_each(outcome, waiting)
-        finally:
-            self._writing = False
-            if self._pending:
-                self._flush()
+        return self._writes.add((fn, args))
 
     def read(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
         return self._readers.runWithConnection(_in_transaction, "BEGIN", fn, args)
@@ -156,22 +136,56 @@ class Database:
         self.checkpointer.stop()
 
 
-def fire_each(outcome: Any, waiting: list[Deferred]) -> None:
+class Coalescer(Generic[I, T]):
     """
-    Answer the callers of a batch: ``outcome`` is one ``(ok, result or
-    Failure)`` per caller, or a Failure of the whole batch (e.g. of its
-    commit), which then fails them all.  A caller that has gone (its
-    Deferred cancelled) is skipped.
+    One trip at a time to another thread; items that arrive while a trip is
+    under way all go in the next one (at most ``max_batch`` of them).
+
+    ``send(items, done)`` starts a trip; it must call ``done(outcome)`` on the
+    reactor with one ``(ok, result or Failure)`` per item, or a Failure of
+    the whole trip, which then fails every item.  A caller whose Deferred was
+    cancelled (it went away) is skipped.
     """
-    if isinstance(outcome, Failure):
-        outcome = [(False, outcome)] * len(waiting)
-    for d, (ok, result) in zip(waiting, outcome):
-        if d.called:
-            continue
-        if ok:
-            d.callback(result)
-        else:
-            d.errback(result)
+
+    def __init__(
+        self, send: Callable[[list[I], Callable[[Any], None]], Any], max_batch: int | None = None
+    ) -> None:
+        self._send = send
+        self._max_batch = max_batch
+        self._pending: list[tuple[I, Deferred[T]]] = []
+        self._busy = False
+
+    def add(self, item: I) -> "Deferred[T]":
+        d: Deferred[T] = Deferred()
+        self._pending.append((item, d))
+        if not self._busy:
+            self._trip()
+        return d
+
+    def _trip(self) -> None:
+        cut = self._max_batch or len(self._pending)
+        batch, self._pending = self._pending[:cut], self._pending[cut:]
+        self._busy = True
+        waiting = [d for _, d in batch]
+        self._send([item for item, _ in batch], lambda outcome: self._done(outcome, waiting))
+
+    def _done(self, outcome: Any, waiting: list[Deferred]) -> None:
+        # Still busy while the callers hear back: what they add in their
+        # callbacks gathers into one next trip, not a lone first one.
+        try:
+            if isinstance(outcome, Failure):
+                outcome = [(False, outcome)] * len(waiting)
+            for d, (ok, result) in zip(waiting, outcome):
+                if d.called:
+                    continue
+                if ok:
+                    d.callback(result)
+                else:
+                    d.errback(result)
+        finally:
+            self._busy = False
+            if self._pending:
+                self._trip()
 
 
 class WriterThread:
@@ -202,11 +216,9 @@ class WriterThread:
         )
         self._thread.start()
 
-    def submit(
-        self, units: list[tuple[Callable, tuple]], done: Callable[..., None], *args: Any
-    ) -> None:
-        """Run ``units`` in one transaction; then ``done(outcome, *args)`` in the reactor."""
-        self._queue.put((units, done, args))
+    def submit(self, units: list[tuple[Callable, tuple]], done: Callable[[Any], None]) -> None:
+        """Run ``units`` in one transaction; then ``done(outcome)`` in the reactor."""
+        self._queue.put((units, done))
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -217,14 +229,14 @@ class WriterThread:
     def _run(self, conn: sqlite3.Connection) -> None:
         try:
             while (job := self._queue.get()) is not None:
-                units, done, args = job
+                units, done = job
                 try:
                     outcome: Any = _run_batch(conn, units)
                 except BaseException:
                     outcome = Failure()
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                self._reactor.callFromThread(done, outcome, *args)
+                self._reactor.callFromThread(done, outcome)
                 if not isinstance(outcome, Failure):
                     # After waking the reactor: the callers wait, the checkpoint can.
                     self._committed()

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from leafpds.db.pool import Database, fire_each
+from leafpds.db.pool import Coalescer, Database
 
 T = TypeVar("T")
 
@@ -32,33 +32,13 @@ class BatchedReads(Generic[T]):
     def __init__(self, db: Database, lookup: Callable[..., T], max_batch: int = MAX_BATCH) -> None:
         self.db = db
         self.lookup = lookup
-        self.max_batch = max_batch
-        self._pending: list[tuple[tuple, Deferred[T]]] = []
-        self._busy = False
+        self._lookups: Coalescer[tuple, T] = Coalescer(self._trip, max_batch)
 
     def get(self, *args: Any) -> "Deferred[T]":
-        d: Deferred[T] = Deferred()
-        self._pending.append((args, d))
-        if not self._busy:
-            self._trip()
-        return d
+        return self._lookups.add(args)
 
-    def _trip(self) -> None:
-        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-        self._busy = True
-        self.db.read(_look_up_all, self.lookup, [args for args, _ in batch]).addBoth(
-            self._answer, [d for _, d in batch]
-        )
-
-    def _answer(self, outcome: Any, waiting: list[Deferred]) -> None:
-        # Still busy while the callers hear back: what they ask for in their
-        # callbacks joins the next trip.
-        try:
-            fire_each(outcome, waiting)
-        finally:
-            self._busy = False
-            if self._pending:
-                self._trip()
+    def _trip(self, batch: list[tuple], done: Callable[[Any], None]) -> None:
+        self.db.read(_look_up_all, self.lookup, batch).addBoth(done)
 
 
 def _look_up_all(conn: Any, lookup: Callable[..., Any], batch: list[tuple]) -> list[tuple[bool, Any]]:
