@@ -115,12 +115,17 @@ def run_clients(port: int, count: int, seconds: float, work) -> int:
             n += 1
         done[i] = n
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(count)]
+    in_threads(count, loop)
+    return sum(done)
+
+
+def in_threads(count: int, target) -> None:
+    """Run target(i) for i in range(count), each in its own thread; return when all are done."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(done)
 
 
 def start_server() -> tuple[subprocess.Popen, int, Connection]:
@@ -204,11 +209,7 @@ def main(seconds: float) -> None:
 
         cpu = cpu_seconds(server.pid)
         start = time.perf_counter()
-        threads = [threading.Thread(target=read_each_once, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_threads(8, read_each_once)
         elapsed = time.perf_counter() - start
         used = cpu_seconds(server.pid) - cpu
         print(f"{'getRecord, 8 clients, uncached:':<38}{len(big_rkeys) / elapsed:8.0f} reads/s  "

@@ -33,8 +33,8 @@ from leafpds.errors import XRPCError
 from leafpds.web import browser
 from leafpds.web.auth import ACCOUNT_PAGE, AuthPages
 from leafpds.web.layout import (
-    error_page,
     escape,
+    failure_page,
     form_fields,
     query_arg,
     same_secret,
@@ -64,7 +64,7 @@ class AccountPages:
 
     @app.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Failure) -> bytes:
-        return error_page(request, failure)
+        return failure_page(request, failure)
 
     def _form_token(self, credentials: AccessCredentials) -> str:
         return self.ctx.tokens.form_token(credentials.session_id)

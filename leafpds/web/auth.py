@@ -49,8 +49,8 @@ from leafpds.errors import XRPCError
 from leafpds.identity.handles import validate_new_handle
 from leafpds.web import browser
 from leafpds.web.layout import (
-    error_page,
     escape,
+    failure_page,
     form_fields,
     query_arg,
     same_secret,
@@ -113,7 +113,7 @@ class AuthPages:
 
     @app.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Failure) -> bytes:
-        return error_page(request, failure)
+        return failure_page(request, failure)
 
     def error_page(self, request: IRequest, message: str, code: int = 400) -> bytes:
         content = f"<p role=alert>{escape(message)}</p><p><a href=\"{ACCOUNT_PAGE}\">Start again</a></p>"
@@ -260,7 +260,7 @@ class AuthPages:
         """``{handle, available, message}`` for the chooser's live check."""
         handle = self._full_handle(query_arg(request, "handle"))
         try:
-            handle = validate_new_handle(handle, [self.ctx.settings.handle_domain])
+            handle = validate_new_handle(handle, self.ctx.accounts.handle_domains)
             available = await self.ctx.accounts.did_for_handle(handle) is None
             message = f"{handle} is available." if available else f"{handle} is already taken."
         except XRPCError as e:

@@ -124,7 +124,7 @@ def same_secret(a: str, b: str) -> bool:
     return bool(a) and secrets.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
-def error_page(request: IRequest, failure: Failure) -> bytes:
+def failure_page(request: IRequest, failure: Failure) -> bytes:
     """The page for what a page's handler could not do: a routing error, or a bug (logged)."""
     if failure.check(HTTPException):
         error = failure.value
