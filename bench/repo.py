@@ -6,7 +6,10 @@ Repository engine benchmark, through the real transactor and SQLite:
 - export of a 10,000-record repo (s, peak memory of the export)
 - import of that CAR into a fresh database (s)
 
-    .venv/bin/python bench/repo.py [--records 10000] [--commits 3000]
+    .venv/bin/python bench/repo.py [--records 10000] [--commits 3000] [--no-cpu-pairing]
+
+As the service does, the reactor and the writer share a CPU (leafpds.db.affinity)
+unless ``--no-cpu-pairing``.
 """
 
 import argparse
@@ -65,6 +68,8 @@ async def main(reactor, args) -> None:
     db = Database(folder / "bench.sqlite")
     db.migrate()
     db.start()
+    if not args.no_cpu_pairing:
+        db.share_cpu_with_caller()
     keys = Keys()
     transactor = RepoTransactor(db, keys)
     rkeys = TIDClock()
@@ -127,5 +132,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--commits", type=int, default=3_000)
+    parser.add_argument("--no-cpu-pairing", action="store_true")
     arguments = parser.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))

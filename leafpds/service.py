@@ -126,6 +126,10 @@ class LeafPDSService(MultiService):
     def startService(self) -> None:
         self.app.db.start()
         settings = self.app.settings
+        if settings.cpu_pairing:
+            cpu = self.app.db.share_cpu_with_caller(self.app.reactor.getThreadPool())
+            if cpu is not None:
+                log.info("The reactor and the database writer share CPU {cpu}", cpu=cpu)
         plc_ready: Deferred = succeed(None)
         if not settings.plc_url:
             plc = make_plc_service(settings.plc_listen, settings.data_dir / "plc", self.app.reactor)

@@ -20,6 +20,10 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "listen": "tcp:0:interface=127.0.0.1",
         "plc-listen": "tcp:0:interface=127.0.0.1",
         "data-dir": str(data_dir),
+        # One test process hosts many servers, and starts browsers and server
+        # processes of its own, which would all inherit a pinned CPU.  The
+        # pairing itself is tested on a real twistd process (test_affinity).
+        "no-cpu-pairing": True,
     }
     given.update({name.replace("_", "-"): value for name, value in overrides.items()})
     return Settings.from_options(resolve(given, {}))

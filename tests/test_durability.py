@@ -31,8 +31,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path) -> None:
+    """``twistd leafpds`` as its own process (with ``options`` added)."""
+
+    def __init__(self, data_dir: Path, *options: str) -> None:
         self.data_dir = data_dir
+        self.options = options
         self.port = free_port()
         self.plc_port = free_port()
         self.process: subprocess.Popen | None = None
@@ -50,6 +53,7 @@ class Server:
                 "--plc-listen", f"tcp:{self.plc_port}:interface=127.0.0.1",
                 "--data-dir", str(self.data_dir),
                 "--no-rate-limits",
+                *self.options,
             ],
             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},

@@ -22,8 +22,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
-from leafpds.db import migrations
+from leafpds.db import affinity, migrations
 
 T = TypeVar("T")
 I = TypeVar("I")
@@ -94,6 +95,8 @@ class Database:
             cp_reconnect=False,
         )
         self.checkpointer = Checkpointer(self.path)
+        # Started by the reactor, which may be pinned to one CPU (see affinity).
+        self._readers.threadpool.threadFactory = affinity.FreeThread
         self._writer = WriterThread(self.path, reactor, self.checkpointer.wrote)
         self._writes: Coalescer[tuple[Callable, tuple], Any] = Coalescer(self._writer.submit)
 
@@ -128,6 +131,17 @@ class Database:
         self.checkpointer.start()
         self._writer.start()
         self._readers.start()
+
+    def share_cpu_with_caller(self, *pools: ThreadPool) -> int | None:
+        """
+        Pin the writer thread and the calling thread (the reactor's) to the
+        CPU the caller is on, once started; the readers, the checkpointer and
+        the threads of ``pools`` (which the caller starts) keep every CPU.  Returns the CPU,
+        or None where this cannot be done.  See :mod:`leafpds.db.affinity`.
+        """
+        if self._writer.thread is None:
+            raise RuntimeError("start the database first")
+        return affinity.pair_with_caller(self._writer.thread, pools)
 
     def close(self) -> None:
         """Finish the submitted writes, then close every connection."""
@@ -211,10 +225,14 @@ class WriterThread:
         conn = connect(self.path)
         for pragma in _WRITER_PRAGMAS:
             conn.execute(pragma)
-        self._thread = threading.Thread(
+        self._thread = affinity.FreeThread(
             target=self._run, args=(conn,), name="leafpds-writer", daemon=True
         )
         self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
 
     def submit(self, units: list[tuple[Callable, tuple]], done: Callable[[Any], None]) -> None:
         """Run ``units`` in one transaction; then ``done(outcome)`` in the reactor."""
@@ -270,7 +288,7 @@ class Checkpointer:
     def start(self) -> None:
         self._stopping.clear()
         conn = connect(self.path)
-        self._thread = threading.Thread(
+        self._thread = affinity.FreeThread(
             target=self._run, args=(conn,), name="leafpds-checkpointer", daemon=True
         )
         self._thread.start()
