@@ -1,12 +1,28 @@
 """Timestamps as atproto writes them: ISO 8601, UTC, millisecond precision, ``Z``."""
 
+import math
 import time
-from datetime import datetime, timezone
+
+# (whole second, its "YYYY-MM-DDTHH:MM:SS." text) for the last second
+# formatted: a busy server formats many times a second, and strftime costs
+# several times the rest.  One tuple, replaced whole, so threads may share it.
+_last_second: tuple[float, str] = (math.nan, "")
 
 
 def iso_from_epoch(seconds: float) -> str:
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Rounded to the microsecond first, as datetime.fromtimestamp does.
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    global _last_second
+    second, prefix = _last_second
+    if second != whole:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+        _last_second = (whole, prefix)
+    return f"{prefix}{micros // 1000:03d}Z"
 
 
 def now_iso() -> str:
