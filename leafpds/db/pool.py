@@ -136,8 +136,9 @@ class Database:
         """
         Pin the writer thread and the calling thread (the reactor's) to the
         CPU the caller is on, once started; the readers, the checkpointer and
-        the threads of ``pools`` (which the caller starts) keep every CPU.  Returns the CPU,
-        or None where this cannot be done.  See :mod:`leafpds.db.affinity`.
+        the threads of ``pools`` (which the caller starts) keep every CPU.
+        Returns the CPU, or None where this cannot be done.  See
+        :mod:`leafpds.db.affinity`.
         """
         if self._writer.thread is None:
             raise RuntimeError("start the database first")
