@@ -1,15 +1,22 @@
 """
 A real leafpds for end-to-end tests: the production service, on an
-ephemeral loopback port, with its own data folder, driven over HTTP by treq.
+ephemeral loopback port, with its own data folder, driven over HTTP by treq;
+in this process (``start_pds``) or as ``twistd leafpds`` of its own
+(``ServerProcess``).
 """
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import treq
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 
 from leafpds.config import Settings, resolve
 from leafpds.service import LeafPDSService, open_app
@@ -71,3 +78,64 @@ async def start_pds(settings: Settings, environ: dict[str, str] | None = None) -
     service.startService()
     await service.listening
     return RunningPDS(service)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``twistd leafpds`` as its own process (with ``options`` added)."""
+
+    def __init__(self, data_dir: Path, *options: str) -> None:
+        self.data_dir = data_dir
+        self.options = options
+        self.port = free_port()
+        self.plc_port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._log = open(self.data_dir.parent / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "twisted", "leafpds",
+                "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+                "--plc-listen", f"tcp:{self.plc_port}:interface=127.0.0.1",
+                "--data-dir", str(self.data_dir),
+                "--no-rate-limits",
+                *self.options,
+            ],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        for _ in range(300):
+            try:
+                response = await treq.get(self.url + "/xrpc/_health")
+                await response.content()
+                if response.code == 200:
+                    return
+            except Exception:
+                pass
+            await task.deferLater(reactor, 0.05, lambda: None)
+        raise RuntimeError("leafpds did not start; see server.log")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+    async def call(self, nsid: str, body: dict | None = None, token: str | None = None, params=None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if body is None:
+            response = await treq.get(f"{self.url}/xrpc/{nsid}", params=params, headers=headers)
+        else:
+            headers["Content-Type"] = "application/json"
+            response = await treq.post(f"{self.url}/xrpc/{nsid}", json.dumps(body).encode(), headers=headers)
+        content = await response.content()
+        return response.code, json.loads(content) if content else {}

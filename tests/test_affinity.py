@@ -15,7 +15,7 @@ from twisted.python.threadpool import ThreadPool
 
 from leafpds.db import affinity
 from tests.test_accounts import PASSWORD
-from tests.test_durability import Server
+from tests.harness import ServerProcess
 
 ALLOWED = set(affinity.PROCESS_CPUS)
 
@@ -31,7 +31,7 @@ def cpus_of_threads(pid: int) -> dict[int, set[int]]:
     return out
 
 
-async def busy_server(server: Server) -> None:
+async def busy_server(server: ServerProcess) -> None:
     """Make the server start the threads it starts on demand."""
     # Hashing the password runs in the reactor's thread pool.
     code, made = await server.call(
@@ -57,13 +57,13 @@ async def busy_server(server: Server) -> None:
     assert all(code == 200 and len(body["records"]) == 5 for code, body in answers)
 
 
-def server_log(server: Server) -> str:
+def server_log(server: ServerProcess) -> str:
     return (server.data_dir.parent / "server.log").read_text()
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_reactor_and_the_writer_share_a_cpu_and_nothing_else_is_pinned(tmp_path):
-    server = Server(tmp_path / "data")
+    server = ServerProcess(tmp_path / "data")
     await server.start()
     try:
         await busy_server(server)
@@ -89,7 +89,7 @@ async def test_the_reactor_and_the_writer_share_a_cpu_and_nothing_else_is_pinned
 
 @pytest_twisted.ensureDeferred
 async def test_no_cpu_pairing_pins_nothing(tmp_path):
-    server = Server(tmp_path / "data", "--no-cpu-pairing")
+    server = ServerProcess(tmp_path / "data", "--no-cpu-pairing")
     await server.start()
     try:
         await busy_server(server)

@@ -5,86 +5,20 @@ Every acknowledged write must be there, no batch half-applied, and the
 firehose replayed from cursor=0 must hold exactly each repo's history.
 """
 
-import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest_twisted
-import treq
 from cbrrr import decode_multi_dag_cbor_in_violation_of_the_spec as frames
 from twisted.internet import defer, reactor, task, threads
 
+from tests.harness import ServerProcess
 from tests.test_accounts import PASSWORD
 
 COLLECTION = "com.example.durable"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``twistd leafpds`` as its own process (with ``options`` added)."""
-
-    def __init__(self, data_dir: Path, *options: str) -> None:
-        self.data_dir = data_dir
-        self.options = options
-        self.port = free_port()
-        self.plc_port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        log = open(self.data_dir.parent / "server.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "twisted", "leafpds",
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-                "--plc-listen", f"tcp:{self.plc_port}:interface=127.0.0.1",
-                "--data-dir", str(self.data_dir),
-                "--no-rate-limits",
-                *self.options,
-            ],
-            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        )
-        for _ in range(300):
-            try:
-                response = await treq.get(self.url + "/xrpc/_health")
-                await response.content()
-                if response.code == 200:
-                    return
-            except Exception:
-                pass
-            await task.deferLater(reactor, 0.05, lambda: None)
-        raise RuntimeError("leafpds did not start; see server.log")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    async def call(self, nsid: str, body: dict | None = None, token: str | None = None, params=None):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if body is None:
-            response = await treq.get(f"{self.url}/xrpc/{nsid}", params=params, headers=headers)
-        else:
-            headers["Content-Type"] = "application/json"
-            response = await treq.post(f"{self.url}/xrpc/{nsid}", json.dumps(body).encode(), headers=headers)
-        content = await response.content()
-        return response.code, json.loads(content) if content else {}
-
-
-async def client(server: Server, did: str, token: str, prefix: str, rng: random.Random, ledger: list) -> None:
+async def client(server: ServerProcess, did: str, token: str, prefix: str, rng: random.Random, ledger: list) -> None:
     """Writes to its own keys only; records every acknowledged (and attempted) write."""
     live: dict[str, str] = {}
     n = 0
@@ -130,7 +64,7 @@ async def client(server: Server, did: str, token: str, prefix: str, rng: random.
         entry["acked"] = True
 
 
-async def records_of(server: Server, did: str) -> dict[str, tuple[int, str]]:
+async def records_of(server: ServerProcess, did: str) -> dict[str, tuple[int, str]]:
     found, cursor = {}, None
     while True:
         params = {"repo": did, "collection": COLLECTION, "limit": "100"}
@@ -219,7 +153,7 @@ def check_log(history: list[dict], did: str, stored: dict[str, tuple[int, str]],
 
 @pytest_twisted.ensureDeferred
 async def test_sigkill_mid_burst_loses_no_acknowledged_write(tmp_path):
-    server = Server(tmp_path / "data")
+    server = ServerProcess(tmp_path / "data")
     await server.start()
     accounts = []
     try:
