@@ -7,7 +7,6 @@ thread of this process (never its main thread, which hosts other tests).
 
 import os
 import threading
-from pathlib import Path
 
 import pytest_twisted
 from twisted.internet import defer
@@ -154,4 +153,3 @@ def test_pair_with_caller_pins_the_pair_and_lets_new_pool_threads_go():
 
 def test_current_cpu_is_one_this_thread_may_run_on():
     assert affinity.current_cpu() in ALLOWED
-    assert Path("/proc/thread-self/stat").exists()

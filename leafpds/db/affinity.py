@@ -5,7 +5,7 @@ Every commit crosses between the two threads twice: the reactor hands the
 writer a unit of work, the writer hands back the outcome.  When they sit on
 different CPUs, each crossing has to wake the other CPU from idle (an
 inter-processor interrupt; in a VM, a trip through the hypervisor) and finds
-its caches cold: a bare round trip measured 115–140 µs on the 2-CPU VM this
+its caches cold: a bare round trip measured 113–138 µs on the 2-CPU VM this
 was built on, against 32–40 µs with both threads on one CPU.  The GIL lets
 only one of them run Python at a time anyway, so sharing a CPU costs them
 little.  Every other thread — the readers, the checkpointer, the reactor's
