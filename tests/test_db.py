@@ -154,10 +154,18 @@ async def test_units_that_arrive_while_the_writer_is_busy_share_one_transaction(
     outcomes = await DeferredList(grouped, consumeErrors=True)
     await db.write(_stop_recording)
     assert [ok for ok, _ in outcomes] == [True, True, False, True, True]
-    # hold's own transaction, then one BEGIN ... COMMIT for the five, each
-    # in its own savepoint, and the failing one rolled back alone.
+    # After hold's own transaction, the five go together without savepoints
+    # until the third fails; that attempt is rolled back whole and the five
+    # run again in one transaction, each in its own savepoint, the failing
+    # one rolled back alone.
+    rollback = seen.index("ROLLBACK")
+    begin = max(i for i, sql in enumerate(seen[:rollback]) if sql == "BEGIN IMMEDIATE")
+    attempt = seen[begin: rollback + 1]
+    assert "COMMIT" not in attempt and "SAVEPOINT unit" not in attempt
+    assert sum("INSERT INTO accounts" in sql for sql in attempt) == 3
     group = seen[seen.index("SAVEPOINT unit") - 1:]
     group = group[: group.index("COMMIT") + 1]
+    assert seen[seen.index("SAVEPOINT unit") - 2] == "ROLLBACK"
     assert group[0] == "BEGIN IMMEDIATE" and group.count("BEGIN IMMEDIATE") == 1
     assert group.count("SAVEPOINT unit") == group.count("RELEASE unit") == 5
     assert group.count("ROLLBACK TO unit") == 1
@@ -189,6 +197,8 @@ async def test_units_submitted_while_results_are_delivered_form_one_batch(db):
     follow_up_transactions = [t for t in transactions if "did:next" in t]
     assert len(follow_up_transactions) == 1
     assert follow_up_transactions[0].count("did:next") == 4 * 2  # did and handle
+    # None failed: no savepoints.
+    assert "SAVEPOINT" not in follow_up_transactions[0]
     assert len(await db.read(_accounts)) == 8
 
 
