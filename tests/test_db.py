@@ -61,6 +61,41 @@ def test_failed_migration_leaves_previous_version(tmp_path, monkeypatch):
     assert names == []
 
 
+def test_blocks_move_to_a_rowid_table_with_their_rows(tmp_path):
+    conn = connect(tmp_path / "db.sqlite")
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:1]) == 1
+    conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:a', 'a.test', 't')")
+    conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:b', 'b.test', 't')")
+    rows = [
+        (did, bytes([i, n]), f"rev{n}", b"data" * n)
+        for i, did in enumerate(["did:a", "did:b"])
+        for n in range(50)
+    ]
+    conn.executemany("INSERT INTO blocks (did, cid, rev, data) VALUES (?, ?, ?, ?)", rows)
+
+    assert migrations.migrate(conn) == len(migrations.MIGRATIONS)
+    assert sorted(conn.execute("SELECT did, cid, rev, data FROM blocks")) == sorted(rows)
+    table = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'blocks'").fetchone()[0]
+    assert "WITHOUT ROWID" not in table and "STRICT" in table
+    # (did, cid) is still unique, and look-ups by it use the index.
+    conn.execute(
+        "INSERT OR IGNORE INTO blocks (did, cid, rev, data) VALUES ('did:a', x'0001', 'x', x'')"
+    )
+    revs = conn.execute("SELECT rev FROM blocks WHERE did = 'did:a' AND cid = x'0001'").fetchall()
+    assert revs == [("rev1",)]
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO blocks (did, cid, rev, data) VALUES ('did:a', x'0001', 'x', x'')")
+    plan = " ".join(
+        row[-1] for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT data FROM blocks WHERE did = 'did:a' AND cid = x'0001'"
+        )
+    )
+    assert "blocks_by_cid" in plan
+    # Blocks still go with their account.
+    conn.execute("DELETE FROM accounts WHERE did = 'did:a'")
+    assert conn.execute("SELECT DISTINCT did FROM blocks").fetchall() == [("did:b",)]
+
+
 @pytest.fixture
 def db(tmp_path):
     database = Database(tmp_path / "db.sqlite")

@@ -169,6 +169,26 @@ MIGRATIONS: list[str] = [
     -- it, the cascade would scan the table for every record deleted).
     CREATE INDEX record_blobs_by_record ON record_blobs (did, collection, rkey);
     """,
+    # 2: blocks in a rowid table, found through a separate (did, cid) index.
+    # Keyed by CID, a commit's new blocks (the changed MST path, the commit,
+    # the records) landed on as many random pages of one wide B-tree as there
+    # are blocks, each page split or merged as whole blocks came and went.
+    # In a rowid table they are appended on one page at the end; the random
+    # part is left to the index, whose entries are small (~60 bytes, not
+    # ~300).  Measured with 8 DIDs writing: the writer's work per commit
+    # 190-209 -> 162-168 us, WAL pages 14.4 -> 8.7.
+    """
+    CREATE TABLE blocks_by_rowid (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        cid BLOB NOT NULL,
+        rev TEXT NOT NULL,
+        data BLOB NOT NULL
+    ) STRICT;
+    INSERT INTO blocks_by_rowid (did, cid, rev, data) SELECT did, cid, rev, data FROM blocks;
+    DROP TABLE blocks;
+    ALTER TABLE blocks_by_rowid RENAME TO blocks;
+    CREATE UNIQUE INDEX blocks_by_cid ON blocks (did, cid);
+    """,
 ]
 
 

@@ -338,7 +338,9 @@ def _in_transaction(conn: Any, begin: str, fn: Callable[..., T], args: tuple) ->
     return fn(conn, *args)
 
 
-def _run_batch(conn: sqlite3.Connection, units: list[tuple[Callable, tuple]]) -> list[tuple[bool, Any]]:
+def _run_batch(
+    conn: sqlite3.Connection, units: list[tuple[Callable, tuple]]
+) -> list[tuple[bool, Any]]:
     conn.execute("BEGIN IMMEDIATE")
     if len(units) == 1:
         fn, args = units[0]
@@ -357,7 +359,9 @@ def _run_batch(conn: sqlite3.Connection, units: list[tuple[Callable, tuple]]) ->
     return outcomes
 
 
-def _run_isolated(conn: sqlite3.Connection, units: list[tuple[Callable, tuple]]) -> list[tuple[bool, Any]]:
+def _run_isolated(
+    conn: sqlite3.Connection, units: list[tuple[Callable, tuple]]
+) -> list[tuple[bool, Any]]:
     """Run each unit in its own savepoint: a failing one rolls back only itself."""
     outcomes: list[tuple[bool, Any]] = []
     for fn, args in units:
