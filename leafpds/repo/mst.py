@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import re
-import threading
 from collections import OrderedDict
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
@@ -243,7 +242,13 @@ def _decode(cid: CID, data: bytes, layer: int | None) -> _Node:
 
 
 class NodeCache:
-    """A bounded, thread-safe LRU of decoded nodes by CID (about 1.2 kB each)."""
+    """
+    A bounded LRU of decoded nodes by CID (about 1.2 kB each), shared by the
+    reactor and the database writer.  It needs no lock: each OrderedDict
+    method runs whole under the GIL (the keys are bytes, so no Python code
+    runs inside one), and the one race between two of them, another thread
+    evicting the entry in between, only means a node is not cached.
+    """
 
     def __init__(self, max_nodes: int = 50_000) -> None:
         self.max_nodes = max_nodes
@@ -251,23 +256,27 @@ class NodeCache:
         # An OrderedDict, not a dict: evicting the oldest entry of a dict
         # that has had many deletions scans past them all.
         self._nodes: OrderedDict[bytes, _Node] = OrderedDict()
-        self._lock = threading.Lock()
 
     def get(self, cid: CID) -> _Node | None:
         key = cid.cid_bytes
-        with self._lock:
-            node = self._nodes.get(key)
-            if node is not None:
+        node = self._nodes.get(key)
+        if node is not None:
+            try:
                 self._nodes.move_to_end(key)  # most recently used goes last
-            return node
+            except KeyError:
+                pass  # evicted meanwhile
+        return node
 
     def put(self, node: _Node) -> None:
         key = node.cid.cid_bytes
-        with self._lock:
-            self._nodes[key] = node
-            self._nodes.move_to_end(key)
-            if len(self._nodes) > self.max_nodes:
-                self._nodes.popitem(last=False)
+        nodes = self._nodes
+        nodes[key] = node
+        try:
+            nodes.move_to_end(key)
+            if len(nodes) > self.max_nodes:
+                nodes.popitem(last=False)
+        except KeyError:
+            pass  # another thread evicted it, or emptied the cache, meanwhile
 
     def __len__(self) -> int:
         return len(self._nodes)
