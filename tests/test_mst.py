@@ -5,6 +5,7 @@ sequence of writes.
 """
 
 import random
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -326,6 +327,44 @@ def test_node_cache_is_bounded_lru():
     assert len(cache) == 2
     assert cache.get(roots[1][1]) is None
     assert cache.get(roots[0][1]) is not None
+
+
+def test_node_cache_shared_by_threads_stays_bounded_and_right():
+    import threading
+
+    from leafpds.repo.mst import _Node
+
+    cache = NodeCache(max_nodes=64)
+    nodes = [_Node(0, None, [], [], [], cid_for_cbor(encode(i)), encode(i)) for i in range(500)]
+    wrong: list[object] = []
+
+    def churn(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(20_000):
+                node = rng.choice(nodes)
+                if rng.random() < 0.5:
+                    cache.put(node)
+                else:
+                    found = cache.get(node.cid)
+                    if found is not None and found is not node:
+                        wrong.append(found)
+        except Exception as e:
+            wrong.append(e)
+
+    # Switch threads as often as the interpreter can, so that they interleave.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=churn, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
+    assert 0 < len(cache) <= 64
 
 
 def test_empty_commit_and_first_commit():
