@@ -17,7 +17,7 @@ from leafpds.repo import archive, storage
 from leafpds.repo.commit import parse_commit, verify_commit
 from leafpds.repo.events import last_seq
 from leafpds.repo.mst import MST, MemoryBlockSource, NodeCache, invert_ops
-from leafpds.repo.transactor import UNSET, RepoTransactor, Write
+from leafpds.repo.transactor import UNSET, DIDLocks, RepoTransactor, Write
 from leafpds.tid import TIDClock
 
 
@@ -266,6 +266,42 @@ async def test_100_concurrent_writers_on_one_did_make_a_linear_history(repos):
     _root, records, _blocks, _ = await repos.state(did)
     assert set(records) == {f"app.bsky.feed.post/r{i:03d}" for i in range(100)}
     assert len(repos.transactor.locks) == 0  # idle locks are dropped
+
+
+@pytest_twisted.ensureDeferred
+async def test_did_locks_take_turns_skip_cancelled_waiters_and_outlive_failures():
+    from twisted.internet.defer import CancelledError
+
+    locks = DIDLocks()
+    log: list[str] = []
+    gates = {name: Deferred() for name in ["a1", "a2", "a3", "b1"]}
+
+    async def hold(name: str, fail: bool = False) -> str:
+        log.append(f"start {name}")
+        await gates[name]
+        log.append(f"end {name}")
+        if fail:
+            raise ValueError(name)
+        return name
+
+    a1 = Deferred.fromCoroutine(locks.run("did:a", lambda: hold("a1", fail=True)))
+    a2 = Deferred.fromCoroutine(locks.run("did:a", lambda: hold("a2")))
+    a3 = Deferred.fromCoroutine(locks.run("did:a", lambda: hold("a3")))
+    b1 = Deferred.fromCoroutine(locks.run("did:b", lambda: hold("b1")))
+    # One holder per DID; another DID is not held up.
+    assert log == ["start a1", "start b1"] and len(locks) == 2
+    a2.cancel()  # gave up waiting: it never runs
+    gates["a1"].callback(None)
+    assert log[-2:] == ["end a1", "start a3"]  # a1 failed, yet the turn passed on
+    gates["b1"].callback(None)
+    gates["a3"].callback(None)
+    assert await b1 == "b1" and await a3 == "a3"
+    with pytest.raises(ValueError):
+        await a1
+    with pytest.raises(CancelledError):
+        await a2
+    assert "start a2" not in log
+    assert len(locks) == 0  # idle DIDs are forgotten
 
 
 @pytest_twisted.ensureDeferred

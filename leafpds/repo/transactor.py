@@ -25,12 +25,12 @@ sees — the same code, the same result.
 """
 
 import inspect
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from leafpds import crypto, syntax
@@ -121,31 +121,40 @@ CommitHook = Callable[[Any, str, str, list[AppliedOp], list[Write]], Callable[[]
 
 
 class DIDLocks:
-    """A ``DeferredLock`` per DID, made on demand and dropped when idle."""
+    """
+    Per-DID mutual exclusion, held only while someone holds or waits for it.
+
+    Most writes find their DID idle, so the uncontended path makes no
+    Deferred: a DID's entry is the queue of those waiting behind its holder.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[DeferredLock, int]] = {}
+        self._waiting: dict[str, deque[Deferred[None]]] = {}
 
     async def run(self, did: str, fn: Callable[[], Any]) -> Any:
-        lock, users = self._locks.get(did, (None, 0))
-        if lock is None:
-            lock = DeferredLock()
-        self._locks[did] = (lock, users + 1)
+        waiting = self._waiting.get(did)
+        if waiting is None:
+            self._waiting[did] = deque()
+        else:
+            turn: Deferred[None] = Deferred()
+            waiting.append(turn)
+            await turn  # a cancelled wait raises here, owning nothing
         try:
-            await lock.acquire()
-            try:
-                return await fn()
-            finally:
-                lock.release()
+            return await fn()
         finally:
-            lock, users = self._locks[did]
-            if users == 1:
-                del self._locks[did]
-            else:
-                self._locks[did] = (lock, users - 1)
+            self._release(did)
+
+    def _release(self, did: str) -> None:
+        waiting = self._waiting[did]
+        while waiting:
+            turn = waiting.popleft()
+            if not turn.called:  # not cancelled: its holder goes on at once
+                turn.callback(None)
+                return
+        del self._waiting[did]
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._waiting)
 
 
 class RepoTransactor:
