@@ -3,10 +3,12 @@ Repository engine benchmark, through the real transactor and SQLite:
 
 - sequential single-record creates on one DID (commits/s)
 - the same with 8 DIDs writing in parallel (commits/s)
+  (each run ``--rounds`` times, one after another on the growing repos: the
+  median is printed, and every round, since this VM's speed drifts)
 - export of a 10,000-record repo (s, peak memory of the export)
 - import of that CAR into a fresh database (s)
 
-    .venv/bin/python bench/repo.py [--records 10000] [--commits 3000] [--no-cpu-pairing]
+    .venv/bin/python bench/repo.py [--records 10000] [--commits 3000] [--rounds 3] [--no-cpu-pairing]
 
 As the service does, the reactor and the writer share a CPU (leafpds.db.affinity)
 unless ``--no-cpu-pairing``.
@@ -15,6 +17,7 @@ unless ``--no-cpu-pairing``.
 import argparse
 import gc
 import io
+import statistics
 import tempfile
 import time
 import tracemalloc
@@ -63,6 +66,12 @@ async def writer(transactor: RepoTransactor, did: str, count: int, rkeys: TIDClo
         await transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", rkeys.next(), post(n))])
 
 
+def report(rates: list[float]) -> str:
+    """The median round, and every round (this VM's speed drifts between them)."""
+    rounds = ", ".join(f"{rate:,.0f}" for rate in rates)
+    return f"{statistics.median(rates):8,.0f} commits/s (median; rounds {rounds})"
+
+
 async def main(reactor, args) -> None:
     folder = Path(tempfile.mkdtemp(prefix="leafpds-bench-"))
     db = Database(folder / "bench.sqlite")
@@ -76,21 +85,25 @@ async def main(reactor, args) -> None:
     gc.freeze()  # as the service does after start-up (leafpds.tap)
 
     await new_repo(db, transactor, keys, "did:plc:solo")
-    start = time.perf_counter()
-    await writer(transactor, "did:plc:solo", args.commits, rkeys)
-    elapsed = time.perf_counter() - start
-    print(f"one DID, sequential creates:   {args.commits / elapsed:8,.0f} commits/s")
+    rates = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        await writer(transactor, "did:plc:solo", args.commits, rkeys)
+        rates.append(args.commits / (time.perf_counter() - start))
+    print(f"one DID, sequential creates:   {report(rates)}")
 
     dids = [f"did:plc:par{i}" for i in range(8)]
     for did in dids:
         await new_repo(db, transactor, keys, did)
     per = args.commits // 8
-    start = time.perf_counter()
-    await defer.gatherResults(
-        [defer.Deferred.fromCoroutine(writer(transactor, did, per, rkeys)) for did in dids]
-    )
-    elapsed = time.perf_counter() - start
-    print(f"8 DIDs in parallel:            {per * 8 / elapsed:8,.0f} commits/s")
+    rates = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(writer(transactor, did, per, rkeys)) for did in dids]
+        )
+        rates.append(per * 8 / (time.perf_counter() - start))
+    print(f"8 DIDs in parallel:            {report(rates)}")
 
     big = "did:plc:big"
     await new_repo(db, transactor, keys, big)
@@ -132,6 +145,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--commits", type=int, default=3_000)
+    parser.add_argument("--rounds", type=int, default=3, help="repeat each throughput run")
     parser.add_argument("--no-cpu-pairing", action="store_true")
     arguments = parser.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))
