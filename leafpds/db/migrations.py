@@ -175,8 +175,8 @@ MIGRATIONS: list[str] = [
     # are blocks, each page split or merged as whole blocks came and went.
     # In a rowid table they are appended on one page at the end; the random
     # part is left to the index, whose entries are small (~60 bytes, not
-    # ~300).  Measured with 8 DIDs writing: the writer's work per commit
-    # 190-209 -> 162-168 us, WAL pages 14.4 -> 8.7.
+    # ~300).  Measured with 8 DIDs writing: WAL pages per commit 14.4 -> 8.7,
+    # the writer's CPU per commit 195-203 -> 173-181 us (alternating runs).
     """
     CREATE TABLE blocks_by_rowid (
         did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
