@@ -41,6 +41,12 @@ _PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
 )
 
+# The sqlite3 module passes str, int and float to SQLite as they are but
+# looks every bytes parameter up as a candidate for adaptation, at the cost of
+# two failed attribute look-ups (~0.3 us each; a commit binds some sixty CIDs
+# and blocks).  An adapter registered for bytes turns that into one dict hit.
+sqlite3.register_adapter(bytes, bytes)
+
 # The writer never checkpoints (its commits would pay for copying pages and
 # two fsyncs); the Checkpointer does it in its own thread.
 _WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint=0",)
