@@ -21,7 +21,7 @@ def test_migrations_are_idempotent_and_strict(tmp_path):
     }
     for table in [
         "accounts", "signing_keys", "server_keys", "repo_roots", "blocks", "records",
-        "repo_seq", "app_passwords", "refresh_tokens", "invite_codes", "oauth_identities",
+        "fresh_blocks", "repo_seq", "app_passwords", "refresh_tokens", "invite_codes", "oauth_identities",
         "blobs", "record_blobs",
     ]:
         assert "STRICT" in tables[table], table
@@ -94,6 +94,29 @@ def test_blocks_move_to_a_rowid_table_with_their_rows(tmp_path):
     # Blocks still go with their account.
     conn.execute("DELETE FROM accounts WHERE did = 'did:a'")
     assert conn.execute("SELECT DISTINCT did FROM blocks").fetchall() == [("did:b",)]
+
+
+def test_fresh_blocks_are_unique_per_repo_indexed_and_go_with_their_account(tmp_path):
+    conn = connect(tmp_path / "db.sqlite")
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:2]) == 2
+    conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:a', 'a.test', 't')")
+    conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:b', 'b.test', 't')")
+    conn.execute("INSERT INTO blocks (did, cid, rev, data) VALUES ('did:a', x'01', 'r', x'')")
+
+    assert migrations.migrate(conn) == len(migrations.MIGRATIONS)
+    assert conn.execute("SELECT count(*) FROM blocks").fetchone() == (1,)  # left where they are
+    for did in ("did:a", "did:b"):
+        conn.execute("INSERT INTO fresh_blocks (did, cid, rev, data) VALUES (?, x'01', 'r', x'')", (did,))
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO fresh_blocks (did, cid, rev, data) VALUES ('did:a', x'01', 's', x'')")
+    plan = " ".join(
+        row[-1] for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT data FROM fresh_blocks WHERE did = 'did:a' AND cid = x'01'"
+        )
+    )
+    assert "fresh_blocks_by_cid" in plan
+    conn.execute("DELETE FROM accounts WHERE did = 'did:a'")
+    assert conn.execute("SELECT did FROM fresh_blocks").fetchall() == [("did:b",)]
 
 
 @pytest.fixture

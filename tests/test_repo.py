@@ -40,7 +40,9 @@ class Repos:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.keys = StaticKeys()
-        self.transactor = RepoTransactor(db, self.keys)
+        # Settling often, so that every test here also runs with blocks in
+        # both tables and settlings between its writes.
+        self.transactor = RepoTransactor(db, self.keys, settle_every=3)
         self.heard: list[tuple[int, bytes]] = []
         self.transactor.listeners.append(self.heard.extend)
 
@@ -160,6 +162,92 @@ async def test_same_content_under_two_keys_keeps_the_block(repos):
     await repos.transactor.apply_writes(did, [Write("delete", "app.bsky.feed.post", "a")])
     _root, records, blocks, _ = await repos.state(did)
     assert records["app.bsky.feed.post/b"] in blocks
+
+
+def _where_blocks_are(conn, did):
+    return {
+        table: {CID(cid) for cid, in conn.execute(f"SELECT cid FROM {table} WHERE did = ?", (did,))}
+        for table in ("fresh_blocks", "blocks")
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocks_settle_once_they_outlive_a_settling(repos):
+    did = "did:plc:settler"
+    await repos.new(did)
+    repos.transactor.settle_every = 10**9  # settled by hand here
+    write = repos.transactor.apply_writes
+    first = await write(did, [Write("create", "app.bsky.feed.post", "3k0000000000a", post("x"))])
+    mark = await repos.db.write(storage.settle_blocks, 0)
+    where = await repos.db.read(_where_blocks_are, did)
+    # The first settling only marks: what is there now moves next time.
+    assert first.ops[0].cid in where["fresh_blocks"]
+    assert first.ops[0].cid not in where["blocks"]
+
+    # The same content again, under another key, after the first copy has
+    # settled: briefly in both tables, read and exported once.
+    await write(did, [Write("create", "app.bsky.feed.post", "3k0000000000b", post("y"))])
+    mark = await repos.db.write(storage.settle_blocks, mark)
+    twin = await write(did, [Write("create", "app.bsky.feed.post", "3k0000000000c", post("x"))])
+    assert twin.ops[0].cid == first.ops[0].cid
+    where = await repos.db.read(_where_blocks_are, did)
+    assert first.ops[0].cid in where["fresh_blocks"] and first.ops[0].cid in where["blocks"]
+    # The tree's old path died in the fresh table; the settled commit went too.
+    assert first.cid not in where["fresh_blocks"] | where["blocks"]
+    out = io.BytesIO()
+    await archive.export_repo(repos.db, reactor, did, out.write)
+    _root, exported = read_car(out.getvalue())
+    assert sorted(cid.encode() for cid, _ in exported) == sorted(
+        {cid.encode() for cid, _ in exported}
+    )
+    root, records, blocks, _ = await repos.state(did)
+    assert set(blocks) == reachable(blocks, root[0]) == {cid for cid, _ in exported}
+    got = await repos.db.read(storage.get_record, did, "app.bsky.feed.post", "3k0000000000c")
+    assert got == (first.ops[0].cid, codec.encode(post("x")))
+
+    # Settling keeps the older row (and its rev): an earlier export has it.
+    mark = await repos.db.write(storage.settle_blocks, mark)
+    mark = await repos.db.write(storage.settle_blocks, mark)
+    where = await repos.db.read(_where_blocks_are, did)
+    assert first.ops[0].cid in where["blocks"] and first.ops[0].cid not in where["fresh_blocks"]
+
+    def rev_of(conn, cid):
+        return conn.execute(
+            "SELECT rev FROM blocks WHERE did = ? AND cid = ?", (did, cid.cid_bytes)
+        ).fetchall()
+
+    assert await repos.db.read(rev_of, first.ops[0].cid) == [(first.rev,)]
+
+    # Deleting one of the two records keeps the block; deleting both, not.
+    await write(did, [Write("delete", "app.bsky.feed.post", "3k0000000000a")])
+    _root, records, blocks, _ = await repos.state(did)
+    assert first.ops[0].cid in blocks
+    await write(did, [Write("create", "app.bsky.feed.post", "3k0000000000d", post("x"))])
+    await write(did, [Write("delete", "app.bsky.feed.post", "3k0000000000c")])
+    await write(did, [Write("delete", "app.bsky.feed.post", "3k0000000000d")])
+    where = await repos.db.read(_where_blocks_are, did)
+    assert first.ops[0].cid not in where["fresh_blocks"] | where["blocks"]
+    root, records, blocks, _ = await repos.state(did)
+    assert set(blocks) == reachable(blocks, root[0])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_transactor_settles_every_so_many_commits(repos):
+    did = "did:plc:busy"
+    await repos.new(did)
+    created = [
+        await repos.transactor.apply_writes(
+            did, [Write("create", "app.bsky.feed.post", f"3k{i:011d}", post(f"p{i}"))]
+        )
+        for i in range(12)
+    ]
+    await repos.db.write(lambda conn: None)  # after the last settling it asked for
+    where = await repos.db.read(_where_blocks_are, did)
+    # The oldest records have moved; the newest are still fresh.
+    assert created[0].ops[0].cid in where["blocks"]
+    assert created[-1].ops[0].cid in where["fresh_blocks"]
+    root, _records, blocks, _ = await repos.state(did)
+    assert set(blocks) == reachable(blocks, root[0])
 
 
 @pytest_twisted.ensureDeferred

@@ -15,6 +15,8 @@ from leafpds.blobs.refs import BlobRef, find_blob_refs
 from leafpds.errors import BlobNotFound, InvalidMimeType, InvalidSize
 from leafpds.ipld import codec
 from leafpds.ipld.cid import CID
+from leafpds.repo import storage
+from leafpds.repo.mst import MissingBlock
 
 
 def _linked(conn: Any, did: str, cid: bytes) -> bool:
@@ -100,10 +102,11 @@ def apply_commit(conn: Any, did: str, ops: Sequence[Any], writes: Sequence[Any])
 def _old_refs(conn: Any, did: str, record_cid: CID | None) -> list[BlobRef]:
     if record_cid is None:
         return []
-    row = conn.execute(
-        "SELECT data FROM blocks WHERE did = ? AND cid = ?", (did, record_cid.cid_bytes)
-    ).fetchone()
-    return find_blob_refs(codec.decode(row[0])) if row else []
+    try:
+        data = storage.SQLBlocks(conn, did).get_block(record_cid)
+    except MissingBlock:
+        return []
+    return find_blob_refs(codec.decode(data))
 
 
 def _make_permanent(conn: Any, did: str, ref: BlobRef) -> None:

@@ -189,6 +189,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE blocks_by_rowid RENAME TO blocks;
     CREATE UNIQUE INDEX blocks_by_cid ON blocks (did, cid);
     """,
+    # 3: new blocks go to a small table of their own, and only those that
+    # live on are moved into ``blocks`` now and then, in one sorted pass (see
+    # leafpds/repo/storage.py).  Most blocks a commit writes are MST nodes
+    # that the next commit replaces: in ``blocks`` alone, each of them put an
+    # entry on a random page of the big (did, cid) index, and took it out
+    # again.  Measured: WAL pages per commit, one DID at 3,000 records,
+    # 25.4 -> 15.1; 8 DIDs at 400 records each, 11.6 -> 6.0.
+    """
+    CREATE TABLE fresh_blocks (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        cid BLOB NOT NULL,
+        rev TEXT NOT NULL,
+        data BLOB NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX fresh_blocks_by_cid ON fresh_blocks (did, cid);
+    """,
 ]
 
 

@@ -151,7 +151,7 @@ def _store_imported(conn: Any, did: str, repo: VerifiedRepo) -> None:
     rev = repo.commit.rev
     now = now_iso()
     conn.execute("DELETE FROM records WHERE did = ?", (did,))
-    conn.execute("DELETE FROM blocks WHERE did = ?", (did,))
+    storage.delete_repo_blocks(conn, did)
     storage.put_blocks(conn, did, rev, repo.blocks.items())
     conn.executemany(
         "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at) VALUES (?, ?, ?, ?, ?, ?)",

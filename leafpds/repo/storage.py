@@ -6,6 +6,17 @@ connection.  They run inside a unit of work handed to ``Database.read`` or
 Blocks are keyed by (repo DID, CID): an account's blocks can be exported,
 counted and deleted without touching anyone else's, even when two repos hold
 the same bytes.
+
+They live in two tables of one shape.  A commit's new blocks go to
+``fresh_blocks``, which stays small; most of them die young (every write
+replaces the MST nodes on its path, and with TID record keys that is the same
+right-hand path commit after commit) and are deleted from there, on a few hot
+pages.  Now and then :func:`settle_blocks` moves the survivors into
+``blocks`` in one sorted pass.  In ``blocks`` alone, each commit put ~15
+entries on as many random pages of the big ``(did, cid)`` index.  A CID may
+briefly be in both tables (a record written again with the same bytes); reads
+take the first they find, exports send it once, and settling keeps the older
+row.
 """
 
 from collections.abc import Iterable, Iterator
@@ -24,7 +35,9 @@ class SQLBlocks:
 
     def get_block(self, cid: CID) -> bytes:
         row = self.conn.execute(
-            "SELECT data FROM blocks WHERE did = ? AND cid = ?", (self.did, cid.cid_bytes)
+            "SELECT data FROM fresh_blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
+            " SELECT data FROM blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
+            (self.did, cid.cid_bytes),
         ).fetchone()
         if row is None:
             raise MissingBlock(cid)
@@ -62,27 +75,53 @@ def advance_root(
 
 
 def put_blocks(conn: Any, did: str, rev: str, blocks: Iterable[tuple[CID, bytes]]) -> None:
-    # A block already stored (the same record content under another key) keeps
-    # its original rev: the consumer of an earlier export already has it.
+    """Store new blocks (as fresh ones)."""
     conn.executemany(
-        "INSERT OR IGNORE INTO blocks (did, cid, rev, data) VALUES (?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO fresh_blocks (did, cid, rev, data) VALUES (?, ?, ?, ?)",
         [(did, cid.cid_bytes, rev, data) for cid, data in blocks],
     )
 
 
 def delete_blocks(conn: Any, did: str, cids: Iterable[CID]) -> None:
-    conn.executemany(
-        "DELETE FROM blocks WHERE did = ? AND cid = ?", [(did, cid.cid_bytes) for cid in cids]
-    )
+    """Delete blocks no longer reachable: fresh ones, or else settled ones."""
+    rows = [(did, cid.cid_bytes) for cid in cids]
+    deleted = conn.executemany("DELETE FROM fresh_blocks WHERE did = ? AND cid = ?", rows)
+    if deleted.rowcount < len(rows):  # rarely: some had settled
+        conn.executemany("DELETE FROM blocks WHERE did = ? AND cid = ?", rows)
 
 
 def delete_record_blocks(conn: Any, did: str, cids: Iterable[CID]) -> None:
     """Delete record blocks that no record of the repo references any more."""
-    conn.executemany(
-        "DELETE FROM blocks WHERE did = ? AND cid = ?"
-        " AND NOT EXISTS (SELECT 1 FROM records WHERE did = ? AND cid = ?)",
-        [(did, cid.cid_bytes, did, cid.cid_bytes) for cid in cids],
+    rows = [(did, cid.cid_bytes) for cid in cids]
+    for table in ("fresh_blocks", "blocks"):
+        conn.executemany(
+            f"DELETE FROM {table} WHERE did = ?1 AND cid = ?2"
+            " AND NOT EXISTS (SELECT 1 FROM records WHERE did = ?1 AND cid = ?2)",
+            rows,
+        )
+
+
+def delete_repo_blocks(conn: Any, did: str) -> None:
+    """Delete every block of the repo."""
+    conn.execute("DELETE FROM fresh_blocks WHERE did = ?", (did,))
+    conn.execute("DELETE FROM blocks WHERE did = ?", (did,))
+
+
+def settle_blocks(conn: Any, mark: int) -> int:
+    """
+    Move the fresh blocks that were already there at the last settling (rowid
+    up to ``mark``, which that settling returned; 0 the first time) into
+    ``blocks``, in index order; return the mark for the next time.  A block
+    ``blocks`` already has keeps its older row and rev there (the consumer of
+    an earlier export has it).
+    """
+    conn.execute(
+        "INSERT OR IGNORE INTO blocks (did, cid, rev, data)"
+        " SELECT did, cid, rev, data FROM fresh_blocks WHERE rowid <= ? ORDER BY did, cid",
+        (mark,),
     )
+    conn.execute("DELETE FROM fresh_blocks WHERE rowid <= ?", (mark,))
+    return conn.execute("SELECT coalesce(max(rowid), 0) FROM fresh_blocks").fetchone()[0]
 
 
 def record_cid(conn: Any, did: str, collection: str, rkey: str) -> CID | None:
@@ -112,13 +151,20 @@ def delete_record(conn: Any, did: str, collection: str, rkey: str) -> None:
     )
 
 
+# A record row's block, from whichever table holds it.
+_RECORD_BLOCK = (
+    "coalesce((SELECT data FROM fresh_blocks f WHERE f.did = r.did AND f.cid = r.cid),"
+    " (SELECT data FROM blocks b WHERE b.did = r.did AND b.cid = r.cid))"
+)
+
+
 def get_record(conn: Any, did: str, collection: str, rkey: str) -> tuple[CID, bytes] | None:
     row = conn.execute(
-        "SELECT r.cid, b.data FROM records r JOIN blocks b ON b.did = r.did AND b.cid = r.cid"
+        f"SELECT r.cid, {_RECORD_BLOCK} FROM records r"
         " WHERE r.did = ? AND r.collection = ? AND r.rkey = ?",
         (did, collection, rkey),
     ).fetchone()
-    return (CID(row[0]), row[1]) if row else None
+    return (CID(row[0]), row[1]) if row and row[1] is not None else None
 
 
 def list_records(
@@ -143,12 +189,11 @@ def list_records(
         where += f" AND r.rkey {compare} ?"
         args.append(cursor)
     rows = conn.execute(
-        "SELECT r.rkey, r.cid, b.data FROM records r"
-        " JOIN blocks b ON b.did = r.did AND b.cid = r.cid"
+        f"SELECT r.rkey, r.cid, {_RECORD_BLOCK} FROM records r"
         f" WHERE {where} ORDER BY r.rkey {order} LIMIT ?",
         (*args, limit),
     ).fetchall()
-    return [(rkey, CID(cid), data) for rkey, cid, data in rows]
+    return [(rkey, CID(cid), data) for rkey, cid, data in rows if data is not None]
 
 
 def collections(conn: Any, did: str) -> list[str]:
@@ -161,22 +206,27 @@ def collections(conn: Any, did: str) -> list[str]:
 
 
 def iter_blocks(conn: Any, did: str, since: str | None = None, page: int = 2000) -> Iterator[tuple[CID, bytes]]:
-    """Every block of the repo (newer than rev ``since`` if given), in pages by CID."""
+    """
+    Every block of the repo (newer than rev ``since`` if given), each once:
+    the settled ones in pages by CID, then the fresh ones.
+    """
+    newer = "" if since is None else " AND rev > :since"
     after = b""
     while True:
-        if since is None:
-            rows = conn.execute(
-                "SELECT cid, data FROM blocks WHERE did = ? AND cid > ? ORDER BY cid LIMIT ?",
-                (did, after, page),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                "SELECT cid, data FROM blocks WHERE did = ? AND cid > ? AND rev > ?"
-                " ORDER BY cid LIMIT ?",
-                (did, after, since, page),
-            ).fetchall()
+        rows = conn.execute(
+            f"SELECT cid, data FROM blocks WHERE did = :did AND cid > :after{newer}"
+            " ORDER BY cid LIMIT :page",
+            {"did": did, "after": after, "since": since, "page": page},
+        ).fetchall()
         for cid, data in rows:
             yield CID(cid), data
         if len(rows) < page:
-            return
+            break
         after = rows[-1][0]
+    # The fresh table is small (see settle_blocks): one query.
+    for cid, data in conn.execute(
+        f"SELECT cid, data FROM fresh_blocks f WHERE did = :did{newer}"
+        " AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.did = f.did AND b.cid = f.cid)",
+        {"did": did, "since": since},
+    ):
+        yield CID(cid), data

@@ -54,6 +54,11 @@ INLINE_WRITES = 10
 #: How many repos' heads the transactor remembers.
 HEADS = 10_000
 
+#: Every this many commits, the fresh blocks that have outlived the previous
+#: settling move to the main table (see leafpds.repo.storage).  By then most
+#: blocks of those commits are gone already; the rest move in one batch.
+SETTLE_EVERY = 128
+
 
 class _Unset:
     def __repr__(self) -> str:
@@ -158,9 +163,10 @@ class DIDLocks:
 
 
 class RepoTransactor:
-    def __init__(self, db: Database, keys: KeyProvider) -> None:
+    def __init__(self, db: Database, keys: KeyProvider, settle_every: int = SETTLE_EVERY) -> None:
         self.db = db
         self.keys = keys
+        self.settle_every = settle_every
         self.locks = DIDLocks()
         # Thread-safe: revisions are drawn on the reactor and in writer units.
         self.revs = TIDClock()
@@ -169,6 +175,10 @@ class RepoTransactor:
         # DID -> (commit CID, MST root, rev) after its last commit through us,
         # least recently used first.  Only ever a hint: units check it.
         self._heads: OrderedDict[str, tuple[CID, CID, str]] = OrderedDict()
+        # Commits since the last settling; the mark it returned; one at a time.
+        self._unsettled = 0
+        self._settle_mark = 0
+        self._settling = False
 
     def notify(self, appended: list[tuple[int, bytes]]) -> None:
         """Tell the listeners about events that have just been committed."""
@@ -179,6 +189,7 @@ class RepoTransactor:
         """The genesis commit of an empty repo (the account row must exist)."""
         result = await self.db.write(self.create_repo_unit, did, key)
         self._remember(result)
+        self._settle_now_and_then()
         self.notify(result.events)
         return result
 
@@ -259,6 +270,7 @@ class RepoTransactor:
             return result
 
         result = await self.locks.run(did, locked)
+        self._settle_now_and_then()
         self.notify(result.events)
         await _run_after_commit(result.after_commit)
         return result
@@ -268,6 +280,25 @@ class RepoTransactor:
         self._heads.move_to_end(result.did)
         if len(self._heads) > HEADS:
             self._heads.popitem(last=False)
+
+    def _settle_now_and_then(self) -> None:
+        self._unsettled += 1
+        if self._unsettled < self.settle_every or self._settling:
+            return
+        self._unsettled = 0
+        self._settling = True
+        self.db.write(storage.settle_blocks, self._settle_mark).addCallbacks(
+            self._settled, self._settle_failed
+        )
+
+    def _settled(self, mark: int) -> None:
+        self._settling = False
+        self._settle_mark = mark
+
+    def _settle_failed(self, failure: Any) -> None:
+        # Nothing is lost: the blocks stay fresh until the next settling.
+        self._settling = False
+        log.failure("Settling fresh blocks failed", failure)
 
     def _build_inline(
         self,
