@@ -54,9 +54,10 @@ INLINE_WRITES = 10
 #: How many repos' heads the transactor remembers.
 HEADS = 10_000
 
-#: Every this many commits, the fresh blocks that have outlived the previous
-#: settling move to the main table (see leafpds.repo.storage).  By then most
-#: blocks of those commits are gone already; the rest move in one batch.
+#: Every this many record writes (a commit counts one at least), the fresh
+#: blocks that have outlived the previous settling move to the main table
+#: (see leafpds.repo.storage).  By then most blocks those commits wrote are
+#: gone already; the rest move in one batch.
 SETTLE_EVERY = 128
 
 
@@ -175,7 +176,7 @@ class RepoTransactor:
         # DID -> (commit CID, MST root, rev) after its last commit through us,
         # least recently used first.  Only ever a hint: units check it.
         self._heads: OrderedDict[str, tuple[CID, CID, str]] = OrderedDict()
-        # Commits since the last settling; the mark it returned; one at a time.
+        # Writes since the last settling; the mark it returned; one at a time.
         self._unsettled = 0
         self._settle_mark = 0
         self._settling = False
@@ -189,7 +190,7 @@ class RepoTransactor:
         """The genesis commit of an empty repo (the account row must exist)."""
         result = await self.db.write(self.create_repo_unit, did, key)
         self._remember(result)
-        self._settle_now_and_then()
+        self._settle_now_and_then(1)
         self.notify(result.events)
         return result
 
@@ -270,7 +271,7 @@ class RepoTransactor:
             return result
 
         result = await self.locks.run(did, locked)
-        self._settle_now_and_then()
+        self._settle_now_and_then(len(writes))
         self.notify(result.events)
         await _run_after_commit(result.after_commit)
         return result
@@ -281,8 +282,8 @@ class RepoTransactor:
         if len(self._heads) > HEADS:
             self._heads.popitem(last=False)
 
-    def _settle_now_and_then(self) -> None:
-        self._unsettled += 1
+    def _settle_now_and_then(self, writes: int) -> None:
+        self._unsettled += writes
         if self._unsettled < self.settle_every or self._settling:
             return
         self._unsettled = 0
