@@ -35,8 +35,8 @@ class SQLBlocks:
 
     def get_block(self, cid: CID) -> bytes:
         row = self.conn.execute(
-            "SELECT data FROM fresh_blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
-            " SELECT data FROM blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
+            "SELECT data FROM blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
+            " SELECT data FROM fresh_blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
             (self.did, cid.cid_bytes),
         ).fetchone()
         if row is None:
@@ -151,10 +151,10 @@ def delete_record(conn: Any, did: str, collection: str, rkey: str) -> None:
     )
 
 
-# A record row's block, from whichever table holds it.
+# A record row's block, from whichever table holds it (most have settled).
 _RECORD_BLOCK = (
-    "coalesce((SELECT data FROM fresh_blocks f WHERE f.did = r.did AND f.cid = r.cid),"
-    " (SELECT data FROM blocks b WHERE b.did = r.did AND b.cid = r.cid))"
+    "coalesce((SELECT data FROM blocks b WHERE b.did = r.did AND b.cid = r.cid),"
+    " (SELECT data FROM fresh_blocks f WHERE f.did = r.did AND f.cid = r.cid))"
 )
 
 
