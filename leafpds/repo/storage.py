@@ -111,9 +111,10 @@ def settle_blocks(conn: Any, mark: int) -> int:
     """
     Move the fresh blocks that were already there at the last settling (rowid
     up to ``mark``, which that settling returned; 0 the first time) into
-    ``blocks``, in index order; return the mark for the next time.  A block
-    ``blocks`` already has keeps its older row and rev there (the consumer of
-    an earlier export has it).
+    ``blocks``, in index order; return the mark for the next time.  (Should
+    the newest rows all go and their rowids be handed out again, some young
+    blocks settle early: no harm.)  A block ``blocks`` already has keeps its
+    older row and rev there (the consumer of an earlier export has it).
     """
     conn.execute(
         "INSERT OR IGNORE INTO blocks (did, cid, rev, data)"
@@ -223,7 +224,7 @@ def iter_blocks(conn: Any, did: str, since: str | None = None, page: int = 2000)
         if len(rows) < page:
             break
         after = rows[-1][0]
-    # The fresh table is small (see settle_blocks): one query.
+    # The fresh table is small (see settle_blocks), and the cursor streams.
     for cid, data in conn.execute(
         f"SELECT cid, data FROM fresh_blocks f WHERE did = :did{newer}"
         " AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.did = f.did AND b.cid = f.cid)",
