@@ -7,6 +7,7 @@ Repository engine benchmark, through the real transactor and SQLite:
   median is printed, and every round, since this VM's speed drifts)
 - export of a 10,000-record repo (s, peak memory of the export)
 - import of that CAR into a fresh database (s)
+- single-record deletes spread over that 10,000-record repo (commits/s)
 
     .venv/bin/python bench/repo.py [--records 10000] [--commits 3000] [--rounds 3] [--no-cpu-pairing]
 
@@ -107,9 +108,10 @@ async def main(reactor, args) -> None:
 
     big = "did:plc:big"
     await new_repo(db, transactor, keys, big)
+    big_rkeys = [rkeys.next() for _ in range(args.records)]
     for start_n in range(0, args.records, 200):
         await transactor.apply_writes(big, [
-            Write("create", "app.bsky.feed.post", rkeys.next(), post(n))
+            Write("create", "app.bsky.feed.post", big_rkeys[n], post(n))
             for n in range(start_n, min(start_n + 200, args.records))
         ])
     out = io.BytesIO()
@@ -137,6 +139,13 @@ async def main(reactor, args) -> None:
     await archive.import_repo(fresh, big, car, keys.keys[big].did())
     elapsed = time.perf_counter() - start
     print(f"import {args.records:,} records:        {elapsed:8.3f} s")
+
+    doomed = big_rkeys[::20]
+    start = time.perf_counter()
+    for rkey in doomed:
+        await transactor.apply_writes(big, [Write("delete", "app.bsky.feed.post", rkey)])
+    rate = len(doomed) / (time.perf_counter() - start)
+    print(f"delete from {args.records:,} records:   {rate:8,.0f} commits/s (single-record deletes, spread)")
     db.close()
     fresh.close()
 

@@ -21,7 +21,7 @@ def test_migrations_are_idempotent_and_strict(tmp_path):
     }
     for table in [
         "accounts", "signing_keys", "server_keys", "repo_roots", "blocks", "records",
-        "fresh_blocks", "repo_seq", "app_passwords", "refresh_tokens", "invite_codes", "oauth_identities",
+        "fresh_blocks", "shared_blocks", "repo_seq", "app_passwords", "refresh_tokens", "invite_codes", "oauth_identities",
         "blobs", "record_blobs",
     ]:
         assert "STRICT" in tables[table], table
@@ -96,6 +96,28 @@ def test_blocks_move_to_a_rowid_table_with_their_rows(tmp_path):
     assert conn.execute("SELECT DISTINCT did FROM blocks").fetchall() == [("did:b",)]
 
 
+def test_blocks_that_records_share_are_counted_when_the_table_comes(tmp_path):
+    conn = connect(tmp_path / "db.sqlite")
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:3]) == 3
+    for did in ("did:a", "did:b"):
+        conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES (?, ?, 't')", (did, did[4:] + ".test"))
+    rows = [
+        ("did:a", "c", "1", b"x"), ("did:a", "c", "2", b"x"), ("did:a", "d", "3", b"x"),
+        ("did:a", "c", "4", b"y"), ("did:b", "c", "1", b"x"), ("did:b", "c", "2", b"z"),
+        ("did:b", "c", "3", b"z"),
+    ]
+    conn.executemany(
+        "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at) VALUES (?, ?, ?, ?, 'r', 't')",
+        rows,
+    )
+    assert migrations.migrate(conn) == len(migrations.MIGRATIONS)
+    assert sorted(conn.execute("SELECT did, cid, refs FROM shared_blocks")) == [
+        ("did:a", b"x", 3), ("did:b", b"z", 2),
+    ]
+    conn.execute("DELETE FROM accounts WHERE did = 'did:a'")  # they go with their account
+    assert conn.execute("SELECT did FROM shared_blocks").fetchall() == [("did:b",)]
+
+
 def test_fresh_blocks_are_unique_per_repo_indexed_and_go_with_their_account(tmp_path):
     conn = connect(tmp_path / "db.sqlite")
     assert migrations.migrate(conn, migrations.MIGRATIONS[:2]) == 2
@@ -103,7 +125,7 @@ def test_fresh_blocks_are_unique_per_repo_indexed_and_go_with_their_account(tmp_
     conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:b', 'b.test', 't')")
     conn.execute("INSERT INTO blocks (did, cid, rev, data) VALUES ('did:a', x'01', 'r', x'')")
 
-    assert migrations.migrate(conn) == len(migrations.MIGRATIONS)
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:3]) == 3
     assert conn.execute("SELECT count(*) FROM blocks").fetchone() == (1,)  # left where they are
     for did in ("did:a", "did:b"):
         conn.execute("INSERT INTO fresh_blocks (did, cid, rev, data) VALUES (?, x'01', 'r', x'')", (did,))

@@ -171,6 +171,79 @@ def _where_blocks_are(conn, did):
     }
 
 
+def _shared(conn, did):
+    return {
+        CID(cid): refs
+        for cid, refs in conn.execute("SELECT cid, refs FROM shared_blocks WHERE did = ?", (did,))
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_with_the_same_bytes_count_their_shared_block(repos):
+    did = "did:plc:sharers"
+    await repos.new(did)
+    write = repos.transactor.apply_writes
+    x, y = post("x"), post("y")
+    cx, cy = cid_for_cbor(codec.encode(x)), cid_for_cbor(codec.encode(y))
+
+    async def check(shared, present, absent=()):
+        assert await repos.db.read(_shared, did) == shared
+        root, _records, blocks, _ = await repos.state(did)
+        assert set(blocks) == reachable(blocks, root[0])
+        assert all(cid in blocks for cid in present)
+        assert not any(cid in blocks for cid in absent)
+
+    await write(did, [Write("create", "app.bsky.feed.post", n, x) for n in ("a", "b")])
+    await check({cx: 2}, [cx])
+    await write(did, [Write("create", "app.bsky.feed.post", "c", x)])
+    await check({cx: 3}, [cx])
+    await write(did, [Write("update", "app.bsky.feed.post", "a", x)])  # same bytes again
+    await check({cx: 3}, [cx])
+    await write(did, [Write("delete", "app.bsky.feed.post", "a")])
+    await check({cx: 2}, [cx])
+    await write(did, [Write("update", "app.bsky.feed.post", "b", y)])
+    await check({}, [cx, cy])
+    # In one commit: the last record of a block goes as another comes.
+    await write(did, [
+        Write("delete", "app.bsky.feed.post", "b"), Write("create", "app.bsky.feed.post", "d", y),
+    ])
+    await check({}, [cx, cy])
+    await write(did, [
+        Write("delete", "app.bsky.feed.post", "c"), Write("delete", "app.bsky.feed.post", "d"),
+    ])
+    await check({}, [], [cx, cy])
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_import_counts_shared_blocks(repos, tmp_path):
+    did = "did:plc:copied"
+    await repos.new(did)
+    same = post("same")
+    await repos.transactor.apply_writes(
+        did, [Write("create", "app.bsky.feed.post", n, same) for n in ("a", "b", "c")]
+    )
+    out = io.BytesIO()
+    await archive.export_repo(repos.db, reactor, did, out.write)
+    other = Database(tmp_path / "other.sqlite")
+    other.migrate()
+    other.start()
+    try:
+        fresh = Repos(other)
+        fresh.keys.keys[did] = repos.keys.keys[did]
+        await other.write(_add_account, did)
+        await archive.import_repo(other, did, out.getvalue(), repos.keys.keys[did].did())
+        cid = cid_for_cbor(codec.encode(same))
+        assert await other.read(_shared, did) == {cid: 3}
+        for n in ("a", "b", "c"):
+            await fresh.transactor.apply_writes(did, [Write("delete", "app.bsky.feed.post", n)])
+        root, records, blocks, _ = await fresh.state(did)
+        assert records == {} and cid not in blocks
+        assert set(blocks) == reachable(blocks, root[0])
+        assert await other.read(_shared, did) == {}
+    finally:
+        other.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_blocks_settle_once_they_outlive_a_settling(repos):
     did = "did:plc:settler"

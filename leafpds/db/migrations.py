@@ -206,6 +206,24 @@ MIGRATIONS: list[str] = [
     ) STRICT;
     CREATE UNIQUE INDEX fresh_blocks_by_cid ON fresh_blocks (did, cid);
     """,
+    # 4: how many records share a block, for the blocks two or more records
+    # of a repo share (the same record bytes under several keys).  Deleting
+    # or updating a record deletes its block unless another record still
+    # needs it, and asking the records table that scanned all the repo's
+    # records: 12 ms per commit at 100,000 records, in the one writer all
+    # share.  An index on records (did, cid) would cost every create an
+    # entry (about 5% of bench/repo.py's commit rates); this table is
+    # written only when a block is shared.
+    """
+    CREATE TABLE shared_blocks (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        cid BLOB NOT NULL,
+        refs INTEGER NOT NULL,
+        PRIMARY KEY (did, cid)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO shared_blocks (did, cid, refs)
+        SELECT did, cid, count(*) FROM records GROUP BY did, cid HAVING count(*) > 1;
+    """,
 ]
 
 

@@ -152,6 +152,7 @@ def _store_imported(conn: Any, did: str, repo: VerifiedRepo) -> None:
     now = now_iso()
     conn.execute("DELETE FROM records WHERE did = ?", (did,))
     storage.delete_repo_blocks(conn, did)
+    storage.add_record_refs(conn, did, [cid for _, _, cid in repo.records])
     storage.put_blocks(conn, did, rev, repo.blocks.items())
     conn.executemany(
         "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at) VALUES (?, ?, ?, ?, ?, ?)",

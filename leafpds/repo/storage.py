@@ -17,6 +17,10 @@ entries on as many random pages of the big ``(did, cid)`` index.  A CID may
 briefly be in both tables (a record written again with the same bytes); reads
 take the first they find, exports send it once, and settling keeps the older
 row.
+
+Records with the same bytes share one block.  ``shared_blocks`` counts the
+records of each block that two or more records use, so that deleting a
+record knows without a search whether its block goes too.
 """
 
 from collections.abc import Iterable, Iterator
@@ -90,21 +94,53 @@ def delete_blocks(conn: Any, did: str, cids: Iterable[CID]) -> None:
         conn.executemany("DELETE FROM blocks WHERE did = ? AND cid = ?", rows)
 
 
+def add_record_refs(conn: Any, did: str, cids: Iterable[CID]) -> None:
+    """
+    Count the blocks of records a commit creates or updates (before its
+    blocks are stored): one that another record already uses is shared.
+    """
+    seen: set[bytes] = set()
+    for cid in cids:
+        key = cid.cid_bytes
+        if key in seen or _has_block(conn, did, key):
+            conn.execute(
+                "INSERT INTO shared_blocks (did, cid, refs) VALUES (?, ?, 2)"
+                " ON CONFLICT (did, cid) DO UPDATE SET refs = refs + 1",
+                (did, key),
+            )
+        seen.add(key)
+
+
 def delete_record_blocks(conn: Any, did: str, cids: Iterable[CID]) -> None:
-    """Delete record blocks that no record of the repo references any more."""
-    rows = [(did, cid.cid_bytes) for cid in cids]
-    for table in ("fresh_blocks", "blocks"):
-        conn.executemany(
-            f"DELETE FROM {table} WHERE did = ?1 AND cid = ?2"
-            " AND NOT EXISTS (SELECT 1 FROM records WHERE did = ?1 AND cid = ?2)",
-            rows,
-        )
+    """
+    Drop a reference to each block of records a commit deletes or replaces:
+    a block no other record uses is deleted.
+    """
+    for cid in cids:
+        key = cid.cid_bytes
+        row = conn.execute(
+            "UPDATE shared_blocks SET refs = refs - 1 WHERE did = ? AND cid = ? RETURNING refs",
+            (did, key),
+        ).fetchone()
+        if row is None:
+            conn.execute("DELETE FROM fresh_blocks WHERE did = ? AND cid = ?", (did, key))
+            conn.execute("DELETE FROM blocks WHERE did = ? AND cid = ?", (did, key))
+        elif row[0] < 2:
+            conn.execute("DELETE FROM shared_blocks WHERE did = ? AND cid = ?", (did, key))
+
+
+def _has_block(conn: Any, did: str, key: bytes) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
+        " SELECT 1 FROM fresh_blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
+        (did, key),
+    ).fetchone() is not None
 
 
 def delete_repo_blocks(conn: Any, did: str) -> None:
     """Delete every block of the repo."""
-    conn.execute("DELETE FROM fresh_blocks WHERE did = ?", (did,))
-    conn.execute("DELETE FROM blocks WHERE did = ?", (did,))
+    for table in ("fresh_blocks", "blocks", "shared_blocks"):
+        conn.execute(f"DELETE FROM {table} WHERE did = ?", (did,))
 
 
 def settle_blocks(conn: Any, mark: int) -> int:

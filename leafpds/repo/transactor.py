@@ -440,6 +440,7 @@ def _store(
     its firehose event; run the commit hooks.
     """
     did, rev, now = built.did, built.rev, built.now
+    storage.add_record_refs(conn, did, [op.cid for op in built.ops if op.cid is not None])
     storage.put_blocks(conn, did, rev, built.new_blocks.items())
     for op in built.ops:
         if op.action == "delete":
