@@ -20,9 +20,9 @@ def test_migrations_are_idempotent_and_strict(tmp_path):
         for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")
     }
     for table in [
-        "accounts", "signing_keys", "server_keys", "repo_roots", "blocks", "records",
-        "fresh_blocks", "shared_blocks", "repo_seq", "app_passwords", "refresh_tokens", "invite_codes", "oauth_identities",
-        "blobs", "record_blobs",
+        "accounts", "signing_keys", "server_keys", "repo_roots", "blocks", "fresh_blocks",
+        "shared_blocks", "records", "repo_seq", "app_passwords", "refresh_tokens",
+        "invite_codes", "oauth_identities", "blobs", "record_blobs",
     ]:
         assert "STRICT" in tables[table], table
     # STRICT really enforces types.
@@ -100,7 +100,9 @@ def test_blocks_that_records_share_are_counted_when_the_table_comes(tmp_path):
     conn = connect(tmp_path / "db.sqlite")
     assert migrations.migrate(conn, migrations.MIGRATIONS[:3]) == 3
     for did in ("did:a", "did:b"):
-        conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES (?, ?, 't')", (did, did[4:] + ".test"))
+        conn.execute(
+            "INSERT INTO accounts (did, handle, created_at) VALUES (?, ?, 't')", (did, did[4:] + ".test")
+        )
     rows = [
         ("did:a", "c", "1", b"x"), ("did:a", "c", "2", b"x"), ("did:a", "d", "3", b"x"),
         ("did:a", "c", "4", b"y"), ("did:b", "c", "1", b"x"), ("did:b", "c", "2", b"z"),
