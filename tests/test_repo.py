@@ -234,6 +234,9 @@ async def test_an_import_counts_shared_blocks(repos, tmp_path):
         await archive.import_repo(other, did, out.getvalue(), repos.keys.keys[did].did())
         cid = cid_for_cbor(codec.encode(same))
         assert await other.read(_shared, did) == {cid: 3}
+        # An import's blocks all live on: they skip the fresh table.
+        where = await other.read(_where_blocks_are, did)
+        assert not where["fresh_blocks"] and cid in where["blocks"]
         for n in ("a", "b", "c"):
             await fresh.transactor.apply_writes(did, [Write("delete", "app.bsky.feed.post", n)])
         root, records, blocks, _ = await fresh.state(did)

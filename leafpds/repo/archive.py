@@ -153,7 +153,7 @@ def _store_imported(conn: Any, did: str, repo: VerifiedRepo) -> None:
     conn.execute("DELETE FROM records WHERE did = ?", (did,))
     storage.delete_repo_blocks(conn, did)
     storage.add_record_refs(conn, did, [cid for _, _, cid in repo.records])
-    storage.put_blocks(conn, did, rev, repo.blocks.items())
+    storage.put_blocks(conn, did, rev, repo.blocks.items(), settled=True)
     conn.executemany(
         "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at) VALUES (?, ?, ?, ?, ?, ?)",
         [(did, collection, rkey, cid.cid_bytes, rev, now) for collection, rkey, cid in repo.records],

@@ -78,10 +78,16 @@ def advance_root(
     ).rowcount == 1
 
 
-def put_blocks(conn: Any, did: str, rev: str, blocks: Iterable[tuple[CID, bytes]]) -> None:
-    """Store new blocks (as fresh ones)."""
+def put_blocks(
+    conn: Any, did: str, rev: str, blocks: Iterable[tuple[CID, bytes]], settled: bool = False
+) -> None:
+    """
+    Store new blocks: a commit's as fresh ones; a whole imported repo's,
+    which all live on, straight into ``blocks`` (``settled``).
+    """
+    table = "blocks" if settled else "fresh_blocks"
     conn.executemany(
-        "INSERT OR IGNORE INTO fresh_blocks (did, cid, rev, data) VALUES (?, ?, ?, ?)",
+        f"INSERT OR IGNORE INTO {table} (did, cid, rev, data) VALUES (?, ?, ?, ?)",
         [(did, cid.cid_bytes, rev, data) for cid, data in blocks],
     )
 
