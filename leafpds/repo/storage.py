@@ -38,14 +38,20 @@ class SQLBlocks:
         self.did = did
 
     def get_block(self, cid: CID) -> bytes:
-        row = self.conn.execute(
-            "SELECT data FROM blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
-            " SELECT data FROM fresh_blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
-            (self.did, cid.cid_bytes),
-        ).fetchone()
-        if row is None:
+        data = _find_block(self.conn, self.did, cid.cid_bytes)
+        if data is None:
             raise MissingBlock(cid)
-        return row[0]
+        return data
+
+
+def _find_block(conn: Any, did: str, key: bytes) -> bytes | None:
+    """A block's bytes from whichever table holds it (most have settled)."""
+    row = conn.execute(
+        "SELECT data FROM blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
+        " SELECT data FROM fresh_blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
+        (did, key),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def read_root(conn: Any, did: str) -> tuple[CID, str] | None:
@@ -108,7 +114,7 @@ def add_record_refs(conn: Any, did: str, cids: Iterable[CID]) -> None:
     seen: set[bytes] = set()
     for cid in cids:
         key = cid.cid_bytes
-        if key in seen or _has_block(conn, did, key):
+        if key in seen or _find_block(conn, did, key) is not None:
             conn.execute(
                 "INSERT INTO shared_blocks (did, cid, refs) VALUES (?, ?, 2)"
                 " ON CONFLICT (did, cid) DO UPDATE SET refs = refs + 1",
@@ -133,14 +139,6 @@ def delete_record_blocks(conn: Any, did: str, cids: Iterable[CID]) -> None:
             conn.execute("DELETE FROM blocks WHERE did = ? AND cid = ?", (did, key))
         elif row[0] < 2:
             conn.execute("DELETE FROM shared_blocks WHERE did = ? AND cid = ?", (did, key))
-
-
-def _has_block(conn: Any, did: str, key: bytes) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
-        " SELECT 1 FROM fresh_blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
-        (did, key),
-    ).fetchone() is not None
 
 
 def delete_repo_blocks(conn: Any, did: str) -> None:
