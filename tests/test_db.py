@@ -61,6 +61,11 @@ def test_failed_migration_leaves_previous_version(tmp_path, monkeypatch):
     assert names == []
 
 
+def _plan(conn, query):
+    """How SQLite means to run ``query``, as one line."""
+    return " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + query))
+
+
 def test_blocks_move_to_a_rowid_table_with_their_rows(tmp_path):
     conn = connect(tmp_path / "db.sqlite")
     assert migrations.migrate(conn, migrations.MIGRATIONS[:1]) == 1
@@ -85,12 +90,9 @@ def test_blocks_move_to_a_rowid_table_with_their_rows(tmp_path):
     assert revs == [("rev1",)]
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO blocks (did, cid, rev, data) VALUES ('did:a', x'0001', 'x', x'')")
-    plan = " ".join(
-        row[-1] for row in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT data FROM blocks WHERE did = 'did:a' AND cid = x'0001'"
-        )
+    assert "blocks_by_cid" in _plan(
+        conn, "SELECT data FROM blocks WHERE did = 'did:a' AND cid = x'0001'"
     )
-    assert "blocks_by_cid" in plan
     # Blocks still go with their account.
     conn.execute("DELETE FROM accounts WHERE did = 'did:a'")
     assert conn.execute("SELECT DISTINCT did FROM blocks").fetchall() == [("did:b",)]
@@ -133,12 +135,9 @@ def test_fresh_blocks_are_unique_per_repo_indexed_and_go_with_their_account(tmp_
         conn.execute("INSERT INTO fresh_blocks (did, cid, rev, data) VALUES (?, x'01', 'r', x'')", (did,))
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO fresh_blocks (did, cid, rev, data) VALUES ('did:a', x'01', 's', x'')")
-    plan = " ".join(
-        row[-1] for row in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT data FROM fresh_blocks WHERE did = 'did:a' AND cid = x'01'"
-        )
+    assert "fresh_blocks_by_cid" in _plan(
+        conn, "SELECT data FROM fresh_blocks WHERE did = 'did:a' AND cid = x'01'"
     )
-    assert "fresh_blocks_by_cid" in plan
     conn.execute("DELETE FROM accounts WHERE did = 'did:a'")
     assert conn.execute("SELECT did FROM fresh_blocks").fetchall() == [("did:b",)]
 

@@ -68,13 +68,23 @@ class Repos:
         return await self.db.read(read)
 
 
-@pytest.fixture
-def repos(tmp_path):
-    db = Database(tmp_path / "db.sqlite")
+def _repos_on(path):
+    db = Database(path)
     db.migrate()
     db.start()
     yield Repos(db)
     db.close()
+
+
+@pytest.fixture
+def repos(tmp_path):
+    yield from _repos_on(tmp_path / "db.sqlite")
+
+
+@pytest.fixture
+def other_repos(tmp_path):
+    """A second database, for imports."""
+    yield from _repos_on(tmp_path / "other.sqlite")
 
 
 def post(text: str) -> dict:
@@ -215,7 +225,7 @@ async def test_records_with_the_same_bytes_count_their_shared_block(repos):
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_import_counts_shared_blocks(repos, tmp_path):
+async def test_an_import_counts_shared_blocks(repos, other_repos):
     did = "did:plc:copied"
     await repos.new(did)
     same = post("same")
@@ -224,27 +234,21 @@ async def test_an_import_counts_shared_blocks(repos, tmp_path):
     )
     out = io.BytesIO()
     await archive.export_repo(repos.db, reactor, did, out.write)
-    other = Database(tmp_path / "other.sqlite")
-    other.migrate()
-    other.start()
-    try:
-        fresh = Repos(other)
-        fresh.keys.keys[did] = repos.keys.keys[did]
-        await other.write(_add_account, did)
-        await archive.import_repo(other, did, out.getvalue(), repos.keys.keys[did].did())
-        cid = cid_for_cbor(codec.encode(same))
-        assert await other.read(_shared, did) == {cid: 3}
-        # An import's blocks all live on: they skip the fresh table.
-        where = await other.read(_where_blocks_are, did)
-        assert not where["fresh_blocks"] and cid in where["blocks"]
-        for n in ("a", "b", "c"):
-            await fresh.transactor.apply_writes(did, [Write("delete", "app.bsky.feed.post", n)])
-        root, records, blocks, _ = await fresh.state(did)
-        assert records == {} and cid not in blocks
-        assert set(blocks) == reachable(blocks, root[0])
-        assert await other.read(_shared, did) == {}
-    finally:
-        other.close()
+    other = other_repos.db
+    other_repos.keys.keys[did] = repos.keys.keys[did]
+    await other.write(_add_account, did)
+    await archive.import_repo(other, did, out.getvalue(), repos.keys.keys[did].did())
+    cid = cid_for_cbor(codec.encode(same))
+    assert await other.read(_shared, did) == {cid: 3}
+    # An import's blocks all live on: they skip the fresh table.
+    where = await other.read(_where_blocks_are, did)
+    assert not where["fresh_blocks"] and cid in where["blocks"]
+    for n in ("a", "b", "c"):
+        await other_repos.transactor.apply_writes(did, [Write("delete", "app.bsky.feed.post", n)])
+    root, records, blocks, _ = await other_repos.state(did)
+    assert records == {} and cid not in blocks
+    assert set(blocks) == reachable(blocks, root[0])
+    assert await other.read(_shared, did) == {}
 
 
 @pytest_twisted.ensureDeferred
@@ -522,7 +526,7 @@ async def test_rev_grows_when_our_clock_falls_behind_the_head_we_remember(repos)
 
 
 @pytest_twisted.ensureDeferred
-async def test_export_import_round_trip_5000_records(repos, tmp_path):
+async def test_export_import_round_trip_5000_records(repos, other_repos):
     did = "did:plc:exporter"
     await repos.new(did)
     for batch in range(25):
@@ -545,18 +549,12 @@ async def test_export_import_round_trip_5000_records(repos, tmp_path):
     assert dict(car_blocks) == blocks
 
     # Import into a fresh account on a fresh database.
-    other = Database(tmp_path / "other.sqlite")
-    other.migrate()
-    other.start()
-    try:
-        await other.write(_add_account, did)
-        imported = await archive.import_repo(other, did, out.getvalue(), repos.keys.keys[did].did())
-        assert imported.commit_cid == root[0]
-        fresh = Repos(other)
-        new_root, new_records, new_blocks, _ = await fresh.state(did)
-        assert new_root == root and new_records == records and new_blocks == blocks
-    finally:
-        other.close()
+    other = other_repos.db
+    await other.write(_add_account, did)
+    imported = await archive.import_repo(other, did, out.getvalue(), repos.keys.keys[did].did())
+    assert imported.commit_cid == root[0]
+    new_root, new_records, new_blocks, _ = await other_repos.state(did)
+    assert new_root == root and new_records == records and new_blocks == blocks
 
 
 @pytest_twisted.ensureDeferred
