@@ -212,8 +212,8 @@ MIGRATIONS: list[str] = [
     # needs it, and asking the records table that scanned all the repo's
     # records: 12 ms per commit at 100,000 records, in the one writer all
     # share.  An index on records (did, cid) would cost every create an
-    # entry (about 5% of bench/repo.py's commit rates); this table is
-    # written only when a block is shared.
+    # entry (5-11% of bench/repo.py's commit rates in alternating runs);
+    # this table is written only when a block is shared.
     """
     CREATE TABLE shared_blocks (
         did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
