@@ -679,6 +679,37 @@ async def test_commits_are_right_whether_built_in_memory_or_in_the_unit(repos, m
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_commit_forgets_the_tree_nodes_it_replaced(repos, monkeypatch):
+    from leafpds.repo import mst
+
+    monkeypatch.setattr(mst, "shared_cache", mst.NodeCache())
+
+    async def tree_nodes(did):
+        root, _, blocks, _ = await repos.state(did)
+        data = parse_commit(blocks[root[0]]).data
+        return set(MST.load(MemoryBlockSource(blocks), data, NodeCache()).node_cids())
+
+    did = "did:plc:forgetful"
+    await repos.new(did)
+    for i in range(40):
+        await repos.transactor.apply_writes(
+            did, [Write("create", "app.bsky.feed.post", f"p{i:02}", post(str(i)))]
+        )
+    before = await tree_nodes(did)
+    assert all(mst.shared_cache.get(cid) is not None for cid in before)
+
+    result = await repos.transactor.apply_writes(
+        did, [Write("update", "app.bsky.feed.post", "p05", post("new"))]
+    )
+    after = await tree_nodes(did)
+    gone = before - after
+    assert gone and set(result.removed) >= gone
+    assert all(mst.shared_cache.get(cid) is None for cid in gone)
+    # The tree as it is now stays in memory: the next commit is built there.
+    assert all(mst.shared_cache.get(cid) is not None for cid in after)
+
+
+@pytest_twisted.ensureDeferred
 async def test_errors_found_in_memory_are_confirmed_by_the_unit(repos):
     did = "did:plc:confirmed"
     await repos.new(did)

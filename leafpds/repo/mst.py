@@ -24,7 +24,7 @@ import functools
 import re
 from collections import OrderedDict
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Protocol, Union
@@ -277,6 +277,18 @@ class NodeCache:
                 nodes.popitem(last=False)
         except KeyError:
             pass  # another thread evicted it, or emptied the cache, meanwhile
+
+    def discard(self, cids: Iterable[CID]) -> None:
+        """
+        Forget nodes that are no longer in any tree (a commit replaced them):
+        freed at once, their memory is what the next nodes are built in,
+        still warm, rather than ageing out of the cache after tens of
+        thousands of others.  (A node another repo also holds is only loaded
+        again.)
+        """
+        nodes = self._nodes
+        for cid in cids:
+            nodes.pop(cid.cid_bytes, None)
 
     def __len__(self) -> int:
         return len(self._nodes)

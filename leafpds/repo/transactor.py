@@ -39,7 +39,7 @@ from leafpds.errors import InvalidRequest, InvalidSwap, RecordNotFound, RepoNotF
 from leafpds.ipld import codec
 from leafpds.ipld.car import encode_car
 from leafpds.ipld.cid import CID
-from leafpds.repo import events, storage
+from leafpds.repo import events, mst, storage
 from leafpds.repo.commit import parse_commit, sign_commit
 from leafpds.repo.mst import MST, KeyExists, MissingBlock, apply_ops
 from leafpds.tid import TIDClock
@@ -113,6 +113,8 @@ class CommitResult:
     data: CID | None = field(default=None, repr=False)
     #: What the commit hooks asked to run once the commit is durable.
     after_commit: list[Callable[[], Any]] = field(default_factory=list, repr=False)
+    #: The blocks the commit made unreachable (tree nodes, the old commit).
+    removed: list[CID] = field(default_factory=list, repr=False)
 
 
 class KeyProvider(Protocol):
@@ -268,6 +270,7 @@ class RepoTransactor:
                 raise
             # Still under the lock: the next writer of this DID starts here.
             self._remember(result)
+            mst.shared_cache.discard(result.removed)  # garbage now: see discard
             return result
 
         result = await self.locks.run(did, locked)
@@ -467,7 +470,9 @@ def _store(
         "tooBig": False,
         "time": now,
     }, now)]
-    return CommitResult(did, built.commit_cid, rev, built.ops, appended, built.data, after_commit)
+    return CommitResult(
+        did, built.commit_cid, rev, built.ops, appended, built.data, after_commit, built.removed
+    )
 
 
 def _resolve_ops(
