@@ -21,7 +21,7 @@ def test_migrations_are_idempotent_and_strict(tmp_path):
     }
     for table in [
         "accounts", "signing_keys", "server_keys", "repo_roots", "blocks", "fresh_blocks",
-        "shared_blocks", "records", "repo_seq", "app_passwords", "refresh_tokens",
+        "records", "repo_seq", "app_passwords", "refresh_tokens",
         "invite_codes", "oauth_identities", "blobs", "record_blobs",
     ]:
         assert "STRICT" in tables[table], table
@@ -114,12 +114,74 @@ def test_blocks_that_records_share_are_counted_when_the_table_comes(tmp_path):
         "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at) VALUES (?, ?, ?, ?, 'r', 't')",
         rows,
     )
-    assert migrations.migrate(conn) == len(migrations.MIGRATIONS)
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:4]) == 4
     assert sorted(conn.execute("SELECT did, cid, refs FROM shared_blocks")) == [
         ("did:a", b"x", 3), ("did:b", b"z", 2),
     ]
     conn.execute("DELETE FROM accounts WHERE did = 'did:a'")  # they go with their account
     assert conn.execute("SELECT did FROM shared_blocks").fetchall() == [("did:b",)]
+
+
+def test_records_take_their_blocks_into_their_rows(tmp_path):
+    conn = connect(tmp_path / "db.sqlite")
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:4]) == 4
+    for did in ("did:a", "did:b"):
+        conn.execute(
+            "INSERT INTO accounts (did, handle, created_at) VALUES (?, ?, 't')", (did, did[4:] + ".test")
+        )
+    node = b"\xa2\x61e\x80\x61l\xf6"  # the empty tree's node, {e: [], l: null}
+    blocks = [  # (table, did, cid, data)
+        ("blocks", "did:a", b"r1", b"record one"),
+        ("blocks", "did:a", b"r2", b"shared"),
+        ("fresh_blocks", "did:a", b"r3", b"young record"),
+        ("blocks", "did:a", b"n1", b"a node"),
+        ("fresh_blocks", "did:a", b"c1", b"a commit"),
+        ("blocks", "did:a", b"nr", node),  # a node that a record also is
+        ("blocks", "did:b", b"r2", b"shared"),
+    ]
+    for table, did, cid, data in blocks:
+        conn.execute(f"INSERT INTO {table} (did, cid, rev, data) VALUES (?, ?, 'r', ?)", (did, cid, data))
+    records = [
+        ("did:a", "c", "1", b"r1"), ("did:a", "c", "2", b"r2"), ("did:a", "d", "2", b"r2"),
+        ("did:a", "c", "3", b"r3"), ("did:a", "c", "4", b"nr"), ("did:b", "c", "1", b"r2"),
+    ]
+    conn.executemany(
+        "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at) VALUES (?, ?, ?, ?, 'r', 't')",
+        records,
+    )
+    conn.execute("INSERT INTO shared_blocks (did, cid, refs) VALUES ('did:a', x'7232', 2)")
+    conn.execute(
+        "INSERT INTO record_blobs (did, blob_cid, collection, rkey) VALUES ('did:a', x'bb', 'c', '2')"
+    )
+
+    assert migrations.migrate(conn) == len(migrations.MIGRATIONS)
+    data = {cid: data for table, did, cid, data in blocks}
+    assert sorted(conn.execute("SELECT did, collection, rkey, cid, data FROM records")) == sorted(
+        (did, c, r, cid, data[cid]) for did, c, r, cid in records
+    )
+    # The blockstore keeps the commit and the nodes, the one a record also is included.
+    left = conn.execute("SELECT did, cid FROM blocks UNION ALL SELECT did, cid FROM fresh_blocks")
+    assert sorted(left) == [("did:a", b"c1"), ("did:a", b"n1"), ("did:a", b"nr")]
+    assert "shared_blocks" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    table = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'records'").fetchone()[0]
+    assert "WITHOUT ROWID" not in table and "STRICT" in table
+    assert "records_by_key" in _plan(
+        conn, "SELECT data FROM records WHERE did = 'did:a' AND collection = 'c' AND rkey = '1'"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at, data)"
+            " VALUES ('did:a', 'c', '1', x'00', 'r', 't', x'')"
+        )
+    # The blob links came through, and still go with their record.
+    assert conn.execute("SELECT did, blob_cid, collection, rkey FROM record_blobs").fetchall() == [
+        ("did:a", b"\xbb", "c", "2")
+    ]
+    conn.execute("DELETE FROM records WHERE did = 'did:a' AND collection = 'c' AND rkey = '2'")
+    assert conn.execute("SELECT count(*) FROM record_blobs").fetchone() == (0,)
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.execute("DELETE FROM accounts WHERE did = 'did:a'")  # records go with their account
+    assert conn.execute("SELECT DISTINCT did FROM records").fetchall() == [("did:b",)]
 
 
 def test_fresh_blocks_are_unique_per_repo_indexed_and_go_with_their_account(tmp_path):

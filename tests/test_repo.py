@@ -181,51 +181,53 @@ def _where_blocks_are(conn, did):
     }
 
 
-def _shared(conn, did):
+def _record_data(conn, did):
     return {
-        CID(cid): refs
-        for cid, refs in conn.execute("SELECT cid, refs FROM shared_blocks WHERE did = ?", (did,))
+        f"{c}/{r}": (CID(cid), data)
+        for c, r, cid, data in conn.execute(
+            "SELECT collection, rkey, cid, data FROM records WHERE did = ?", (did,)
+        )
     }
 
 
 @pytest_twisted.ensureDeferred
-async def test_records_with_the_same_bytes_count_their_shared_block(repos):
+async def test_records_with_the_same_bytes_each_keep_theirs(repos):
     did = "did:plc:sharers"
     await repos.new(did)
     write = repos.transactor.apply_writes
     x, y = post("x"), post("y")
-    cx, cy = cid_for_cbor(codec.encode(x)), cid_for_cbor(codec.encode(y))
+    bx, by = codec.encode(x), codec.encode(y)
+    cx, cy = cid_for_cbor(bx), cid_for_cbor(by)
 
-    async def check(shared, present, absent=()):
-        assert await repos.db.read(_shared, did) == shared
+    async def check(expected):
+        assert await repos.db.read(_record_data, did) == {
+            f"app.bsky.feed.post/{rkey}": block for rkey, block in expected.items()
+        }
         root, _records, blocks, _ = await repos.state(did)
         assert set(blocks) == reachable(blocks, root[0])
-        assert all(cid in blocks for cid in present)
-        assert not any(cid in blocks for cid in absent)
+        # Records' blocks are theirs alone: none in the blockstore.
+        where = await repos.db.read(_where_blocks_are, did)
+        assert not {cx, cy} & (where["blocks"] | where["fresh_blocks"])
 
     await write(did, [Write("create", "app.bsky.feed.post", n, x) for n in ("a", "b")])
-    await check({cx: 2}, [cx])
-    await write(did, [Write("create", "app.bsky.feed.post", "c", x)])
-    await check({cx: 3}, [cx])
+    await check({"a": (cx, bx), "b": (cx, bx)})
     await write(did, [Write("update", "app.bsky.feed.post", "a", x)])  # same bytes again
-    await check({cx: 3}, [cx])
+    await check({"a": (cx, bx), "b": (cx, bx)})
     await write(did, [Write("delete", "app.bsky.feed.post", "a")])
-    await check({cx: 2}, [cx])
+    await check({"b": (cx, bx)})
     await write(did, [Write("update", "app.bsky.feed.post", "b", y)])
-    await check({}, [cx, cy])
-    # In one commit: the last record of a block goes as another comes.
+    await check({"b": (cy, by)})
+    # In one commit: a record goes as another with its bytes comes.
     await write(did, [
         Write("delete", "app.bsky.feed.post", "b"), Write("create", "app.bsky.feed.post", "d", y),
     ])
-    await check({}, [cx, cy])
-    await write(did, [
-        Write("delete", "app.bsky.feed.post", "c"), Write("delete", "app.bsky.feed.post", "d"),
-    ])
-    await check({}, [], [cx, cy])
+    await check({"d": (cy, by)})
+    await write(did, [Write("delete", "app.bsky.feed.post", "d")])
+    await check({})
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_import_counts_shared_blocks(repos, other_repos):
+async def test_an_import_puts_the_tree_in_blocks_and_records_in_their_rows(repos, other_repos):
     did = "did:plc:copied"
     await repos.new(did)
     same = post("same")
@@ -239,16 +241,18 @@ async def test_an_import_counts_shared_blocks(repos, other_repos):
     await other.write(_add_account, did)
     await archive.import_repo(other, did, out.getvalue(), repos.keys.keys[did].did())
     cid = cid_for_cbor(codec.encode(same))
-    assert await other.read(_shared, did) == {cid: 3}
+    assert await other.read(_record_data, did) == {
+        f"app.bsky.feed.post/{n}": (cid, codec.encode(same)) for n in ("a", "b", "c")
+    }
     # An import's blocks all live on: they skip the fresh table.
     where = await other.read(_where_blocks_are, did)
-    assert not where["fresh_blocks"] and cid in where["blocks"]
+    root, _, blocks, _ = await other_repos.state(did)
+    assert not where["fresh_blocks"] and where["blocks"] == set(blocks) - {cid}
     for n in ("a", "b", "c"):
         await other_repos.transactor.apply_writes(did, [Write("delete", "app.bsky.feed.post", n)])
     root, records, blocks, _ = await other_repos.state(did)
     assert records == {} and cid not in blocks
     assert set(blocks) == reachable(blocks, root[0])
-    assert await other.read(_shared, did) == {}
 
 
 @pytest_twisted.ensureDeferred
@@ -261,60 +265,73 @@ async def test_blocks_settle_once_they_outlive_a_settling(repos):
     mark = await repos.db.write(storage.settle_blocks, 0)
     where = await repos.db.read(_where_blocks_are, did)
     # The first settling only marks: what is there now moves next time.
-    assert first.ops[0].cid in where["fresh_blocks"]
-    assert first.ops[0].cid not in where["blocks"]
-
-    # The same content again, under another key, after the first copy has
-    # settled: briefly in both tables, read and exported once.
-    await write(did, [Write("create", "app.bsky.feed.post", "3k0000000000b", post("y"))])
-    mark = await repos.db.write(storage.settle_blocks, mark)
-    twin = await write(did, [Write("create", "app.bsky.feed.post", "3k0000000000c", post("x"))])
-    assert twin.ops[0].cid == first.ops[0].cid
-    where = await repos.db.read(_where_blocks_are, did)
-    assert first.ops[0].cid in where["fresh_blocks"] and first.ops[0].cid in where["blocks"]
-    # The tree's old path died in the fresh table; the settled commit went too.
-    assert first.cid not in where["fresh_blocks"] | where["blocks"]
-    out = io.BytesIO()
-    await archive.export_repo(repos.db, reactor, did, out.write)
-    _root, exported = read_car(out.getvalue())
-    assert sorted(cid.encode() for cid, _ in exported) == sorted(
-        {cid.encode() for cid, _ in exported}
-    )
-    root, records, blocks, _ = await repos.state(did)
-    assert set(blocks) == reachable(blocks, root[0]) == {cid for cid, _ in exported}
-    got = await repos.db.read(storage.get_record, did, "app.bsky.feed.post", "3k0000000000c")
-    assert got == (first.ops[0].cid, codec.encode(post("x")))
-
-    # Settling keeps the older row (and its rev): an earlier export has it.
-    mark = await repos.db.write(storage.settle_blocks, mark)
+    assert {first.cid, first.data} <= where["fresh_blocks"]
+    assert not {first.cid, first.data} & where["blocks"]
     mark = await repos.db.write(storage.settle_blocks, mark)
     where = await repos.db.read(_where_blocks_are, did)
-    assert first.ops[0].cid in where["blocks"] and first.ops[0].cid not in where["fresh_blocks"]
+    assert {first.cid, first.data} <= where["blocks"]
+    assert not {first.cid, first.data} & where["fresh_blocks"]
 
-    def rev_of(conn, cid):
-        return conn.execute(
-            "SELECT rev FROM blocks WHERE did = ? AND cid = ?", (did, cid.cid_bytes)
-        ).fetchall()
-
-    assert await repos.db.read(rev_of, first.ops[0].cid) == [(first.rev,)]
-
-    # Deleting one of the two records keeps the block; deleting both, not.
-    await write(did, [Write("delete", "app.bsky.feed.post", "3k0000000000a")])
-    _root, records, blocks, _ = await repos.state(did)
-    assert first.ops[0].cid in blocks
-    await write(did, [Write("create", "app.bsky.feed.post", "3k0000000000d", post("x"))])
-    await write(did, [Write("delete", "app.bsky.feed.post", "3k0000000000c")])
-    await write(did, [Write("delete", "app.bsky.feed.post", "3k0000000000d")])
+    # The next commit replaces both: deleted from where they settled.
+    second = await write(did, [Write("create", "app.bsky.feed.post", "3k0000000000b", post("y"))])
     where = await repos.db.read(_where_blocks_are, did)
-    assert first.ops[0].cid not in where["fresh_blocks"] | where["blocks"]
-    root, records, blocks, _ = await repos.state(did)
+    assert not {first.cid, first.data} & (where["blocks"] | where["fresh_blocks"])
+    assert {second.cid, second.data} <= where["fresh_blocks"]
+    root, _, blocks, _ = await repos.state(did)
     assert set(blocks) == reachable(blocks, root[0])
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_transactor_settles_every_so_many_writes(repos):
+async def test_a_block_in_both_tables_is_read_exported_and_settled_once(repos):
+    # Nothing the transactor does stores a block twice, but storage must not
+    # trip over one that is: reads take either, exports send it once, and
+    # settling keeps the older row and its rev (an earlier export has it).
+    did = "did:plc:twice"
+    await repos.new(did)
+    made = await repos.transactor.apply_writes(
+        did, [Write("create", "app.bsky.feed.post", "a", post("a"))]
+    )
+    root, _, blocks, _ = await repos.state(did)
+    node = made.data
+
+    def store_again(conn):
+        storage.put_blocks(conn, did, "older", [(node, blocks[node])], settled=True)
+
+    await repos.db.write(store_again)
+    where = await repos.db.read(_where_blocks_are, did)
+    assert node in where["blocks"] and node in where["fresh_blocks"]
+    assert await repos.db.read(lambda conn: storage.SQLBlocks(conn, did).get_block(node)) == blocks[node]
+    out = io.BytesIO()
+    await archive.export_repo(repos.db, reactor, did, out.write)
+    _root, exported = read_car(out.getvalue())
+    assert sorted(cid.encode() for cid, _ in exported) == sorted(cid.encode() for cid in blocks)
+
+    mark = await repos.db.write(storage.settle_blocks, 0)
+    await repos.db.write(storage.settle_blocks, mark)
+    rows = await repos.db.read(lambda conn: conn.execute(
+        "SELECT rev FROM blocks WHERE did = ? AND cid = ?", (did, node.cid_bytes)
+    ).fetchall())
+    assert rows == [("older",)]
+    assert node not in (await repos.db.read(_where_blocks_are, did))["fresh_blocks"]
+    # Replaced, it goes from both.
+    await repos.db.write(store_again)
+    await repos.transactor.apply_writes(did, [Write("create", "app.bsky.feed.post", "b", post("b"))])
+    where = await repos.db.read(_where_blocks_are, did)
+    assert node not in where["blocks"] | where["fresh_blocks"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_transactor_settles_every_so_many_writes(repos, monkeypatch):
     did = "did:plc:busy"
     await repos.new(did)  # settle_every=3: a settling after every third write
+    heads = []  # the repo's rev at each settling
+    real_settle = storage.settle_blocks
+
+    def settle(conn, mark):
+        heads.append(storage.read_root(conn, did)[1])
+        return real_settle(conn, mark)
+
+    monkeypatch.setattr(storage, "settle_blocks", settle)
 
     async def create(*rkeys):
         return await repos.transactor.apply_writes(
@@ -322,17 +339,12 @@ async def test_the_transactor_settles_every_so_many_writes(repos):
         )
 
     # The genesis commit counts one write: settlings follow the second
-    # single, the four-write commit (moving what was there at the first) and
-    # the fifth single (moving the four-write commit).
+    # single, the four-write commit and the third single after it.
     first = [await create(f"3k{i:011d}") for i in range(2)]
     big = await create(*(f"3m{i:011d}" for i in range(4)))
-    then = [await create(f"3n{i:011d}") for i in range(4)]
+    then = [await create(f"3n{i:011d}") for i in range(5)]
     await repos.db.write(lambda conn: None)  # after the last settling it asked for
-    where = await repos.db.read(_where_blocks_are, did)
-    settled = {op.cid for c in [*first, big] for op in c.ops}
-    fresh = {op.cid for c in then for op in c.ops}
-    assert settled <= where["blocks"] and not settled & where["fresh_blocks"]
-    assert fresh <= where["fresh_blocks"] and not fresh & where["blocks"]
+    assert heads == [first[1].rev, big.rev, then[2].rev]
     root, _records, blocks, _ = await repos.state(did)
     assert set(blocks) == reachable(blocks, root[0])
 

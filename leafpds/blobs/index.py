@@ -13,10 +13,7 @@ from typing import Any
 
 from leafpds.blobs.refs import BlobRef, find_blob_refs
 from leafpds.errors import BlobNotFound, InvalidMimeType, InvalidSize
-from leafpds.ipld import codec
 from leafpds.ipld.cid import CID
-from leafpds.repo import storage
-from leafpds.repo.mst import MissingBlock
 
 
 def _linked(conn: Any, did: str, cid: bytes) -> bool:
@@ -52,31 +49,22 @@ def track_upload(
 
 def apply_commit(conn: Any, did: str, ops: Sequence[Any], writes: Sequence[Any]) -> list[CID]:
     """
-    Bring the blob links up to date with a commit's ops (after the records
-    index): link each new record to its blobs, making temporary ones
+    Bring the blob links up to date with a commit's ops (a commit hook: the
+    records it creates or updates are written, those it deletes not yet
+    removed): link each new record to its blobs, making temporary ones
     permanent, and refuse the commit (raise) if one is not there or does not
     match its reference.  Delete the rows of blobs no record references any
     more and return their CIDs: their files go once the commit is durable.
     """
     dropped: set[bytes] = set()
-    holds_blobs: bool | None = None
     for op, write in zip(ops, writes):
         if op.action in ("update", "delete"):
-            if op.action == "update":
-                dropped.update(row[0] for row in conn.execute(
-                    "DELETE FROM record_blobs WHERE did = ? AND collection = ? AND rkey = ?"
-                    " RETURNING blob_cid",
-                    (did, op.collection, op.rkey),
-                ))
-            else:
-                # The links went with the record (ON DELETE CASCADE); the old
-                # record block, still stored, says which blobs they named.
-                if holds_blobs is None:
-                    holds_blobs = conn.execute(
-                        "SELECT 1 FROM blobs WHERE did = ? LIMIT 1", (did,)
-                    ).fetchone() is not None
-                if holds_blobs:
-                    dropped.update(ref.cid.cid_bytes for ref in _old_refs(conn, did, op.prev))
+            # Before a deleted record's row goes (and its links with it).
+            dropped.update(row[0] for row in conn.execute(
+                "DELETE FROM record_blobs WHERE did = ? AND collection = ? AND rkey = ?"
+                " RETURNING blob_cid",
+                (did, op.collection, op.rkey),
+            ))
         if op.action in ("create", "update"):
             for ref in find_blob_refs(write.record):
                 _make_permanent(conn, did, ref)
@@ -97,16 +85,6 @@ def apply_commit(conn: Any, did: str, ops: Sequence[Any], writes: Sequence[Any])
         ).fetchone() is not None:
             gone.append(CID(cid))
     return gone
-
-
-def _old_refs(conn: Any, did: str, record_cid: CID | None) -> list[BlobRef]:
-    if record_cid is None:
-        return []
-    try:
-        data = storage.SQLBlocks(conn, did).get_block(record_cid)
-    except MissingBlock:
-        return []
-    return find_blob_refs(codec.decode(data))
 
 
 def _make_permanent(conn: Any, did: str, ref: BlobRef) -> None:

@@ -89,8 +89,8 @@ class VerifiedRepo:
 
     commit: Commit
     commit_cid: CID
-    blocks: dict[CID, bytes]  # exactly the reachable blocks: commit, nodes, records
-    records: list[tuple[str, str, CID]]  # (collection, rkey, CID)
+    blocks: dict[CID, bytes]  # the commit and the tree's nodes
+    records: list[tuple[str, str, CID, bytes]]  # (collection, rkey, CID, block)
 
 
 def verify_repo_car(data: bytes, did: str, did_key: str) -> VerifiedRepo:
@@ -127,8 +127,7 @@ def verify_repo_car(data: bytes, did: str, did_key: str) -> VerifiedRepo:
                 raise InvalidRequest(f"Invalid repo: record block missing for {key}")
             if not isinstance(codec.decode(record), dict):
                 raise InvalidRequest(f"Invalid repo: record {key} is not a map")
-            blocks[cid] = record
-            records.append((collection, rkey, cid))
+            records.append((collection, rkey, cid, record))
     except (MissingBlock, InvalidMSTNode, InvalidMSTKey, codec.DecodeError) as e:
         raise InvalidRequest(f"Invalid repo: {e}") from None
     return VerifiedRepo(commit, root, blocks, records)
@@ -152,10 +151,13 @@ def _store_imported(conn: Any, did: str, repo: VerifiedRepo) -> None:
     now = now_iso()
     conn.execute("DELETE FROM records WHERE did = ?", (did,))
     storage.delete_repo_blocks(conn, did)
-    storage.add_record_refs(conn, did, [cid for _, _, cid in repo.records])
     storage.put_blocks(conn, did, rev, repo.blocks.items(), settled=True)
     conn.executemany(
-        "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at) VALUES (?, ?, ?, ?, ?, ?)",
-        [(did, collection, rkey, cid.cid_bytes, rev, now) for collection, rkey, cid in repo.records],
+        "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at, data)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (did, collection, rkey, cid.cid_bytes, rev, now, data)
+            for collection, rkey, cid, data in repo.records
+        ],
     )
     storage.write_root(conn, did, repo.commit_cid, rev, now)

@@ -84,12 +84,15 @@ def record_proof(conn: Any, did: str, collection: str, rkey: str) -> tuple[CID, 
 def get_blocks(conn: Any, did: str, cids: list[CID]) -> list[tuple[CID, bytes]]:
     find_active_repo(conn, did)
     source = storage.SQLBlocks(conn, did)
-    found, missing = [], []
+    found: dict[CID, bytes] = {}
     for cid in cids:
         try:
-            found.append((cid, source.get_block(cid)))
+            found[cid] = source.get_block(cid)
         except KeyError:
-            missing.append(cid.encode())
+            pass  # a record's, or none
+    if len(found) < len(cids):
+        found.update(storage.find_record_blocks(conn, did, [c for c in cids if c not in found]))
+    missing = [cid.encode() for cid in cids if cid not in found]
     if missing:
         raise XRPCError(f"Could not find cids: {', '.join(missing)}")
-    return found
+    return [(cid, found[cid]) for cid in cids]

@@ -18,9 +18,11 @@ briefly be in both tables (a record written again with the same bytes); reads
 take the first they find, exports send it once, and settling keeps the older
 row.
 
-Records with the same bytes share one block.  ``shared_blocks`` counts the
-records of each block that two or more records use, so that deleting a
-record knows without a search whether its block goes too.
+A record's block is not among them: its bytes live in its row of the
+records index, which serves reads without a second look-up, goes with the
+record when it is deleted or replaced, and needs no counting when two
+records have the same bytes (each row has its own copy).  Exports and
+``getBlocks`` read them from there.
 """
 
 from collections.abc import Iterable, Iterator
@@ -106,44 +108,9 @@ def delete_blocks(conn: Any, did: str, cids: Iterable[CID]) -> None:
         conn.executemany("DELETE FROM blocks WHERE did = ? AND cid = ?", rows)
 
 
-def add_record_refs(conn: Any, did: str, cids: Iterable[CID]) -> None:
-    """
-    Count the blocks of records a commit creates or updates (before its
-    blocks are stored): one that another record already uses is shared.
-    """
-    seen: set[bytes] = set()
-    for cid in cids:
-        key = cid.cid_bytes
-        if key in seen or _find_block(conn, did, key) is not None:
-            conn.execute(
-                "INSERT INTO shared_blocks (did, cid, refs) VALUES (?, ?, 2)"
-                " ON CONFLICT (did, cid) DO UPDATE SET refs = refs + 1",
-                (did, key),
-            )
-        seen.add(key)
-
-
-def delete_record_blocks(conn: Any, did: str, cids: Iterable[CID]) -> None:
-    """
-    Drop a reference to each block of records a commit deletes or replaces:
-    a block no other record uses is deleted.
-    """
-    for cid in cids:
-        key = cid.cid_bytes
-        row = conn.execute(
-            "UPDATE shared_blocks SET refs = refs - 1 WHERE did = ? AND cid = ? RETURNING refs",
-            (did, key),
-        ).fetchone()
-        if row is None:
-            conn.execute("DELETE FROM fresh_blocks WHERE did = ? AND cid = ?", (did, key))
-            conn.execute("DELETE FROM blocks WHERE did = ? AND cid = ?", (did, key))
-        elif row[0] < 2:
-            conn.execute("DELETE FROM shared_blocks WHERE did = ? AND cid = ?", (did, key))
-
-
 def delete_repo_blocks(conn: Any, did: str) -> None:
-    """Delete every block of the repo."""
-    for table in ("fresh_blocks", "blocks", "shared_blocks"):
+    """Delete every block of the repo (but its records')."""
+    for table in ("fresh_blocks", "blocks"):
         conn.execute(f"DELETE FROM {table} WHERE did = ?", (did,))
 
 
@@ -174,14 +141,15 @@ def record_cid(conn: Any, did: str, collection: str, rkey: str) -> CID | None:
 
 
 def put_record(
-    conn: Any, did: str, collection: str, rkey: str, cid: CID, rev: str, now: str
+    conn: Any, did: str, collection: str, rkey: str, cid: CID, data: bytes, rev: str, now: str
 ) -> None:
+    """Create or replace a record: its CID, its block's bytes, the rev that wrote it."""
     conn.execute(
-        "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO records (did, collection, rkey, cid, rev, indexed_at, data)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (did, collection, rkey) DO UPDATE SET cid = excluded.cid,"
-        " rev = excluded.rev, indexed_at = excluded.indexed_at",
-        (did, collection, rkey, cid.cid_bytes, rev, now),
+        " rev = excluded.rev, indexed_at = excluded.indexed_at, data = excluded.data",
+        (did, collection, rkey, cid.cid_bytes, rev, now, data),
     )
 
 
@@ -192,20 +160,12 @@ def delete_record(conn: Any, did: str, collection: str, rkey: str) -> None:
     )
 
 
-# A record row's block, from whichever table holds it (most have settled).
-_RECORD_BLOCK = (
-    "coalesce((SELECT data FROM blocks b WHERE b.did = r.did AND b.cid = r.cid),"
-    " (SELECT data FROM fresh_blocks f WHERE f.did = r.did AND f.cid = r.cid))"
-)
-
-
 def get_record(conn: Any, did: str, collection: str, rkey: str) -> tuple[CID, bytes] | None:
     row = conn.execute(
-        f"SELECT r.cid, {_RECORD_BLOCK} FROM records r"
-        " WHERE r.did = ? AND r.collection = ? AND r.rkey = ?",
+        "SELECT cid, data FROM records WHERE did = ? AND collection = ? AND rkey = ?",
         (did, collection, rkey),
     ).fetchone()
-    return (CID(row[0]), row[1]) if row and row[1] is not None else None
+    return (CID(row[0]), row[1]) if row else None
 
 
 def list_records(
@@ -224,17 +184,16 @@ def list_records(
         order, compare = "ASC", ">"
     else:
         order, compare = "DESC", "<"
-    where = "r.did = ? AND r.collection = ?"
+    where = "did = ? AND collection = ?"
     args: list[Any] = [did, collection]
     if cursor is not None:
-        where += f" AND r.rkey {compare} ?"
+        where += f" AND rkey {compare} ?"
         args.append(cursor)
     rows = conn.execute(
-        f"SELECT r.rkey, r.cid, {_RECORD_BLOCK} FROM records r"
-        f" WHERE {where} ORDER BY r.rkey {order} LIMIT ?",
+        f"SELECT rkey, cid, data FROM records WHERE {where} ORDER BY rkey {order} LIMIT ?",
         (*args, limit),
     ).fetchall()
-    return [(rkey, CID(cid), data) for rkey, cid, data in rows if data is not None]
+    return [(rkey, CID(cid), data) for rkey, cid, data in rows]
 
 
 def collections(conn: Any, did: str) -> list[str]:
@@ -248,8 +207,11 @@ def collections(conn: Any, did: str) -> list[str]:
 
 def iter_blocks(conn: Any, did: str, since: str | None = None, page: int = 2000) -> Iterator[tuple[CID, bytes]]:
     """
-    Every block of the repo (newer than rev ``since`` if given), each once:
-    the settled ones in pages by CID, then the fresh ones.
+    Every block of the repo (newer than rev ``since`` if given): the settled
+    ones in pages by CID, then the fresh ones, then the records' in pages by
+    key.  Each block comes once, but for a record's whose bytes another
+    record also has: it comes with each (CARv1 allows duplicates; readers
+    keep one).
     """
     newer = "" if since is None else " AND rev > :since"
     after = b""
@@ -271,3 +233,35 @@ def iter_blocks(conn: Any, did: str, since: str | None = None, page: int = 2000)
         {"did": did, "since": since},
     ):
         yield CID(cid), data
+    after_key = ("", "")
+    while True:
+        rows = conn.execute(
+            "SELECT collection, rkey, cid, data FROM records WHERE did = :did"
+            f" AND (collection, rkey) > (:collection, :rkey){newer}"
+            " ORDER BY collection, rkey LIMIT :page",
+            {"did": did, "collection": after_key[0], "rkey": after_key[1], "since": since,
+             "page": page},
+        ).fetchall()
+        for _, _, cid, data in rows:
+            yield CID(cid), data
+        if len(rows) < page:
+            break
+        after_key = rows[-1][:2]
+
+
+def find_record_blocks(conn: Any, did: str, cids: Iterable[CID]) -> dict[CID, bytes]:
+    """
+    The blocks of the repo's records with these CIDs (those found).  Records
+    are not indexed by CID (every create would pay for it): this reads the
+    repo's records, once for every 500 CIDs.
+    """
+    wanted = sorted({cid.cid_bytes for cid in cids})
+    found: dict[CID, bytes] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for cid, data in conn.execute(
+            f"SELECT cid, data FROM records WHERE did = ? AND cid IN ({marks})", (did, *chunk)
+        ):
+            found[CID(cid)] = data
+    return found

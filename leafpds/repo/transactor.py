@@ -122,8 +122,8 @@ class KeyProvider(Protocol):
 
 
 #: ``hook(conn, did, rev, ops, writes)`` runs inside a commit's unit of work,
-#: after the records index is updated (the replaced record blocks are still
-#: stored).  It may raise (an XRPCError) to refuse the whole commit, and may
+#: after the records the commit creates or updates are written and before
+#: those it deletes are removed.  It may raise (an XRPCError) to refuse the whole commit, and may
 #: return an action to run on the reactor once the commit is durable.
 CommitHook = Callable[[Any, str, str, list[AppliedOp], list[Write]], Callable[[], Any] | None]
 
@@ -389,7 +389,10 @@ class _Built:
     data: CID
     rev: str
     now: str
+    #: The blocks to store: the commit and the new tree nodes.
     new_blocks: dict[CID, bytes]
+    #: The blocks of the records created or updated, by CID.
+    records: dict[CID, bytes]
     #: Node blocks no longer reachable, and the old commit.
     removed: list[CID]
     #: The firehose event's blocks.
@@ -422,16 +425,19 @@ def _build(
         # compare as their numbers); decoding it is the exception.
         rev = revs.next_after(base_rev)
     commit_cid, commit_block = sign_commit(did, diff.root, rev, key).to_block()
-    record_blocks = {e[0]: e[1] for e in encoded if e is not None}
-    new_blocks = {commit_cid: commit_block, **record_blocks, **diff.new_blocks}
+    records = {e[0]: e[1] for e in encoded if e is not None}
+    new_blocks = {commit_cid: commit_block, **diff.new_blocks}
     # The event carries the new blocks plus the proof nodes a relay needs to
     # verify (and invert) the ops; a dict keeps each block once.
-    car = encode_car(commit_cid, {**new_blocks, **diff.proof_blocks}.items())
+    car = encode_car(
+        commit_cid,
+        {commit_cid: commit_block, **records, **diff.new_blocks, **diff.proof_blocks}.items(),
+    )
     if len(car) > events.MAX_COMMIT_BLOCKS_BYTES:
         raise InvalidRequest("Commit is too large for the firehose; write fewer records at once")
     return _Built(
         did, base, base_data, base_rev, ops, commit_cid, diff.root, rev, now_iso(), new_blocks,
-        [*diff.removed, base], car,
+        records, [*diff.removed, base], car,
     )
 
 
@@ -443,19 +449,18 @@ def _store(
     its firehose event; run the commit hooks.
     """
     did, rev, now = built.did, built.rev, built.now
-    storage.add_record_refs(conn, did, [op.cid for op in built.ops if op.cid is not None])
     storage.put_blocks(conn, did, rev, built.new_blocks.items())
     for op in built.ops:
-        if op.action == "delete":
-            storage.delete_record(conn, did, op.collection, op.rkey)
-        else:
-            storage.put_record(conn, did, op.collection, op.rkey, op.cid, rev, now)
+        if op.action != "delete":
+            storage.put_record(
+                conn, did, op.collection, op.rkey, op.cid, built.records[op.cid], rev, now
+            )
     after_commit = [
         action for hook in hooks if (action := hook(conn, did, rev, built.ops, writes)) is not None
     ]
-    replaced = [op.prev for op in built.ops if op.prev is not None]
-    if replaced:
-        storage.delete_record_blocks(conn, did, replaced)
+    for op in built.ops:
+        if op.action == "delete":
+            storage.delete_record(conn, did, op.collection, op.rkey)
     storage.delete_blocks(conn, did, built.removed)
     appended = [events.append_event(conn, did, "#commit", {
         "repo": did,
