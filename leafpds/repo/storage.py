@@ -12,11 +12,10 @@ They live in two tables of one shape.  A commit's new blocks go to
 replaces the MST nodes on its path, and with TID record keys that is the same
 right-hand path commit after commit) and are deleted from there, on a few hot
 pages.  Now and then :func:`settle_blocks` moves the survivors into
-``blocks`` in one sorted pass.  In ``blocks`` alone, each commit put ~15
-entries on as many random pages of the big ``(did, cid)`` index.  A CID may
-briefly be in both tables (a record written again with the same bytes); reads
-take the first they find, exports send it once, and settling keeps the older
-row.
+``blocks`` in one sorted pass.  In ``blocks`` alone, each commit put its
+entries on as many random pages of the big ``(did, cid)`` index.  Nothing
+stores a block twice, but should a CID be in both tables, reads take the
+first they find, exports send it once, and settling keeps the older row.
 
 A record's block is not among them: its bytes live in its row of the
 records index, which serves reads without a second look-up, goes with the
