@@ -32,27 +32,22 @@ from leafpds.repo.mst import MissingBlock
 
 
 class SQLBlocks:
-    """One repo's blocks, read through a connection (an MST ``BlockSource``)."""
+    """One repo's commit and tree nodes, read through a connection (an MST ``BlockSource``)."""
 
     def __init__(self, conn: Any, did: str) -> None:
         self.conn = conn
         self.did = did
 
     def get_block(self, cid: CID) -> bytes:
-        data = _find_block(self.conn, self.did, cid.cid_bytes)
-        if data is None:
+        # From whichever table holds it (most have settled).
+        row = self.conn.execute(
+            "SELECT data FROM blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
+            " SELECT data FROM fresh_blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
+            (self.did, cid.cid_bytes),
+        ).fetchone()
+        if row is None:
             raise MissingBlock(cid)
-        return data
-
-
-def _find_block(conn: Any, did: str, key: bytes) -> bytes | None:
-    """A block's bytes from whichever table holds it (most have settled)."""
-    row = conn.execute(
-        "SELECT data FROM blocks WHERE did = ?1 AND cid = ?2 UNION ALL"
-        " SELECT data FROM fresh_blocks WHERE did = ?1 AND cid = ?2 LIMIT 1",
-        (did, key),
-    ).fetchone()
-    return row[0] if row else None
+        return row[0]
 
 
 def read_root(conn: Any, did: str) -> tuple[CID, str] | None:
@@ -129,14 +124,6 @@ def settle_blocks(conn: Any, mark: int) -> int:
     )
     conn.execute("DELETE FROM fresh_blocks WHERE rowid <= ?", (mark,))
     return conn.execute("SELECT coalesce(max(rowid), 0) FROM fresh_blocks").fetchone()[0]
-
-
-def record_cid(conn: Any, did: str, collection: str, rkey: str) -> CID | None:
-    row = conn.execute(
-        "SELECT cid FROM records WHERE did = ? AND collection = ? AND rkey = ?",
-        (did, collection, rkey),
-    ).fetchone()
-    return CID(row[0]) if row else None
 
 
 def put_record(
