@@ -570,6 +570,36 @@ async def test_export_import_round_trip_5000_records(repos, other_repos):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_export_is_a_snapshot_while_the_repo_is_written(repos):
+    did = "did:plc:moving"
+    await repos.new(did)
+    for batch in range(10):
+        await repos.transactor.apply_writes(did, [
+            Write("create", "app.bsky.feed.post", f"3k{batch:04d}{i:07d}", post(f"{batch}-{i}"))
+            for i in range(200)
+        ])
+    root, _, blocks, _ = await repos.state(did)
+    out = io.BytesIO()
+    during = []
+
+    def write(chunk):
+        out.write(chunk)
+        # Between two chunks (the export waits for this): records go and come.
+        during.append(repos.transactor.apply_writes(did, [
+            Write("delete", "app.bsky.feed.post", f"3k{len(during):04d}{0:07d}"),
+            Write("create", "app.bsky.feed.post", f"3z{len(during):011d}", post("new")),
+        ]))
+        return during[-1]
+
+    await archive.export_repo(repos.db, reactor, did, write)
+    assert len(during) > 1
+    car_root, car_blocks = read_car(out.getvalue())
+    assert car_root == root[0] and dict(car_blocks) == blocks
+    now, records, _, _ = await repos.state(did)
+    assert now != root and "app.bsky.feed.post/3z00000000000" in records
+
+
+@pytest_twisted.ensureDeferred
 async def test_export_since_holds_only_newer_blocks(repos):
     did = "did:plc:since"
     await repos.new(did)

@@ -42,7 +42,7 @@ async def export_repo(
     CAR whose root is the current commit.
 
     The export runs in one read transaction, so it is a consistent snapshot
-    even while writes go on; it reads the blocks in pages and hands ``write``
+    even while writes go on; it streams the blocks from cursors and hands ``write``
     (called in the reactor thread; it may return a Deferred to push back)
     one chunk at a time, so neither side holds the whole repo.
     """

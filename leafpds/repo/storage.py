@@ -191,48 +191,25 @@ def collections(conn: Any, did: str) -> list[str]:
     ]
 
 
-def iter_blocks(conn: Any, did: str, since: str | None = None, page: int = 2000) -> Iterator[tuple[CID, bytes]]:
+def iter_blocks(conn: Any, did: str, since: str | None = None) -> Iterator[tuple[CID, bytes]]:
     """
     Every block of the repo (newer than rev ``since`` if given): the settled
-    ones in pages by CID, then the fresh ones, then the records' in pages by
-    key.  Each block comes once, but for a record's whose bytes another
-    record also has: it comes with each (CARv1 allows duplicates; readers
-    keep one).
+    ones, the fresh ones, then the records'.  Each comes once, but for a
+    record's block whose bytes another record also has: it comes with each
+    (CARv1 allows duplicates; readers keep one).  The cursors stream:
+    SQLite steps to the next row only when asked.
     """
     newer = "" if since is None else " AND rev > :since"
-    after = b""
-    while True:
-        rows = conn.execute(
-            f"SELECT cid, data FROM blocks WHERE did = :did AND cid > :after{newer}"
-            " ORDER BY cid LIMIT :page",
-            {"did": did, "after": after, "since": since, "page": page},
-        ).fetchall()
-        for cid, data in rows:
-            yield CID(cid), data
-        if len(rows) < page:
-            break
-        after = rows[-1][0]
-    # The fresh table is small (see settle_blocks), and the cursor streams.
-    for cid, data in conn.execute(
+    args = {"did": did, "since": since}
+    queries = [
+        f"SELECT cid, data FROM blocks WHERE did = :did{newer}",
         f"SELECT cid, data FROM fresh_blocks f WHERE did = :did{newer}"
         " AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.did = f.did AND b.cid = f.cid)",
-        {"did": did, "since": since},
-    ):
-        yield CID(cid), data
-    after_key = ("", "")
-    while True:
-        rows = conn.execute(
-            "SELECT collection, rkey, cid, data FROM records WHERE did = :did"
-            f" AND (collection, rkey) > (:collection, :rkey){newer}"
-            " ORDER BY collection, rkey LIMIT :page",
-            {"did": did, "collection": after_key[0], "rkey": after_key[1], "since": since,
-             "page": page},
-        ).fetchall()
-        for _, _, cid, data in rows:
+        f"SELECT cid, data FROM records WHERE did = :did{newer}",
+    ]
+    for query in queries:
+        for cid, data in conn.execute(query, args):
             yield CID(cid), data
-        if len(rows) < page:
-            break
-        after_key = rows[-1][:2]
 
 
 def find_record_blocks(conn: Any, did: str, cids: Iterable[CID]) -> dict[CID, bytes]:
