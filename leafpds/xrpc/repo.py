@@ -3,7 +3,7 @@
 from typing import Any
 
 from leafpds import syntax
-from leafpds.errors import AuthenticationRequired, InvalidRequest, RecordNotFound, XRPCError
+from leafpds.errors import AuthenticationRequired, InvalidRequest, RecordNotFound
 from leafpds.ipld import atjson, codec
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.identity.plc import PLCError
