@@ -235,9 +235,9 @@ MIGRATIONS: list[str] = [
     # 177 -> 139 us (medians of five alternating runs).  Rows with a
     # record's bytes are too big for a WITHOUT ROWID table (whose interior
     # pages hold copies of whole rows), so ``records`` becomes a rowid
-    # table found through a unique index.  ``record_blobs`` references ``records``:
-    # dropping the old table would cascade to its rows, so it is set aside
-    # and put back around the change.
+    # table found through a unique index.  ``record_blobs`` references
+    # ``records``: dropping the old table would cascade to its rows, so it
+    # is set aside and put back, as migration 1 made it, around the change.
     """
     CREATE TABLE record_blobs_saved (
         did TEXT NOT NULL,

@@ -90,8 +90,9 @@ def get_blocks(conn: Any, did: str, cids: list[CID]) -> list[tuple[CID, bytes]]:
             found[cid] = source.get_block(cid)
         except KeyError:
             pass  # a record's, or none
-    if len(found) < len(cids):
-        found.update(storage.find_record_blocks(conn, did, [c for c in cids if c not in found]))
+    rest = [cid for cid in cids if cid not in found]
+    if rest:
+        found.update(storage.find_record_blocks(conn, did, rest))
     missing = [cid.encode() for cid in cids if cid not in found]
     if missing:
         raise XRPCError(f"Could not find cids: {', '.join(missing)}")

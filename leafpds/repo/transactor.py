@@ -123,8 +123,9 @@ class KeyProvider(Protocol):
 
 #: ``hook(conn, did, rev, ops, writes)`` runs inside a commit's unit of work,
 #: after the records the commit creates or updates are written and before
-#: those it deletes are removed.  It may raise (an XRPCError) to refuse the whole commit, and may
-#: return an action to run on the reactor once the commit is durable.
+#: those it deletes are removed.  It may raise (an XRPCError) to refuse the
+#: whole commit, and may return an action to run on the reactor once the
+#: commit is durable.
 CommitHook = Callable[[Any, str, str, list[AppliedOp], list[Write]], Callable[[], Any] | None]
 
 
