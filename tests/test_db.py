@@ -69,8 +69,8 @@ def _plan(conn, query):
 def test_blocks_move_to_a_rowid_table_with_their_rows(tmp_path):
     conn = connect(tmp_path / "db.sqlite")
     assert migrations.migrate(conn, migrations.MIGRATIONS[:1]) == 1
-    conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:a', 'a.test', 't')")
-    conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:b', 'b.test', 't')")
+    for did in ("did:a", "did:b"):
+        _insert_account(conn, did)
     rows = [
         (did, bytes([i, n]), f"rev{n}", b"data" * n)
         for i, did in enumerate(["did:a", "did:b"])
@@ -102,9 +102,7 @@ def test_blocks_that_records_share_are_counted_when_the_table_comes(tmp_path):
     conn = connect(tmp_path / "db.sqlite")
     assert migrations.migrate(conn, migrations.MIGRATIONS[:3]) == 3
     for did in ("did:a", "did:b"):
-        conn.execute(
-            "INSERT INTO accounts (did, handle, created_at) VALUES (?, ?, 't')", (did, did[4:] + ".test")
-        )
+        _insert_account(conn, did)
     rows = [
         ("did:a", "c", "1", b"x"), ("did:a", "c", "2", b"x"), ("did:a", "d", "3", b"x"),
         ("did:a", "c", "4", b"y"), ("did:b", "c", "1", b"x"), ("did:b", "c", "2", b"z"),
@@ -126,9 +124,7 @@ def test_records_take_their_blocks_into_their_rows(tmp_path):
     conn = connect(tmp_path / "db.sqlite")
     assert migrations.migrate(conn, migrations.MIGRATIONS[:4]) == 4
     for did in ("did:a", "did:b"):
-        conn.execute(
-            "INSERT INTO accounts (did, handle, created_at) VALUES (?, ?, 't')", (did, did[4:] + ".test")
-        )
+        _insert_account(conn, did)
     node = b"\xa2\x61e\x80\x61l\xf6"  # the empty tree's node, {e: [], l: null}
     blocks = [  # (table, did, cid, data)
         ("blocks", "did:a", b"r1", b"record one"),
@@ -187,8 +183,8 @@ def test_records_take_their_blocks_into_their_rows(tmp_path):
 def test_fresh_blocks_are_unique_per_repo_indexed_and_go_with_their_account(tmp_path):
     conn = connect(tmp_path / "db.sqlite")
     assert migrations.migrate(conn, migrations.MIGRATIONS[:2]) == 2
-    conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:a', 'a.test', 't')")
-    conn.execute("INSERT INTO accounts (did, handle, created_at) VALUES ('did:b', 'b.test', 't')")
+    for did in ("did:a", "did:b"):
+        _insert_account(conn, did)
     conn.execute("INSERT INTO blocks (did, cid, rev, data) VALUES ('did:a', x'01', 'r', x'')")
 
     assert migrations.migrate(conn, migrations.MIGRATIONS[:3]) == 3

@@ -52,6 +52,14 @@ class Repos:
         await self.db.write(_add_account, did)
         return await self.transactor.create_repo(did, key)
 
+    async def fill(self, did: str, batches: int):
+        """``batches`` commits of 200 creates each."""
+        for batch in range(batches):
+            await self.transactor.apply_writes(did, [
+                Write("create", "app.bsky.feed.post", f"3k{batch:04d}{i:07d}", post(f"{batch}-{i}"))
+                for i in range(200)
+            ])
+
     async def state(self, did: str):
         def read(conn):
             root = storage.read_root(conn, did)
@@ -541,11 +549,7 @@ async def test_rev_grows_when_our_clock_falls_behind_the_head_we_remember(repos)
 async def test_export_import_round_trip_5000_records(repos, other_repos):
     did = "did:plc:exporter"
     await repos.new(did)
-    for batch in range(25):
-        await repos.transactor.apply_writes(did, [
-            Write("create", "app.bsky.feed.post", f"3k{batch:04d}{i:07d}", post(f"{batch}-{i}"))
-            for i in range(200)
-        ])
+    await repos.fill(did, 25)
     root, records, blocks, _ = await repos.state(did)
     out = io.BytesIO()
     chunks = []
@@ -573,11 +577,7 @@ async def test_export_import_round_trip_5000_records(repos, other_repos):
 async def test_an_export_is_a_snapshot_while_the_repo_is_written(repos):
     did = "did:plc:moving"
     await repos.new(did)
-    for batch in range(10):
-        await repos.transactor.apply_writes(did, [
-            Write("create", "app.bsky.feed.post", f"3k{batch:04d}{i:07d}", post(f"{batch}-{i}"))
-            for i in range(200)
-        ])
+    await repos.fill(did, 10)
     root, _, blocks, _ = await repos.state(did)
     out = io.BytesIO()
     during = []
