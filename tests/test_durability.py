@@ -50,12 +50,15 @@ async def client(server: ServerProcess, did: str, token: str, prefix: str, rng: 
             assert code == 200, answer
             del live[rkey]
         else:
-            keys = [f"{prefix}{n:05d}b{i}" for i in range(5)]
+            # Now and then a commit of the protocol's 200 writes, ~100 KB: a
+            # firehose frame over the 64 KiB WebSocket messages often default to.
+            size, pad = (200, "x" * 400) if rng.random() < 0.2 else (5, "")
+            keys = [f"{prefix}{n:05d}b{i}" for i in range(size)]
             writes = [
-                {"$type": "com.atproto.repo.applyWrites#create", "collection": COLLECTION, "rkey": k, "value": {"n": n, "c": prefix}}
+                {"$type": "com.atproto.repo.applyWrites#create", "collection": COLLECTION, "rkey": k, "value": {"n": n, "c": prefix, "pad": pad}}
                 for k in keys
             ]
-            entry = {"did": did, "kind": "batch", "keys": keys, "values": [n] * 5}
+            entry = {"did": did, "kind": "batch", "keys": keys, "values": [n] * size}
             ledger.append(entry)
             code, answer = await server.call("com.atproto.repo.applyWrites", {"repo": did, "writes": writes}, token)
             assert code == 200, answer

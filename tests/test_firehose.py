@@ -20,6 +20,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from leafpds.ipld.car import read_car
+from leafpds.ipld.cid import CID, cid_for_cbor
+from leafpds.repo import events
 from leafpds.repo.commit import verify_commit
 from leafpds.repo.transactor import Write
 from leafpds.sequencer.fanout import Sequencer
@@ -281,6 +283,9 @@ class FakeConnection:
     def close(self, code, reason):
         self.closed_with = code
 
+    def drop(self):
+        self.closed_with = "dropped"
+
 
 @pytest_twisted.ensureDeferred
 async def test_live_events_dropped_during_a_slow_replay_are_read_from_the_log(pds):
@@ -491,3 +496,259 @@ async def test_slow_consumer_is_dropped_and_nobody_waits_for_it(tmp_path):
     finally:
         if running:
             await pds.service.stopService()
+
+
+# Large commits, and subscribers that fail or come and go.
+
+
+async def account(pds, name):
+    """A new account's DID and access token."""
+    body = {"handle": f"{name}.test", "email": f"{name}@example.com", "password": "hunter2 hunter2"}
+    answer = await pds.post("com.atproto.server.createAccount", body)
+    assert answer.code == 200, answer.body
+    return answer.json()["did"], answer.json()["accessJwt"]
+
+
+async def create_record(pds, did, token, collection, record, rkey=None):
+    body = {"repo": did, "collection": collection, "record": record}
+    if rkey is not None:
+        body["rkey"] = rkey
+    return await pds.post(
+        "com.atproto.repo.createRecord", body, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+async def repo_records(pds, did):
+    """Every record the repo holds: path -> CID."""
+    def rows(conn):
+        return conn.execute(
+            "SELECT collection, rkey, cid FROM records WHERE did = ?", (did,)
+        ).fetchall()
+
+    return {f"{c}/{k}": CID(bytes(cid)).encode() for c, k, cid in await pds.service.app.db.read(rows)}
+
+
+def announced(frames, did):
+    """
+    What the #commit frames of ``did`` announce, checked as they go: each
+    create or update op's record block is in the frame's ``blocks``, with
+    those bytes.  Returns path -> CID after the last frame.
+    """
+    records = {}
+    for frame in frames:
+        header, body = decode(frame)
+        if header.get("t") != "#commit" or body["repo"] != did:
+            continue
+        root, blocks = read_car(body["blocks"])
+        blocks = dict(blocks)
+        assert root in blocks
+        for op in body["ops"]:
+            if op["action"] == "delete":
+                records.pop(op["path"], None)
+                continue
+            cid = op["cid"]
+            assert cid in blocks, op["path"]
+            assert cid_for_cbor(blocks[cid]) == cid
+            records[op["path"]] = cid.encode()
+    return records
+
+
+BIG = "com.example.big"
+BULK = "com.example.bulk"
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_commits_are_acknowledged_and_sent_whole_live_and_in_replay(tmp_path):
+    # A JSON body big enough for a record at the network's limit.
+    pds = await start_pds(make_settings(tmp_path / "data", max_json_body=str(4 << 20)))
+    try:
+        did, token = await account(pds, "alice")
+        live = Reader(pds)
+        await until(lambda: subscribers(pds) == 1)
+        start = await last_seq(pds)
+        auth = {"Authorization": f"Bearer {token}"}
+
+        # 200 writes of ~400 bytes: a ~100 KB frame.
+        writes = [
+            {"$type": "com.atproto.repo.applyWrites#create", "collection": BULK, "rkey": f"b{i:03d}",
+             "value": {"n": i, "pad": "x" * 380}}
+            for i in range(200)
+        ]
+        answer = await pds.post("com.atproto.repo.applyWrites", {"repo": did, "writes": writes}, headers=auth)
+        assert answer.code == 200, answer.body
+        # One record of 500 KB, and one just under the record size limit.
+        for rkey, size in (("half", 500_000), ("full", events.MAX_RECORD_BYTES - 64)):
+            answer = await create_record(pds, did, token, BIG, {"$type": BIG, "data": "y" * (size - 32)}, rkey)
+            assert answer.code == 200, answer.body
+        # A small write after them still goes out.
+        answer = await create_record(pds, did, token, POST, post("after"))
+        assert answer.code == 200, answer.body
+
+        stored = await stored_frames(pds)
+        sizes = sorted(len(frame) for _, frame in stored)
+        assert sizes[-3] > 90_000 and sizes[-2] > 500_000 and sizes[-1] > 1_000_000
+        live.target = stored[-1][0]
+        replay = Reader(pds, "?cursor=0")
+        replay.target = stored[-1][0]
+        await live.done
+        await replay.done
+
+        assert replay.frames == [frame for _, frame in stored]
+        assert live.frames == [frame for seq, frame in stored if seq > start]
+        holds = await repo_records(pds, did)
+        assert len(holds) == 203
+        assert announced(replay.frames, did) == holds
+        assert live.close_code is None and replay.close_code is None
+    finally:
+        await pds.service.stopService()
+
+
+class FailingConnection(FakeConnection):
+    """A consumer whose connection breaks at its ``fail_at``-th frame."""
+
+    def __init__(self, fail_at):
+        super().__init__()
+        self.fail_at = fail_at
+
+    def send(self, frame):
+        if len(self.frames) + 1 == self.fail_at:
+            raise RuntimeError("the connection broke")
+        super().send(frame)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_whose_send_fails_is_dropped_alone(pds):
+    app = pds.service.app
+    did, token = await account(pds, "alice")
+    steady = Reader(pds)
+    await until(lambda: subscribers(pds) == 1)
+    start = await last_seq(pds)
+    live_failing = FailingConnection(fail_at=2)
+    live_outbox = app.sequencer.subscribe(live_failing, None)
+    # One that fails during its replay from the log.
+    replay_failing = FailingConnection(fail_at=3)
+    replay_outbox = app.sequencer.subscribe(replay_failing, 0)
+
+    for i in range(4):
+        answer = await create_record(pds, did, token, POST, post(f"p{i}"))
+        assert answer.code == 200, answer.body
+    final = await last_seq(pds)
+    steady.target = final
+    await steady.done
+    assert steady.seqs() == list(range(start + 1, final + 1))
+
+    await until(lambda: replay_outbox.closed)
+    for connection, outbox in ((live_failing, live_outbox), (replay_failing, replay_outbox)):
+        assert outbox.closed and outbox not in app.sequencer.outboxes
+        assert connection.closed_with == "dropped"
+        assert len(connection.frames) == connection.fail_at - 1
+    assert live_failing.frames == [frame for _, frame in (await stored_frames(pds, start))[:1]]
+    # A replay after the failed one reads the whole log.
+    again = Reader(pds, "?cursor=0")
+    again.target = final
+    await again.done
+    assert again.seqs() == list(range(1, final + 1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listener_that_raises_does_not_fail_the_write(pds):
+    app = pds.service.app
+    did, token = await account(pds, "alice")
+
+    def broken(appended):
+        raise RuntimeError("a listener bug")
+
+    app.transactor.listeners.insert(0, broken)
+    try:
+        reader = Reader(pds)
+        await until(lambda: subscribers(pds) == 1)
+        answer = await create_record(pds, did, token, POST, post("still acknowledged"))
+        assert answer.code == 200, answer.body
+        reader.target = await last_seq(pds)
+        await reader.done  # the listeners after the broken one heard of it
+    finally:
+        app.transactor.listeners.remove(broken)
+
+
+def come_and_go(pds, rng, clean):
+    """A subscriber that reads a few frames, then closes cleanly or drops the connection."""
+    ws = dial(pds)
+    try:
+        for _ in range(rng.randrange(0, 4)):
+            try:
+                ws.recv(timeout=rng.random() * 0.2)
+            except TimeoutError:
+                pass
+    finally:
+        if clean:
+            ws.close()
+        else:
+            ws.socket.shutdown(socket.SHUT_RDWR)
+            ws.socket.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribers_coming_and_going_never_fail_a_write(pds):
+    import gc
+    import random
+
+    from leafpds.xrpc.subscribe import FirehoseProtocol
+
+    did, token = await account(pds, "alice")
+    steady = Reader(pds)
+    await until(lambda: subscribers(pds) == 1)
+    start = await last_seq(pds)
+    rng = random.Random(19)
+    churn = [deferToThread(come_and_go, pds, random.Random(rng.random()), i % 2 == 0) for i in range(50)]
+    codes = []
+    churning = gatherResults(churn, consumeErrors=True)
+    n = 0
+    while not churning.called or n < 20:
+        n += 1
+        if n % 10 == 0:  # now and then a big batch
+            writes = [
+                {"$type": "com.atproto.repo.applyWrites#create", "collection": BULK,
+                 "rkey": f"b{n}x{i:03d}", "value": {"n": i, "pad": "x" * 380}}
+                for i in range(200)
+            ]
+            answer = await pds.post(
+                "com.atproto.repo.applyWrites", {"repo": did, "writes": writes},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        else:
+            answer = await create_record(pds, did, token, POST, post(f"p{n}"))
+        codes.append(answer.code)
+    await churning
+    assert codes == [200] * len(codes)
+
+    final = await last_seq(pds)
+    steady.target = final
+    await steady.done
+    assert steady.seqs() == list(range(start + 1, final + 1))
+    assert announced(steady.frames, did) == await repo_records(pds, did)
+
+    # Nothing of the departed subscribers is left: no outbox, no protocol.
+    await until(lambda: subscribers(pds) == 0)
+    await deferLater(reactor, 0.2)
+    gc.collect()
+    assert [p for p in gc.get_objects() if isinstance(p, FirehoseProtocol) and p.state != p.STATE_CLOSED] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_subscribers_send_is_held_to_a_small_limit(pds):
+    from leafpds.xrpc.subscribe import MAX_INCOMING_MESSAGE
+
+    did, token = await account(pds, "alice")
+    chatty = await deferToThread(dial, pds)
+    flooding = await deferToThread(dial, pds)
+    await until(lambda: subscribers(pds) == 2)
+    await deferToThread(chatty.send, b"hello")  # small: ignored
+    await deferToThread(flooding.send, b"z" * (MAX_INCOMING_MESSAGE + 1))
+    await until(lambda: subscribers(pds) == 1)
+    answer = await create_record(pds, did, token, POST, post("after"))
+    assert answer.code == 200
+    frame = await deferToThread(chatty.recv, 10)
+    assert decode(frame)[1]["seq"] == await last_seq(pds)
+    chatty.close()
+    with pytest.raises(ConnectionClosed):
+        await deferToThread(flooding.recv, 10)

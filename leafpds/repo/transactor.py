@@ -185,9 +185,16 @@ class RepoTransactor:
         self._settling = False
 
     def notify(self, appended: list[tuple[int, bytes]]) -> None:
-        """Tell the listeners about events that have just been committed."""
+        """
+        Tell the listeners about events that have just been committed.  The
+        commit is durable: whatever a listener does, the write stands and is
+        acknowledged, so a listener's failure is logged, never raised.
+        """
         for listener in self.listeners:
-            listener(appended)
+            try:
+                listener(appended)
+            except Exception:
+                log.failure("A commit listener failed")
 
     async def create_repo(self, did: str, key: crypto.Keypair) -> CommitResult:
         """The genesis commit of an empty repo (the account row must exist)."""

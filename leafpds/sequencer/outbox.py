@@ -54,6 +54,9 @@ class FrameConsumer(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Close the connection after what has been sent."""
 
+    def drop(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+
 
 @implementer(IPushProducer)
 class Outbox:
@@ -122,8 +125,8 @@ class Outbox:
         if self.closed:
             return
         self._close()
-        self._consumer.send(events.encode_error_frame(error, message))
-        self._consumer.close(CLOSE_POLICY, error)
+        if self._send(events.encode_error_frame(error, message)):
+            self._consumer.close(CLOSE_POLICY, error)
 
     def shut_down(self) -> None:
         """The server is stopping."""
@@ -141,7 +144,7 @@ class Outbox:
         while self._queue and not self._paused and not self.closed:
             frame = self._queue.popleft()
             self._queued_bytes -= len(frame)
-            self._consumer.send(frame)
+            self._send(frame)
         self._advance()
 
     def stopProducing(self) -> None:
@@ -152,11 +155,31 @@ class Outbox:
     # Sending.
 
     def _push(self, frame: bytes) -> None:
+        if self.closed:  # a send before this one failed
+            return
         if self._paused or self._queue:
             self._queue.append(frame)
             self._queued_bytes += len(frame)
         else:
+            self._send(frame)
+
+    def _send(self, frame: bytes) -> bool:
+        """
+        Hand ``frame`` to the consumer; False if it could not take it.  A
+        consumer that fails is dropped alone: its failure must reach neither
+        the writer whose commit is being announced nor the other subscribers.
+        """
+        try:
             self._consumer.send(frame)
+        except Exception:
+            _log.failure("A firehose subscriber could not take a frame; dropping it")
+            self._close()
+            try:
+                self._consumer.drop()
+            except Exception:
+                _log.failure("Dropping a failed firehose subscriber failed")
+            return False
+        return True
 
     def _close(self) -> None:
         self.closed = True
@@ -217,5 +240,5 @@ class Outbox:
         _log.failure("Reading the firehose log failed", failure)
         if not self.closed:
             self._close()
-            self._consumer.send(events.encode_error_frame("InternalServerError", "Internal Server Error"))
-            self._consumer.close(CLOSE_INTERNAL_ERROR, "Internal Server Error")
+            if self._send(events.encode_error_frame("InternalServerError", "Internal Server Error")):
+                self._consumer.close(CLOSE_INTERNAL_ERROR, "Internal Server Error")

@@ -10,6 +10,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -21,7 +22,12 @@ from leafpds.sequencer.outbox import CLOSE_POLICY, Outbox
 
 NSID = "com.atproto.sync.subscribeRepos"
 
-# Clients only ever send control frames (pongs, close).
+log = Logger()
+
+# The firehose is one-way: clients only send control frames (pongs, close),
+# so what a client sends is held to this.  Autobahn's maxMessagePayloadSize
+# would also cap what the server sends, and frames go up to the sync spec's
+# 2,000,000 bytes of blocks; the limit is kept here instead.
 MAX_INCOMING_MESSAGE = 64 * 1024
 # A subscriber that fell behind needs time to read what was already sent
 # before it reaches the error frame and the close.
@@ -58,13 +64,25 @@ class FirehoseProtocol(WebSocketServerProtocol):
         if self.outbox is not None:
             self.outbox.stopProducing()
 
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        if self.message_data_total_length > MAX_INCOMING_MESSAGE and self.state == self.STATE_OPEN:
+            log.info("A firehose subscriber sent a message over {limit} bytes; dropping it", limit=MAX_INCOMING_MESSAGE)
+            self.dropConnection(abort=True)
+
     def send(self, frame: bytes) -> None:
-        self.sendMessage(frame, isBinary=True)
+        # Once a close has begun (either side), frames have nowhere to go;
+        # the outbox ends when the connection does (onClose).
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(frame, isBinary=True)
 
     def close(self, code: int, reason: str) -> None:
         # sendClose() only takes the codes an application may choose (1000,
         # 3000-4999); a server also closes with 1001, 1008 and 1011.
         self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+
+    def drop(self) -> None:
+        self.dropConnection(abort=True)
 
 
 class FirehoseFactory(WebSocketServerFactory):
@@ -76,7 +94,7 @@ class FirehoseFactory(WebSocketServerFactory):
         self.lexicons = lexicons
         self.setProtocolOptions(
             webStatus=False,
-            maxMessagePayloadSize=MAX_INCOMING_MESSAGE,
+            maxFramePayloadSize=MAX_INCOMING_MESSAGE,
             closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
