@@ -580,13 +580,21 @@ async def test_large_commits_are_acknowledged_and_sent_whole_live_and_in_replay(
         for rkey, size in (("half", 500_000), ("full", events.MAX_RECORD_BYTES - 64)):
             answer = await create_record(pds, did, token, BIG, {"$type": BIG, "data": "y" * (size - 32)}, rkey)
             assert answer.code == 200, answer.body
+        # Two records of 900 KB: blocks near the sync spec's 2,000,000 bytes.
+        writes = [
+            {"$type": "com.atproto.repo.applyWrites#create", "collection": BIG, "rkey": f"pair{i}",
+             "value": {"$type": BIG, "data": str(i) * 900_000}}
+            for i in range(2)
+        ]
+        answer = await pds.post("com.atproto.repo.applyWrites", {"repo": did, "writes": writes}, headers=auth)
+        assert answer.code == 200, answer.body
         # A small write after them still goes out.
         answer = await create_record(pds, did, token, POST, post("after"))
         assert answer.code == 200, answer.body
 
         stored = await stored_frames(pds)
         sizes = sorted(len(frame) for _, frame in stored)
-        assert sizes[-3] > 90_000 and sizes[-2] > 500_000 and sizes[-1] > 1_000_000
+        assert sizes[-4] > 90_000 and sizes[-3] > 500_000 and sizes[-2] > 1_000_000 and sizes[-1] > 1_800_000
         live.target = stored[-1][0]
         replay = Reader(pds, "?cursor=0")
         replay.target = stored[-1][0]
@@ -596,7 +604,7 @@ async def test_large_commits_are_acknowledged_and_sent_whole_live_and_in_replay(
         assert replay.frames == [frame for _, frame in stored]
         assert live.frames == [frame for seq, frame in stored if seq > start]
         holds = await repo_records(pds, did)
-        assert len(holds) == 203
+        assert len(holds) == 205
         assert announced(replay.frames, did) == holds
         assert live.close_code is None and replay.close_code is None
     finally:
