@@ -14,13 +14,13 @@ from twisted.names import authority, dns, server
 from twisted.web import resource, server as web_server
 
 from leafpds.errors import XRPCError
-from leafpds.identity import handles
+from leafpds import outbound
 from leafpds.identity.handles import (
     RESERVED_NAMES,
     HandleResolver,
-    is_public_address,
     validate_new_handle,
 )
+from leafpds.outbound import is_public_address
 
 DOMAINS = [".test"]
 ALICE = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -553,7 +553,7 @@ async def test_one_bad_address_refuses_the_host(net):
 @pytest_twisted.ensureDeferred
 async def test_redirect_to_a_private_host_is_refused(net, monkeypatch):
     # Pretend this one loopback address is public, so the first hop connects.
-    monkeypatch.setattr(handles, "is_public_address", lambda a: str(a) == "127.0.0.1")
+    monkeypatch.setattr(outbound, "is_public_address", lambda a: str(a) == "127.0.0.1")
     net.serve("alice.test", redirect(f"http://bob.test:{net.http_port}/x"))
     net.dns.set("bob.test", dns.Record_A("127.0.0.2"))
     resolver = net.resolver(allow_private=False)

@@ -7,27 +7,26 @@ hosts whose addresses are not public and connects only to the address it
 checked: a second DNS answer (rebinding) cannot redirect the connection.
 """
 
-import ipaddress
 from typing import Any, Coroutine, TypeVar
 
 from hyperlink import URL, DecodedURL
-from treq import collect
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names.error import DomainError
-from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS
-from twisted.web.iweb import IAgentEndpointFactory, IResponse
-from zope.interface import implementer
+from twisted.web.client import Agent
+from twisted.web.iweb import IResponse
 
 from leafpds.errors import XRPCError
+from leafpds.outbound import (
+    AnyAddress,
+    PinnedEndpointFactory,
+    Refused,
+    discard,
+    read_bounded,
+    vetted_address,
+)
 from leafpds.syntax import InvalidSyntax, normalize_handle, validate_did
 
 log = Logger()
@@ -134,63 +133,6 @@ def validate_new_handle(handle: str, domains: list[str]) -> str:
     if front in RESERVED_NAMES:
         raise XRPCError("Reserved handle", name="HandleNotAvailable")
     return normalized
-
-
-AnyAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def is_public_address(address: AnyAddress) -> bool:
-    """
-    Whether ``address`` is on the public internet: not private, loopback,
-    link-local, CGNAT, unique-local, multicast, unspecified or reserved,
-    including when an IPv4 address hides inside an IPv6 one.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = [address.ipv4_mapped, address.sixtofour]
-        embedded.extend(address.teredo or ())
-        if address in _NAT64:
-            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-        if any(v4 is not None and not is_public_address(v4) for v4 in embedded):
-            return False
-    # is_global already excludes private, loopback, link-local, CGNAT, ULA,
-    # unspecified and reserved ranges; global multicast is still not a host.
-    return address.is_global and not address.is_multicast
-
-
-class _Refused(Exception):
-    """The HTTPS lookup must not go on (reason in the message)."""
-
-
-@implementer(IAgentEndpointFactory)
-class _PinnedEndpointFactory:
-    """
-    Connects to one vetted address whatever the URL's host resolves to now,
-    while TLS (SNI and certificate check) and the Host header keep the name.
-    """
-
-    def __init__(
-        self, reactor: Any, host: str, address: AnyAddress, timeout: float
-    ) -> None:
-        self._reactor = reactor
-        self._host = host
-        self._address = address
-        self._timeout = timeout
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        if uri.host.decode("ascii") != self._host:
-            raise _Refused(f"unexpected host {uri.host!r}")
-        tcp = TCP4ClientEndpoint if self._address.version == 4 else TCP6ClientEndpoint
-        endpoint = tcp(self._reactor, str(self._address), uri.port, self._timeout)
-        if uri.scheme == b"https":
-            creator = BrowserLikePolicyForHTTPS().creatorForNetloc(uri.host, uri.port)
-            endpoint = wrapClientTLS(creator, endpoint)
-        return endpoint
-
-
-class _TooLarge(Exception):
-    """A response body larger than we are willing to read."""
 
 
 class HandleResolver:
@@ -335,27 +277,27 @@ class HandleResolver:
         for _ in range(self.MAX_REDIRECTS + 1):
             response = await self._get(url)
             if response.code in (301, 302, 303, 307, 308):
-                await _discard(response)
+                await discard(response)
                 url = self._redirect_target(url, response)
                 continue
             if not 200 <= response.code < 300:
-                await _discard(response)
-                raise _Refused(f"HTTP status {response.code}")
-            body = await _read_bounded(response, self.MAX_BODY)
+                await discard(response)
+                raise Refused(f"HTTP status {response.code}")
+            body = await read_bounded(response, self.MAX_BODY)
             return _valid_did(body.decode("ascii", "replace").strip(), handle)
-        raise _Refused("too many redirects")
+        raise Refused("too many redirects")
 
     def _redirect_target(self, url: DecodedURL, response: IResponse) -> DecodedURL:
         locations = response.headers.getRawHeaders(b"location")
         if not locations:
-            raise _Refused("redirect without a Location")
+            raise Refused("redirect without a Location")
         try:
             target = url.click(locations[0].decode("ascii"))
             normalize_handle(target.host)
         except (UnicodeDecodeError, ValueError):
-            raise _Refused("redirect to an invalid URL") from None
+            raise Refused("redirect to an invalid URL") from None
         if target.scheme != self._scheme:
-            raise _Refused(f"redirect to scheme {target.scheme!r}")
+            raise Refused(f"redirect to scheme {target.scheme!r}")
         return target
 
     async def _get(self, url: DecodedURL) -> IResponse:
@@ -363,7 +305,7 @@ class HandleResolver:
         address = await self._vetted_address(host)
         agent = Agent.usingEndpointFactory(
             self._reactor,
-            _PinnedEndpointFactory(self._reactor, host, address, self._timeout),
+            PinnedEndpointFactory(self._reactor, host, address, self._timeout),
         )
         http = HTTPClient(agent)
         return await http.get(
@@ -374,28 +316,9 @@ class HandleResolver:
 
     async def _vetted_address(self, host: str) -> AnyAddress:
         """An address of ``host``, if all of its addresses are public."""
-        results = await DeferredList(
-            [
-                self._dns.lookupAddress(host, timeout=(self._timeout,)),
-                self._dns.lookupIPV6Address(host, timeout=(self._timeout,)),
-            ],
-            consumeErrors=True,
+        return await vetted_address(
+            self._dns, host, allow_private=self._allow_private, timeout=self._timeout
         )
-        addresses: list[AnyAddress] = []
-        for ok, result in results:
-            if ok:
-                for record in result[0]:
-                    if record.type in (dns.A, dns.AAAA):
-                        addresses.append(ipaddress.ip_address(record.payload.address))
-        if not addresses:
-            raise _Refused(f"no address for {host}")
-        if not self._allow_private:
-            # One bad address refuses them all: it may be the one chosen.
-            for address in addresses:
-                if not is_public_address(address):
-                    raise _Refused(f"{host} has a non-public address {address}")
-        # A records came first: IPv4 is more likely to be reachable.
-        return addresses[0]
 
 
 def _valid_did(value: str, handle: str) -> str | None:
@@ -405,32 +328,3 @@ def _valid_did(value: str, handle: str) -> str | None:
         log.info("handle {handle}: malformed DID", handle=handle)
         return None
     return value
-
-
-async def _read_bounded(response: IResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    received = 0
-
-    def keep(data: bytes) -> None:
-        nonlocal received
-        received += len(data)
-        if received > limit:
-            raise _TooLarge(f"body larger than {limit} bytes")
-        chunks.append(data)
-
-    await collect(response, keep)
-    return b"".join(chunks)
-
-
-async def _discard(response: IResponse) -> None:
-    """Close the connection without reading a body we do not want."""
-
-    def refuse(data: bytes) -> None:
-        raise _TooLarge("unwanted body")
-
-    try:
-        await collect(response, refuse)
-    except Exception:
-        # Whatever happened to a body nobody reads does not matter.
-        pass
-
