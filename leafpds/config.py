@@ -93,6 +93,19 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "Comma-separated app URLs that sign-in may send the user back to "
         "(exact match; nothing else is allowed).",
     ),
+    "appview-url": (
+        "https://api.bsky.app",
+        "AppView that XRPC methods not served here are forwarded to (service proxying).",
+    ),
+    "appview-did": ("did:web:api.bsky.app", "Service DID of --appview-url (the service JWT's aud)."),
+    "report-service-url": (
+        "https://mod.bsky.app",
+        "Where com.atproto.moderation.createReport is forwarded.",
+    ),
+    "report-service-did": (
+        "did:plc:ar7c4by46qjdydhdevvrndac",
+        "Service DID of --report-service-url.",
+    ),
     "contact-email": (None, "Contact address shown by describeServer."),
     "privacy-policy-url": (None, "Privacy policy link shown by describeServer."),
     "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
@@ -103,6 +116,8 @@ FLAGS: dict[str, str] = {
     "invite-required": "Require an invite code to create an account.",
     "no-rate-limits": "Turn rate limiting off (benchmarks, trusted setups).",
     "no-password-signup": "Refuse createAccount: new accounts only through sign-in with GitHub or Google.",
+    "allow-private-services": "Let atproto-proxy headers name services on loopback or private "
+    "addresses (development and tests only: it opens the server's own network to its users).",
     "no-cpu-pairing": "Let the reactor and the database writer run on any CPU (by default they share one, "
     "which makes each commit's two hand-overs between them cheap).",
 }
@@ -173,6 +188,11 @@ class Settings:
     google_client_secret: str | None = field(default=None, repr=False)
     google_issuer: str = "https://accounts.google.com"
     app_redirect_uris: tuple[str, ...] = ()
+    appview_url: str = "https://api.bsky.app"
+    appview_did: str = "did:web:api.bsky.app"
+    report_service_url: str = "https://mod.bsky.app"
+    report_service_did: str = "did:plc:ar7c4by46qjdydhdevvrndac"
+    allow_private_services: bool = False
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -240,6 +260,11 @@ class Settings:
             google_client_secret=values["google-client-secret"] or None,
             google_issuer=(values["google-issuer"] or "").rstrip("/"),
             app_redirect_uris=_comma_list(values["app-redirect-uri"]),
+            appview_url=(values["appview-url"] or "").rstrip("/"),
+            appview_did=values["appview-did"] or "",
+            report_service_url=(values["report-service-url"] or "").rstrip("/"),
+            report_service_did=values["report-service-did"] or "",
+            allow_private_services=values["allow-private-services"],
         )
 
     @property

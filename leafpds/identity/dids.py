@@ -1,0 +1,125 @@
+"""
+Any DID to its document: ``did:plc`` through the PLC directory, ``did:web``
+from ``https://<host>/.well-known/did.json`` (over http for ``localhost``,
+as ``@atproto/identity`` does), and the service endpoints documents name.
+
+Documents of ``did:web`` are fetched from hosts strangers name, so through
+:mod:`leafpds.outbound`'s vetted addresses unless private ones are allowed.
+"""
+
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from treq.client import HTTPClient
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+from twisted.names import client
+from twisted.web.client import Agent
+
+from leafpds.identity.plc import PLCClient
+from leafpds.outbound import PinnedEndpointFactory, discard, read_bounded, vetted_address
+from leafpds.syntax import validate_did
+
+log = Logger()
+
+
+class DIDResolver:
+    """Resolves DIDs, caching documents (and failures, briefly) for ``cache_ttl`` seconds."""
+
+    MAX_DOCUMENT = 64 * 1024
+    MAX_CACHED = 10_000
+
+    def __init__(
+        self,
+        reactor: Any,
+        plc: PLCClient,
+        *,
+        allow_private: bool = False,
+        timeout: float = 5.0,
+        cache_ttl: float = 300.0,
+    ) -> None:
+        self._reactor = reactor
+        self._plc = plc
+        self._allow_private = allow_private
+        self._timeout = timeout
+        self._cache_ttl = cache_ttl
+        self._cache: dict[str, tuple[dict[str, Any] | None, float]] = {}
+        self._dns: Any = None
+
+    async def resolve(self, did: str) -> dict[str, Any] | None:
+        """The DID document, or None if ``did`` does not resolve."""
+        now = self._reactor.seconds()
+        cached = self._cache.get(did)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            validate_did(did)
+            if did.startswith("did:plc:"):
+                doc = await self._plc.resolve(did)
+            elif did.startswith("did:web:"):
+                doc = await self._web(did)
+            else:
+                doc = None
+        except Exception as e:  # unresolvable, whatever the reason
+            log.info("DID {did} does not resolve: {reason}", did=did[:200], reason=f"{type(e).__name__}: {e}")
+            doc = None
+        if doc is not None and doc.get("id") != did:
+            log.info("DID {did} resolved to a document of another id", did=did)
+            doc = None
+        # Failures are often transient: remember them for less long.
+        ttl = self._cache_ttl if doc is not None else self._cache_ttl / 5
+        self._cache.pop(did, None)
+        self._cache[did] = (doc, now + ttl)
+        if len(self._cache) > self.MAX_CACHED:
+            del self._cache[next(iter(self._cache))]
+        return doc
+
+    async def _web(self, did: str) -> dict[str, Any] | None:
+        # atproto allows only host-level did:web (a port percent-encoded).
+        name = did[len("did:web:"):]
+        if ":" in name:
+            return None
+        netloc = unquote(name)
+        host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
+        scheme = "http" if host == "localhost" else "https"
+        if self._dns is None:
+            self._dns = client.Resolver(resolv="/etc/resolv.conf", reactor=self._reactor)
+        address = await vetted_address(
+            self._dns, host, allow_private=self._allow_private, timeout=self._timeout
+        )
+        agent = Agent.usingEndpointFactory(
+            self._reactor, PinnedEndpointFactory(self._reactor, host, address, self._timeout)
+        )
+        attempt = ensureDeferred(self._fetch(HTTPClient(agent), f"{scheme}://{netloc}/.well-known/did.json"))
+        attempt.addTimeout(self._timeout, self._reactor)
+        return await attempt
+
+    async def _fetch(self, http: HTTPClient, url: str) -> dict[str, Any] | None:
+        response = await http.get(url, headers={"Accept": "application/json"}, allow_redirects=False)
+        if response.code != 200:
+            await discard(response)
+            return None
+        doc = json.loads(await read_bounded(response, self.MAX_DOCUMENT))
+        return doc if isinstance(doc, dict) else None
+
+
+def service_endpoint(doc: dict[str, Any], service_id: str) -> str | None:
+    """
+    The ``serviceEndpoint`` of the service ``#<id>`` in ``doc`` (its id may
+    be written relative, ``#id``, or absolute, ``<did>#id``): an http(s) URL.
+    """
+    fragment = service_id if service_id.startswith("#") else "#" + service_id
+    services = doc.get("service")
+    if not isinstance(services, list):
+        return None
+    for service in services:
+        if not isinstance(service, dict):
+            continue
+        sid = service.get("id")
+        if sid == fragment or sid == f"{doc.get('id')}{fragment}":
+            endpoint = service.get("serviceEndpoint")
+            if isinstance(endpoint, str) and endpoint.startswith(("https://", "http://")):
+                return endpoint.rstrip("/")
+            return None
+    return None
