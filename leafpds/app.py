@@ -13,6 +13,7 @@ from leafpds.repo.cache import RecordCache
 if TYPE_CHECKING:
     from leafpds.accounts.accounts import Accounts
     from leafpds.accounts.keys import AccountKeys
+    from leafpds.accounts.service_auth import ServiceAuth
     from leafpds.accounts.sessions import TokenIssuer
     from leafpds.blobs.blobs import Blobs
     from leafpds.identity.handles import HandleResolver
@@ -38,6 +39,8 @@ class AppContext:
     write_limits: "RateLimiter"
     login_limits: "RateLimiter"
     blobs: "Blobs"
+    #: Service JWTs signed with the accounts' keys (getServiceAuth, the proxy).
+    service_auth: "ServiceAuth"
     # Set once the services are built and the port is bound (the default
     # public URL for localhost includes the port).
     accounts: "Accounts" = field(init=False)

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 import leafpds
 from leafpds.accounts.accounts import Accounts
 from leafpds.accounts.keys import AccountKeys, open_vault, server_key
+from leafpds.accounts.service_auth import ServiceAuth
 from leafpds.accounts.sessions import TokenIssuer, revoked_sessions
 from leafpds.app import AppContext
 from leafpds.blobs.blobs import Blobs
@@ -74,6 +75,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         write_limits=_limiter(settings, settings.rate_limit_writes, reactor),
         login_limits=_limiter(settings, settings.rate_limit_logins, reactor),
         blobs=blobs,
+        service_auth=ServiceAuth(keys, reactor),
     )
     app.accounts = Accounts(
         db,

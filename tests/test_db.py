@@ -180,6 +180,25 @@ def test_records_take_their_blocks_into_their_rows(tmp_path):
     assert conn.execute("SELECT DISTINCT did FROM records").fetchall() == [("did:b",)]
 
 
+def test_preferences_come_in_their_own_table_kept_in_order_per_account(tmp_path):
+    conn = connect(tmp_path / "db.sqlite")
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:5]) == 5
+    for did in ("did:a", "did:b"):
+        _insert_account(conn, did)
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:6]) == 6
+    rows = [("did:a", "app.bsky.z", '{"n":1}'), ("did:b", "app.bsky.y", "{}"), ("did:a", "app.bsky.a", '{"n":2}')]
+    conn.executemany("INSERT INTO account_prefs (did, name, value) VALUES (?, ?, ?)", rows)
+    query = "SELECT name, value FROM account_prefs WHERE did = 'did:a' ORDER BY id"
+    assert conn.execute(query).fetchall() == [("app.bsky.z", '{"n":1}'), ("app.bsky.a", '{"n":2}')]
+    assert "account_prefs_by_did" in _plan(conn, query) and "TEMP B-TREE" not in _plan(conn, query)
+    table = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'account_prefs'").fetchone()[0]
+    assert "STRICT" in table
+    with pytest.raises(sqlite3.IntegrityError):  # only for accounts that exist
+        conn.execute("INSERT INTO account_prefs (did, name, value) VALUES ('did:c', 'app.bsky.x', '{}')")
+    conn.execute("DELETE FROM accounts WHERE did = 'did:a'")  # they go with their account
+    assert conn.execute("SELECT did FROM account_prefs").fetchall() == [("did:b",)]
+
+
 def test_fresh_blocks_are_unique_per_repo_indexed_and_go_with_their_account(tmp_path):
     conn = connect(tmp_path / "db.sqlite")
     assert migrations.migrate(conn, migrations.MIGRATIONS[:2]) == 2

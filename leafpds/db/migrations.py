@@ -290,6 +290,20 @@ MIGRATIONS: list[str] = [
     DROP TABLE record_blobs_saved;
     CREATE INDEX record_blobs_by_record ON record_blobs (did, collection, rkey);
     """,
+    # 6: the accounts' private preferences (app.bsky.actor.getPreferences /
+    # putPreferences), one row per preference in the order they were put:
+    # the rowid is that order.  `name` is the preference's $type, so a put
+    # can replace one namespace and keep what a session may not see;
+    # `value` is the preference as JSON, $type included, as the client sent it.
+    """
+    CREATE TABLE account_prefs (
+        id INTEGER PRIMARY KEY,
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX account_prefs_by_did ON account_prefs (did, id);
+    """,
 ]
 
 

@@ -4,6 +4,7 @@ import secrets
 from typing import Any
 
 from leafpds.accounts.accounts import SignedIn
+from leafpds.accounts.service_auth import is_privileged, is_protected, is_service_audience
 from leafpds.errors import InvalidRequest, XRPCError
 from leafpds.accounts.sessions import ACCESS
 from leafpds.identity.plc import PLCError
@@ -171,3 +172,40 @@ async def list_app_passwords(ctx: XRPCContext) -> dict[str, Any]:
 @xrpc.procedure("com.atproto.server.revokeAppPassword", auth=access_full)
 async def revoke_app_password(ctx: XRPCContext) -> None:
     await ctx.app.accounts.revoke_app_password(ctx.auth.did, ctx.input["name"])
+
+
+# getServiceAuth's limits on a requested expiry, in seconds from now.
+SERVICE_TOKEN_MAX_LIFETIME = 60 * 60
+SERVICE_TOKEN_MAX_LIFETIME_WITHOUT_METHOD = 60
+
+
+@xrpc.query("com.atproto.server.getServiceAuth", auth=access)
+async def get_service_auth(ctx: XRPCContext) -> dict[str, Any]:
+    # The checks come in the official PDS's order, so a request with several
+    # faults gets the error it would get there.
+    aud, exp, lxm = ctx.params["aud"], ctx.params.get("exp"), ctx.params.get("lxm")
+    if not is_service_audience(aud):
+        raise InvalidRequest("aud must be a valid atproto DID or did#serviceId reference")
+    if lxm is not None and is_privileged(lxm) and not ctx.auth.privileged:
+        raise InvalidRequest(
+            f"insufficient access to request a service auth token for the following method: {lxm}"
+        )
+    if exp is not None:
+        ahead = exp - ctx.app.reactor.seconds()
+        if ahead < 0:
+            raise XRPCError("expiration is in past", name="BadExpiration")
+        if ahead > SERVICE_TOKEN_MAX_LIFETIME:
+            raise XRPCError(
+                "cannot request a token with an expiration more than an hour in the future",
+                name="BadExpiration",
+            )
+        if lxm is None and ahead > SERVICE_TOKEN_MAX_LIFETIME_WITHOUT_METHOD:
+            raise XRPCError(
+                "cannot request a method-less token with an expiration more than a minute in the future",
+                name="BadExpiration",
+            )
+    if lxm is not None and is_protected(lxm):
+        raise InvalidRequest(
+            f"cannot request a service auth token for the following protected method: {lxm}"
+        )
+    return {"token": await ctx.app.service_auth.token(ctx.auth.did, aud, lxm, exp)}
