@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -115,8 +115,9 @@ class LeafPDSService(MultiService):
     def __init__(self, app: AppContext) -> None:
         super().__init__()
         self.app = app
+        self.xrpc = XRPCServer(app)
         self.site = XRPCSite(
-            XRPCServer(app).resource(),
+            self.xrpc.resource(),
             app.settings.max_json_body,
             max_blob_size=app.settings.max_blob_size,
             spool=app.blobs.new_spool,
@@ -180,6 +181,7 @@ class LeafPDSService(MultiService):
         if self.port is not None:
             port, self.port = self.port, None
             d.addCallback(lambda _: port.stopListening())
+        d.addCallback(lambda _: ensureDeferred(self.xrpc.proxy.stop()))
         d.addBoth(self._close_db)
         return d
 

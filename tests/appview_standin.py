@@ -113,6 +113,11 @@ class StandInAppView:
         # while the reactor keeps serving the PLC directory it asks.
         self._resolver = DidResolver(plc_url=plc_url, timeout=10)
 
+    def use_plc(self, plc_url: str) -> None:
+        """Resolve issuers' keys from this PLC directory (one that starts after the stand-in)."""
+        self.plc_url = plc_url
+        self._resolver = DidResolver(plc_url=plc_url, timeout=10)
+
     @classmethod
     async def start(cls, plc_url: str, reactor: Any = default_reactor) -> "StandInAppView":
         """Listen on 127.0.0.1, on a port of the system's choosing."""

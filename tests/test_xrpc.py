@@ -58,10 +58,11 @@ async def test_describe_server(pds):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_method_is_501(pds):
+async def test_unknown_method_is_proxied_for_accounts_only(pds):
+    # Served elsewhere (tests/test_proxy.py): forwarded for a signed-in account only.
     answer = await pds.get("com.example.nothing.here")
-    assert answer.code == 501
-    assert answer.json()["error"] == "MethodNotImplemented"
+    assert answer.code == 401
+    assert answer.json()["error"] == "AuthMissing"
 
 
 @pytest_twisted.ensureDeferred

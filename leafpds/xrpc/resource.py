@@ -33,6 +33,7 @@ from leafpds.errors import (
 from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
 from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
+from leafpds.xrpc.proxy import Proxy
 from leafpds.xrpc.subscribe import FirehoseFactory
 from leafpds.web.account import AccountPages
 from leafpds.web.auth import AuthPages
@@ -97,6 +98,7 @@ class XRPCServer:
         self.ctx = ctx
         self.registry = registry
         self.firehose = FirehoseFactory(ctx.sequencer, ctx.lexicons, ctx.reactor)
+        self.proxy = Proxy(ctx)
         self.auth = AuthPages(ctx)
         self.account = AccountPages(ctx, self.auth)
 
@@ -167,6 +169,8 @@ class XRPCServer:
             method = self._lookup(request, nsid)
             self.ctx.request_limits.consume(_client_ip(request), 1, request)
             ctx = XRPCContext(request=request, app=self.ctx, nsid=nsid)
+            if method is None:
+                return await self.proxy.forward(ctx)
             if method.auth is not None:
                 ctx.auth = await method.auth(ctx)
             ctx.params = validate_params(self.ctx.lexicons, nsid, _query_args(request))
@@ -196,7 +200,8 @@ class XRPCServer:
             request, XRPCError(exc.description or exc.name, name=exc.name.replace(" ", ""), status=exc.code)
         )
 
-    def _lookup(self, request: IRequest, nsid: str) -> Method:
+    def _lookup(self, request: IRequest, nsid: str) -> Method | None:
+        """The method declared as ``nsid``; None for a method served elsewhere (proxied)."""
         method = self.registry.methods.get(nsid)
         if method is None:
             # Declared methods have valid names; only an unknown one needs checking.
@@ -204,7 +209,7 @@ class XRPCServer:
                 syntax.validate_nsid(nsid)
             except syntax.InvalidSyntax:
                 raise InvalidRequest(f"Invalid XRPC method name: {nsid!r}") from None
-            raise MethodNotImplemented("Method Not Implemented")
+            return None
         verb = request.method
         if verb == b"HEAD":
             verb = b"GET"

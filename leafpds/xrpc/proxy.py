@@ -1,0 +1,338 @@
+"""
+Service proxying: an XRPC method leafpds does not serve itself is forwarded,
+on the authenticated caller's behalf, to the service that does — the one an
+``atproto-proxy: <did>#<service id>`` header names, else the configured
+AppView (reports to the report service) — with a service JWT in place of the
+caller's own token, as the official PDS does.
+
+Both bodies stream: the request's from Twisted's buffer (already held to
+the site's body limit), the answer's at the pace the client reads it (the
+upstream connection is paused while the client's is full), so a large feed
+or image never sits whole in memory.  Upstream errors are re-made as XRPC
+errors; an upstream that cannot be reached or does not answer in time is 502
+``UpstreamFailure``, never a hang.
+
+A target named by a header is a stranger's choice: its DID document and its
+endpoint are reached only on vetted public addresses
+(:mod:`leafpds.outbound`) unless ``--allow-private-services``.
+"""
+
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.names import client
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest, IResponse
+from zope.interface import implementer
+
+from leafpds.accounts.service_auth import check_proxied_method, is_protected
+from leafpds.app import AppContext
+from leafpds.errors import InvalidRequest, InvalidToken, XRPCError
+from leafpds.identity.dids import DIDResolver, service_endpoint
+from leafpds.outbound import PinnedEndpointFactory, Refused, read_bounded, vetted_address
+from leafpds.xrpc import auth
+from leafpds.xrpc.registry import XRPCContext
+
+log = Logger()
+
+REPORT_METHOD = "com.atproto.moderation.createReport"
+
+# What goes up besides the body and the service JWT, and what comes back.
+FORWARDED_REQUEST_HEADERS = (b"accept-language", b"atproto-accept-labelers", b"x-bsky-topics")
+BODY_HEADERS = (b"content-type", b"content-encoding")
+CONTENT_HEADERS = (b"content-type", b"content-language", b"content-length", b"content-encoding")
+RETURNED_HEADERS = (b"atproto-repo-rev", b"atproto-content-labelers", b"retry-after")
+
+# An error answer is read whole to re-make it; nothing sane is bigger.
+MAX_ERROR_BODY = 64 * 1024
+
+# XRPC's names for the statuses an upstream may answer.
+STATUS_NAMES = {
+    400: "InvalidRequest",
+    401: "AuthenticationRequired",
+    403: "Forbidden",
+    404: "XRPCNotSupported",
+    406: "NotAcceptable",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    429: "RateLimitExceeded",
+    500: "InternalServerError",
+    501: "MethodNotImplemented",
+    502: "UpstreamFailure",
+    503: "NotEnoughResources",
+    504: "UpstreamTimeout",
+}
+
+
+class UpstreamFailure(XRPCError):
+    status = 502
+    name = "UpstreamFailure"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a call goes: the service's URL (no trailing slash) and DID."""
+
+    url: str
+    did: str
+    #: Named by the caller: reached on vetted public addresses only.
+    untrusted: bool
+
+
+class Proxy:
+    """
+    Forwards calls; one per server.  ``headers_timeout``: seconds for the
+    upstream to answer with its status line and headers; ``idle_timeout``:
+    seconds the upstream may then go without sending while the client waits.
+    """
+
+    def __init__(
+        self,
+        app: AppContext,
+        *,
+        headers_timeout: float = 10.0,
+        idle_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.app = app
+        self.reactor = app.reactor
+        self.headers_timeout = headers_timeout
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        settings = app.settings
+        self.allow_private = settings.allow_private_services
+        self.appview = Target(settings.appview_url, settings.appview_did, untrusted=False)
+        self.reports = Target(settings.report_service_url, settings.report_service_did, untrusted=False)
+        self.dids = DIDResolver(self.reactor, app.plc, allow_private=self.allow_private)
+        # One pool for every upstream: an AppView connection serves many calls.
+        self.pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 16
+        self._trusted = Agent(self.reactor, pool=self.pool, connectTimeout=connect_timeout)
+        self._dns: Any = None
+
+    async def stop(self) -> None:
+        await self.pool.closeCachedConnections()
+
+    # Choosing the target.
+
+    async def target(self, request: IRequest, nsid: str) -> Target:
+        """The service for this call: the header's, else the default for ``nsid``."""
+        header = request.getHeader("atproto-proxy")
+        if header:
+            return await self._from_header(header)
+        return self.reports if nsid == REPORT_METHOD else self.appview
+
+    async def _from_header(self, header: str) -> Target:
+        # The official PDS's checks, in its order and words.
+        hash_index = header.find("#")
+        if hash_index == 0:
+            raise InvalidRequest("no did specified in proxy header")
+        if hash_index == -1 or hash_index == len(header) - 1:
+            raise InvalidRequest("no service id specified in proxy header")
+        if header.find("#", hash_index + 1) != -1:
+            raise InvalidRequest("invalid proxy header format")
+        if " " in header:
+            raise InvalidRequest("proxy header cannot contain spaces")
+        did, service_id = header[:hash_index], header[hash_index:]
+        # The configured AppView is reached as configured, not resolved.
+        if did == self.appview.did and service_id == "#bsky_appview":
+            return self.appview
+        doc = await self.dids.resolve(did)
+        if doc is None:
+            raise InvalidRequest("could not resolve proxy did")
+        url = service_endpoint(doc, service_id)
+        if url is None:
+            raise InvalidRequest("could not resolve proxy did service url")
+        return Target(url, did, untrusted=True)
+
+    # Forwarding.
+
+    async def forward(
+        self, ctx: XRPCContext, *, target: Target | None = None, aud: str | None = None, lxm: str | None = None
+    ) -> bytes:
+        """
+        Forward the call ``ctx`` stands for and write the answer; the
+        returned bytes are empty (the answer has been written).  ``aud`` and
+        ``lxm`` replace the service JWT's audience and method (``getFeed``).
+        """
+        request, nsid = ctx.request, ctx.nsid
+        if request.method not in (b"GET", b"HEAD", b"POST"):
+            raise InvalidRequest("XRPC requests only supports GET and POST")
+        if is_protected(nsid):
+            raise InvalidToken("Bad token method")
+        credentials = ctx.auth if ctx.auth is not None else await auth.access(ctx)
+        check_proxied_method(credentials, nsid)
+        if target is None:
+            target = await self.target(request, nsid)
+        token = await self.app.service_auth.token(credentials.did, aud or target.did, lxm or nsid)
+        response = await self.call(target, request, token)
+        if response.code >= 400:
+            raise await _upstream_error(request, response)
+        request.setResponseCode(response.code)
+        _copy_headers(response, request, CONTENT_HEADERS + RETURNED_HEADERS)
+        await self.relay(response, request)
+        return b""
+
+    async def call(self, target: Target, request: IRequest, token: str) -> IResponse:
+        """Send ``request`` on to ``target`` (path and query verbatim); its answer's head."""
+        url = target.url + request.uri.decode("ascii")
+        headers = Headers({b"authorization": [f"Bearer {token}".encode("ascii")]})
+        for name in FORWARDED_REQUEST_HEADERS:
+            values = request.requestHeaders.getRawHeaders(name)
+            if values:
+                headers.setRawHeaders(name, values)
+        # The client's encodings, or none: the body goes back as it comes.
+        headers.setRawHeaders(
+            b"accept-encoding", request.requestHeaders.getRawHeaders(b"accept-encoding") or [b"identity"]
+        )
+        body = None
+        if request.method == b"POST":
+            for name in BODY_HEADERS:
+                values = request.requestHeaders.getRawHeaders(name)
+                if values:
+                    headers.setRawHeaders(name, values)
+            request.content.seek(0)
+            body = FileBodyProducer(request.content)
+        try:
+            agent = await self._agent(target, url)
+            sent = agent.request(request.method, url.encode("ascii"), headers, body)
+            sent.addTimeout(self.headers_timeout, self.reactor)
+            return await sent
+        except XRPCError:
+            raise
+        except CancelledError:
+            raise  # the client went away
+        except Exception as e:
+            log.info("Upstream {url} failed: {reason}", url=target.url, reason=f"{type(e).__name__}: {e}")
+            raise UpstreamFailure("Upstream service unreachable") from None
+
+    async def _agent(self, target: Target, url: str) -> Agent:
+        if not target.untrusted:
+            return self._trusted
+        host = urlsplit(url).hostname or ""
+        if self._dns is None:
+            self._dns = client.Resolver(resolv="/etc/resolv.conf", reactor=self.reactor)
+        try:
+            address = await vetted_address(
+                self._dns, host, allow_private=self.allow_private, timeout=self.connect_timeout
+            )
+        except Refused as e:
+            log.info("Proxy target refused: {reason}", reason=str(e))
+            raise InvalidRequest("proxy service endpoint is not on a public address") from None
+        factory = PinnedEndpointFactory(self.reactor, host, address, self.connect_timeout)
+        return Agent.usingEndpointFactory(self.reactor, factory, pool=self.pool)
+
+    async def relay(self, response: IResponse, request: IRequest) -> None:
+        """Write ``response``'s body to ``request`` at the client's pace."""
+        relay = _Relay(request, self.reactor, self.idle_timeout)
+        response.deliverBody(relay)
+        try:
+            await relay.done
+        except CancelledError:
+            raise
+        except Exception as e:
+            # The status line is out: cut the answer short so the client
+            # sees a truncated body, never a silently incomplete one.
+            log.info("Upstream answer broke off: {reason}", reason=f"{type(e).__name__}: {e}")
+            request.channel.transport.abortConnection()
+
+
+@implementer(IPushProducer)
+class _Relay(Protocol):
+    """An upstream body, written to the client; the client's back-pressure pauses the upstream."""
+
+    def __init__(self, request: IRequest, reactor: Any, idle_timeout: float) -> None:
+        self.request = request
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        self.done: Deferred[None] = Deferred(lambda _: self._stop())
+        self._idle: Any = None
+        self._paused = False
+
+    def connectionMade(self) -> None:
+        self.request.registerProducer(self, True)
+        self._idle = self.reactor.callLater(self.idle_timeout, self._stalled)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.idle_timeout)
+        self.request.write(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self.request.unregisterProducer()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+    def _stalled(self) -> None:
+        if self._paused:  # the client is the slow one: wait for it
+            self._idle = self.reactor.callLater(self.idle_timeout, self._stalled)
+            return
+        self._stop()
+        if not self.done.called:
+            self.done.errback(UpstreamFailure("Upstream service stopped sending"))
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    # IPushProducer, driven by the client's connection.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._stop()
+
+
+def _copy_headers(response: IResponse, request: IRequest, names: tuple[bytes, ...]) -> None:
+    for name in names:
+        values = response.headers.getRawHeaders(name)
+        if values:
+            request.responseHeaders.setRawHeaders(name, [b",".join(values)])
+
+
+async def _upstream_error(request: IRequest, response: IResponse) -> XRPCError:
+    """The XRPC error to answer for an upstream's error answer, as the official PDS re-makes it."""
+    _copy_headers(response, request, RETURNED_HEADERS)
+    status = 502 if response.code == 500 else response.code
+    parsed: dict[str, Any] = {}
+    content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
+    try:
+        data = await read_bounded(response, MAX_ERROR_BODY)
+        if "json" in content_type.lower() or not content_type:
+            encoding = (response.headers.getRawHeaders(b"content-encoding") or [b""])[0].strip().lower()
+            if encoding in (b"gzip", b"deflate"):
+                data = zlib.decompress(data, zlib.MAX_WBITS | 32)
+            value = json.loads(data)
+            if isinstance(value, dict):
+                parsed = value
+    except Exception:
+        pass  # no big deal: the status says enough
+    name = parsed.get("error")
+    message = parsed.get("message")
+    if not isinstance(name, str) or not name:
+        name = STATUS_NAMES.get(status, "InvalidRequest" if status < 500 else "UpstreamFailure")
+    if not isinstance(message, str):
+        message = f"Upstream service answered {response.code}"
+    return XRPCError(message, name=name, status=status)
