@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from leafpds.repo.transactor import RepoTransactor
     from leafpds.sequencer.crawlers import CrawlerNotifier
     from leafpds.sequencer.fanout import Sequencer
+    from leafpds.xrpc.proxy import Proxy
     from leafpds.xrpc.ratelimit import RateLimiter
 
 
@@ -46,6 +47,8 @@ class AppContext:
     accounts: "Accounts" = field(init=False)
     sequencer: "Sequencer" = field(init=False)
     crawlers: "CrawlerNotifier" = field(init=False)
+    #: Forwards calls to other services (set by the XRPC server).
+    proxy: "Proxy" = field(init=False)
     public_url: str = ""
     #: getRecord's answers (see :mod:`leafpds.repo.cache`).
     record_cache: RecordCache = field(init=False)

@@ -92,3 +92,10 @@ class InvalidMimeType(XRPCError):
 
 class InvalidSize(XRPCError):
     name = "InvalidSize"
+
+
+class UpstreamFailure(XRPCError):
+    """A service this PDS forwards to could not be reached or failed."""
+
+    status = 502
+    name = "UpstreamFailure"

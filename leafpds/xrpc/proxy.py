@@ -21,7 +21,7 @@ import json
 import zlib
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -37,11 +37,11 @@ from zope.interface import implementer
 
 from leafpds.accounts.service_auth import check_proxied_method, is_protected
 from leafpds.app import AppContext
-from leafpds.errors import InvalidRequest, InvalidToken, XRPCError
+from leafpds.errors import InvalidRequest, InvalidToken, UpstreamFailure, XRPCError
 from leafpds.identity.dids import DIDResolver, service_endpoint
 from leafpds.outbound import PinnedEndpointFactory, Refused, read_bounded, vetted_address
 from leafpds.xrpc import auth
-from leafpds.xrpc.registry import XRPCContext
+from leafpds.xrpc.registry import ANSWERED, Answered, XRPCContext
 
 log = Logger()
 
@@ -55,6 +55,8 @@ RETURNED_HEADERS = (b"atproto-repo-rev", b"atproto-content-labelers", b"retry-af
 
 # An error answer is read whole to re-make it; nothing sane is bigger.
 MAX_ERROR_BODY = 64 * 1024
+# A query leafpds makes for itself (getFeedGenerator).
+MAX_QUERY_ANSWER = 1024 * 1024
 
 # XRPC's names for the statuses an upstream may answer.
 STATUS_NAMES = {
@@ -72,11 +74,6 @@ STATUS_NAMES = {
     503: "NotEnoughResources",
     504: "UpstreamTimeout",
 }
-
-
-class UpstreamFailure(XRPCError):
-    status = 502
-    name = "UpstreamFailure"
 
 
 @dataclass(frozen=True)
@@ -157,13 +154,10 @@ class Proxy:
 
     # Forwarding.
 
-    async def forward(
-        self, ctx: XRPCContext, *, target: Target | None = None, aud: str | None = None, lxm: str | None = None
-    ) -> bytes:
+    async def forward(self, ctx: XRPCContext, *, aud: str | None = None, lxm: str | None = None) -> Answered:
         """
-        Forward the call ``ctx`` stands for and write the answer; the
-        returned bytes are empty (the answer has been written).  ``aud`` and
-        ``lxm`` replace the service JWT's audience and method (``getFeed``).
+        Forward the call ``ctx`` stands for and write the answer.  ``aud``
+        and ``lxm`` replace the service JWT's audience and method (``getFeed``).
         """
         request, nsid = ctx.request, ctx.nsid
         if request.method not in (b"GET", b"HEAD", b"POST"):
@@ -172,8 +166,7 @@ class Proxy:
             raise InvalidToken("Bad token method")
         credentials = ctx.auth if ctx.auth is not None else await auth.access(ctx)
         check_proxied_method(credentials, nsid)
-        if target is None:
-            target = await self.target(request, nsid)
+        target = await self.target(request, nsid)
         token = await self.app.service_auth.token(credentials.did, aud or target.did, lxm or nsid)
         response = await self.call(target, request, token)
         if response.code >= 400:
@@ -181,7 +174,20 @@ class Proxy:
         request.setResponseCode(response.code)
         _copy_headers(response, request, CONTENT_HEADERS + RETURNED_HEADERS)
         await self.relay(response, request)
-        return b""
+        return ANSWERED
+
+    async def query(self, did: str, target: Target, nsid: str, params: dict[str, str]) -> Any:
+        """Call the query ``nsid`` of ``target`` for the account ``did``; its JSON answer."""
+        token = await self.app.service_auth.token(did, target.did, nsid)
+        url = f"{target.url}/xrpc/{nsid}?{urlencode(params)}"
+        headers = Headers({b"authorization": [f"Bearer {token}".encode("ascii")], b"accept-encoding": [b"identity"]})
+        response = await self._send(target, url, b"GET", headers, None)
+        if response.code >= 400:
+            raise await _upstream_error(None, response)
+        try:
+            return json.loads(await read_bounded(response, MAX_QUERY_ANSWER))
+        except Exception:
+            raise UpstreamFailure(f"Upstream answered {nsid} with something that is not JSON") from None
 
     async def call(self, target: Target, request: IRequest, token: str) -> IResponse:
         """Send ``request`` on to ``target`` (path and query verbatim); its answer's head."""
@@ -203,9 +209,14 @@ class Proxy:
                     headers.setRawHeaders(name, values)
             request.content.seek(0)
             body = FileBodyProducer(request.content)
+        return await self._send(target, url, request.method, headers, body)
+
+    async def _send(
+        self, target: Target, url: str, method: bytes, headers: Headers, body: FileBodyProducer | None
+    ) -> IResponse:
         try:
             agent = await self._agent(target, url)
-            sent = agent.request(request.method, url.encode("ascii"), headers, body)
+            sent = agent.request(method, url.encode("ascii"), headers, body)
             sent.addTimeout(self.headers_timeout, self.reactor)
             return await sent
         except XRPCError:
@@ -312,9 +323,13 @@ def _copy_headers(response: IResponse, request: IRequest, names: tuple[bytes, ..
             request.responseHeaders.setRawHeaders(name, [b",".join(values)])
 
 
-async def _upstream_error(request: IRequest, response: IResponse) -> XRPCError:
-    """The XRPC error to answer for an upstream's error answer, as the official PDS re-makes it."""
-    _copy_headers(response, request, RETURNED_HEADERS)
+async def _upstream_error(request: IRequest | None, response: IResponse) -> XRPCError:
+    """
+    The XRPC error to answer for an upstream's error answer, as the official
+    PDS re-makes it (its retry-after and atproto headers go on ``request``).
+    """
+    if request is not None:
+        _copy_headers(response, request, RETURNED_HEADERS)
     status = 502 if response.code == 500 else response.code
     parsed: dict[str, Any] = {}
     content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")

@@ -45,6 +45,13 @@ class XRPCResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class Answered:
+    """Returned by a handler that has written its answer itself (the proxy's relay)."""
+
+
+ANSWERED = Answered()
+
+
 @dataclass(frozen=True)
 class XRPCStream:
     """

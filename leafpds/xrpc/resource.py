@@ -32,7 +32,7 @@ from leafpds.errors import (
 )
 from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
-from leafpds.xrpc.registry import Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
+from leafpds.xrpc.registry import ANSWERED, Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
 from leafpds.xrpc.proxy import Proxy
 from leafpds.xrpc.subscribe import FirehoseFactory
 from leafpds.web.account import AccountPages
@@ -55,7 +55,8 @@ CORS_ALLOW_HEADERS = (
 )
 CORS_EXPOSE_HEADERS = (
     "ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy, "
-    "atproto-content-labelers, atproto-repo-rev, content-length, www-authenticate, dpop-nonce"
+    "atproto-content-labelers, atproto-repo-rev, content-language, content-length, www-authenticate, "
+    "dpop-nonce"
 )
 
 BANNER = """\
@@ -98,7 +99,7 @@ class XRPCServer:
         self.ctx = ctx
         self.registry = registry
         self.firehose = FirehoseFactory(ctx.sequencer, ctx.lexicons, ctx.reactor)
-        self.proxy = Proxy(ctx)
+        self.proxy = ctx.proxy = Proxy(ctx)
         self.auth = AuthPages(ctx)
         self.account = AccountPages(ctx, self.auth)
 
@@ -170,13 +171,16 @@ class XRPCServer:
             self.ctx.request_limits.consume(_client_ip(request), 1, request)
             ctx = XRPCContext(request=request, app=self.ctx, nsid=nsid)
             if method is None:
-                return await self.proxy.forward(ctx)
+                await self.proxy.forward(ctx)
+                return b""
             if method.auth is not None:
                 ctx.auth = await method.auth(ctx)
             ctx.params = validate_params(self.ctx.lexicons, nsid, _query_args(request))
             if method.kind == "procedure" and not method.raw_input:
                 ctx.input = self._json_input(request, nsid)
             result = await method.handler(ctx)
+            if result is ANSWERED:
+                return b""
             if isinstance(result, XRPCStream):
                 return await _stream(request, result)
         except XRPCError as e:
