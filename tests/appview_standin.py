@@ -95,7 +95,9 @@ class Route:
     chunks: Iterable[bytes] | None = None
 
 
-class _Refused(Exception):
+class TokenRefused(Exception):
+    """A request's token is not good for the stand-in; ``name`` is the error it answers."""
+
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
         self.name = name
@@ -160,15 +162,18 @@ class StandInAppView:
         self.routes[nsid] = Route(status, body, dict(headers or {}), delay, chunks)
 
     async def verify(self, authorization: str | None, nsid: str | None) -> dict[str, Any]:
-        """The claims of a valid service JWT for ``nsid``; :class:`_Refused` otherwise."""
+        """
+        The claims of the service JWT in ``authorization`` (the header's value)
+        if it is valid for a call of ``nsid``; :class:`TokenRefused` otherwise.
+        """
         if not authorization:
-            raise _Refused("AuthMissing", "Authentication Required")
+            raise TokenRefused("AuthMissing", "Authentication Required")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise _Refused("BadJwt", "Unexpected authorization type")
+            raise TokenRefused("BadJwt", "Unexpected authorization type")
         token = token.strip()
         if self.plc_url is None:
-            raise _Refused("BadJwt", "the stand-in was given no PLC directory to resolve issuers with")
+            raise TokenRefused("BadJwt", "the stand-in was given no PLC directory to resolve issuers with")
         # The SDK's resolver is synchronous (httpx): it runs in a thread, while
         # the reactor keeps serving the PLC directory it asks.  No cache: a
         # key is always the one the directory has now.
@@ -176,26 +181,26 @@ class StandInAppView:
         try:
             header = parse_jwt(token)[2]
         except TokenDecodeError as e:
-            raise _Refused("BadJwt", str(e)) from None
+            raise TokenRefused("BadJwt", str(e)) from None
         if header.get("typ") != "JWT" or header.get("alg") not in ("ES256K", "ES256"):
-            raise _Refused("BadJwtType", f"unexpected JWT header {header}")
+            raise TokenRefused("BadJwtType", f"unexpected JWT header {header}")
         try:
             payload = await deferToThread(
                 verify_jwt, token, resolver.resolve_atproto_key, self.did
             )
         except TokenExpiredSignatureError as e:
-            raise _Refused("JwtExpired", str(e)) from None
+            raise TokenRefused("JwtExpired", str(e)) from None
         except TokenInvalidAudienceError as e:
-            raise _Refused("BadJwtAudience", str(e)) from None
+            raise TokenRefused("BadJwtAudience", str(e)) from None
         except TokenInvalidSignatureError as e:
-            raise _Refused("BadJwtSignature", str(e)) from None
+            raise TokenRefused("BadJwtSignature", str(e)) from None
         except Exception as e:  # undecodable claims, an unresolvable issuer
-            raise _Refused("BadJwt", f"{type(e).__name__}: {e}") from None
+            raise TokenRefused("BadJwt", f"{type(e).__name__}: {e}") from None
         claims = payload.model_dump(exclude_none=True)
         if claims.get("exp") is None:
-            raise _Refused("BadJwt", "the token has no exp")
+            raise TokenRefused("BadJwt", "the token has no exp")
         if claims.get("lxm") != nsid:
-            raise _Refused("BadJwtLexiconMethod", f"lxm {claims.get('lxm')!r} is not {nsid!r}")
+            raise TokenRefused("BadJwtLexiconMethod", f"lxm {claims.get('lxm')!r} is not {nsid!r}")
         return claims
 
     def _record(self, request: Any) -> Received:
@@ -219,7 +224,7 @@ class StandInAppView:
     async def _serve(self, request: Any, seen: Received) -> None:
         try:
             seen.claims = await self.verify(seen.headers.get("authorization"), seen.nsid)
-        except _Refused as refused:
+        except TokenRefused as refused:
             seen.error = refused.name
             _send_json(request, 401, {"error": refused.name, "message": str(refused)})
             return
