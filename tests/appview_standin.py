@@ -72,6 +72,8 @@ class Received:
     claims: dict[str, Any] | None
     #: Why the token was refused (the error name answered), or None.
     error: str | None
+    #: The caller closed the connection before the answer was complete.
+    disconnected: bool = False
 
     @property
     def nsid(self) -> str | None:
@@ -93,7 +95,9 @@ class Route:
     chunks: Iterable[bytes] | None = None
 
 
-class _Refused(Exception):
+class TokenRefused(Exception):
+    """A request's token is not good for the stand-in; ``name`` is the error it answers."""
+
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
         self.name = name
@@ -102,16 +106,16 @@ class _Refused(Exception):
 class StandInAppView:
     """See the module docstring.  Build with :meth:`start`."""
 
-    def __init__(self, plc_url: str, reactor: Any = default_reactor) -> None:
+    def __init__(self, plc_url: str | None, reactor: Any = default_reactor) -> None:
+        #: The PLC directory the issuers' DID documents come from; may be set
+        #: after :meth:`start` (e.g. once a leafpds configured with this
+        #: stand-in's DID has started its embedded directory).
         self.plc_url = plc_url
         self.reactor = reactor
         self.received: list[Received] = []
         self.routes: dict[str, Route] = {}
         self.port: int = 0
         self._listening: IListeningPort | None = None
-        # The SDK's resolver is synchronous (httpx): it runs in a thread,
-        # while the reactor keeps serving the PLC directory it asks.
-        self._resolver = DidResolver(plc_url=plc_url, timeout=10)
 
     def use_plc(self, plc_url: str) -> None:
         """Resolve issuers' keys from this PLC directory (one that starts after the stand-in)."""
@@ -119,7 +123,7 @@ class StandInAppView:
         self._resolver = DidResolver(plc_url=plc_url, timeout=10)
 
     @classmethod
-    async def start(cls, plc_url: str, reactor: Any = default_reactor) -> "StandInAppView":
+    async def start(cls, plc_url: str | None = None, reactor: Any = default_reactor) -> "StandInAppView":
         """Listen on 127.0.0.1, on a port of the system's choosing."""
         standin = cls(plc_url, reactor)
         endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
@@ -163,39 +167,48 @@ class StandInAppView:
         self.routes[nsid] = Route(status, body, dict(headers or {}), delay, chunks)
 
     async def verify(self, authorization: str | None, nsid: str | None) -> dict[str, Any]:
-        """The claims of a valid service JWT for ``nsid``; :class:`_Refused` otherwise."""
+        """
+        The claims of the service JWT in ``authorization`` (the header's value)
+        if it is valid for a call of ``nsid``; :class:`TokenRefused` otherwise.
+        """
         if not authorization:
-            raise _Refused("AuthMissing", "Authentication Required")
+            raise TokenRefused("AuthMissing", "Authentication Required")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise _Refused("BadJwt", "Unexpected authorization type")
+            raise TokenRefused("BadJwt", "Unexpected authorization type")
         token = token.strip()
+        if self.plc_url is None:
+            raise TokenRefused("BadJwt", "the stand-in was given no PLC directory to resolve issuers with")
+        # The SDK's resolver is synchronous (httpx): it runs in a thread, while
+        # the reactor keeps serving the PLC directory it asks.  No cache: a
+        # key is always the one the directory has now.
+        resolver = DidResolver(plc_url=self.plc_url, timeout=10)
         try:
             header = parse_jwt(token)[2]
         except TokenDecodeError as e:
-            raise _Refused("BadJwt", str(e)) from None
+            raise TokenRefused("BadJwt", str(e)) from None
         if header.get("typ") != "JWT" or header.get("alg") not in ("ES256K", "ES256"):
-            raise _Refused("BadJwtType", f"unexpected JWT header {header}")
+            raise TokenRefused("BadJwtType", f"unexpected JWT header {header}")
         try:
             payload = await deferToThread(
-                verify_jwt, token, self._resolver.resolve_atproto_key, self.did
+                verify_jwt, token, resolver.resolve_atproto_key, self.did
             )
         except TokenExpiredSignatureError as e:
-            raise _Refused("JwtExpired", str(e)) from None
+            raise TokenRefused("JwtExpired", str(e)) from None
         except TokenInvalidAudienceError as e:
-            raise _Refused("BadJwtAudience", str(e)) from None
+            raise TokenRefused("BadJwtAudience", str(e)) from None
         except TokenInvalidSignatureError as e:
-            raise _Refused("BadJwtSignature", str(e)) from None
+            raise TokenRefused("BadJwtSignature", str(e)) from None
         except Exception as e:  # undecodable claims, an unresolvable issuer
-            raise _Refused("BadJwt", f"{type(e).__name__}: {e}") from None
+            raise TokenRefused("BadJwt", f"{type(e).__name__}: {e}") from None
         claims = payload.model_dump(exclude_none=True)
         if claims.get("exp") is None:
-            raise _Refused("BadJwt", "the token has no exp")
+            raise TokenRefused("BadJwt", "the token has no exp")
         if claims.get("lxm") != nsid:
-            raise _Refused("BadJwtLexiconMethod", f"lxm {claims.get('lxm')!r} is not {nsid!r}")
+            raise TokenRefused("BadJwtLexiconMethod", f"lxm {claims.get('lxm')!r} is not {nsid!r}")
         return claims
 
-    async def _serve(self, request: Any) -> None:
+    def _record(self, request: Any) -> Received:
         target = urlsplit(request.uri.decode("latin-1"))
         request.content.seek(0)
         seen = Received(
@@ -211,9 +224,12 @@ class StandInAppView:
             error=None,
         )
         self.received.append(seen)
+        return seen
+
+    async def _serve(self, request: Any, seen: Received) -> None:
         try:
             seen.claims = await self.verify(seen.headers.get("authorization"), seen.nsid)
-        except _Refused as refused:
+        except TokenRefused as refused:
             seen.error = refused.name
             _send_json(request, 401, {"error": refused.name, "message": str(refused)})
             return
@@ -272,9 +288,15 @@ class _Root(Resource):
         if request.path == b"/.well-known/did.json":
             _send_json(request, 200, self.standin.did_document())
             return NOT_DONE_YET
-        answer = ensureDeferred(self.standin._serve(request))
+        seen = self.standin._record(request)
+        answer = ensureDeferred(self.standin._serve(request, seen))
         finished = request.notifyFinish()
-        finished.addErrback(lambda _: answer.cancel())  # the caller went away
+
+        def gone(_: Failure) -> None:  # the caller went away
+            seen.disconnected = True
+            answer.cancel()
+
+        finished.addErrback(gone)
 
         def failed(failure: Failure) -> None:
             if finished.called:

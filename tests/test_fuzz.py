@@ -11,6 +11,7 @@ import random
 import jwt
 import pytest_twisted
 
+from leafpds.lexicon.schema import absolute_ref
 from leafpds.xrpc import auth as verifiers
 from leafpds.xrpc.registry import xrpc
 from tests.test_accounts import bearer, create
@@ -88,7 +89,12 @@ def _requests_for(rng: random.Random, lexicons, nsid: str, method, bad_auths: li
     params = (definition.get("parameters") or {}).get("properties", {})
     required = set((definition.get("parameters") or {}).get("required", []))
     input_schema = (definition.get("input") or {}).get("schema") or {}
-    properties = input_schema.get("properties", {})
+    # A property that refers to another definition gets a value of the wrong
+    # type for what it refers to (an empty list is right for a ref to an array).
+    properties = {
+        name: lexicons.get_def(absolute_ref(schema["ref"], nsid)) if schema.get("type") == "ref" else schema
+        for name, schema in input_schema.get("properties", {}).items()
+    }
     required_input = [n for n in input_schema.get("required", []) if _wrong_type(properties.get(n, {})) is not None]
     bad_params = {name: _definitely_bad(schema) for name, schema in params.items()}
     bad_params = {name: value for name, value in bad_params.items() if value is not None}

@@ -8,6 +8,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from leafpds.accounts.preferences import _age
+from leafpds.lexicon import validate_output
 from tests.harness import ServerProcess
 from tests.test_accounts import PASSWORD, assert_error, bearer, create
 from tests.test_service_auth import _app_password_session
@@ -43,6 +44,7 @@ def declared(age13: bool, age16: bool, age18: bool) -> dict:
 async def prefs_of(pds, headers) -> list:
     answer = await pds.get(GET, headers=headers)
     assert answer.code == 200, answer.body
+    validate_output(pds.service.app.lexicons, GET, answer.json())
     return answer.json()["preferences"]
 
 

@@ -11,7 +11,8 @@ import pytest
 import pytest_twisted
 import treq
 from atproto_crypto.verify import verify_signature as sdk_verify_signature
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 
 from leafpds import crypto
 from leafpds.accounts.service_auth import (
@@ -23,7 +24,8 @@ from leafpds.accounts.service_auth import (
 )
 from leafpds.accounts.sessions import ACCESS, APP_PASS, APP_PASS_PRIVILEGED, AccessCredentials
 from leafpds.errors import InvalidToken
-from tests.test_accounts import PASSWORD, assert_error, bearer, create
+from tests.appview_standin import StandInAppView
+from tests.test_accounts import assert_error, bearer, create
 
 TIMELINE = "app.bsky.feed.getTimeline"
 
@@ -276,8 +278,6 @@ async def test_app_passwords_get_no_tokens_for_privileged_methods(pds, appview):
 
 @pytest_twisted.ensureDeferred
 async def test_the_standin_answers_slowly_streamed_and_with_errors(pds, appview):
-    from twisted.internet import reactor
-
     did, full = await _signed_in(pds)
     chunks = [bytes([i]) * 65536 for i in range(32)]  # 2 MiB
     appview.route(TIMELINE, chunks=iter(chunks), headers={"content-type": "application/octet-stream"})
@@ -292,3 +292,30 @@ async def test_the_standin_answers_slowly_streamed_and_with_errors(pds, appview)
     code, answer = await _call(appview, TIMELINE, await _service_token(pds, full, aud=appview.did, lxm=TIMELINE))
     assert (code, answer) == (500, {"error": "Boom", "message": "it broke"})
     assert reactor.seconds() - started >= 0.3
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_standin_sees_a_caller_go_away_and_may_learn_its_plc_late(pds):
+    # Started before the directory is known (a leafpds may need the
+    # stand-in's DID in its settings first): tokens are refused until it is.
+    appview = await StandInAppView.start()
+    try:
+        did, full = await _signed_in(pds)
+        token = await _service_token(pds, full, aud=appview.did, lxm=TIMELINE)
+        assert await _call(appview, TIMELINE, token) == (
+            401, {"error": "BadJwt", "message": "the stand-in was given no PLC directory to resolve issuers with"},
+        )
+        appview.plc_url = pds.service.app.plc.base_url
+        assert (await _call(appview, TIMELINE, token))[0] == 200
+
+        appview.route(TIMELINE, delay=30)
+        with pytest.raises(Exception):
+            await treq.get(f"{appview.url}/xrpc/{TIMELINE}", headers={"Authorization": f"Bearer {token}"}, timeout=0.5)
+        seen = appview.received[-1]
+        for _ in range(100):  # the server notices the closed connection a moment later
+            if seen.disconnected:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        assert seen.claims["iss"] == did and seen.disconnected
+    finally:
+        await appview.stop()
