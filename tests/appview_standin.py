@@ -93,6 +93,11 @@ class Route:
     #: If set, the body is these chunks, written one reactor turn apart
     #: (a streamed answer, no content-length); ``body`` is then ignored.
     chunks: Iterable[bytes] | None = None
+    #: The audience and method the token must name, if not this stand-in's
+    #: DID and the called NSID (an AppView's getFeed takes a token for the
+    #: feed generator, bound to getFeedSkeleton, to pass on).
+    aud: str | None = None
+    lxm: str | None = None
 
 
 class TokenRefused(Exception):
@@ -116,11 +121,6 @@ class StandInAppView:
         self.routes: dict[str, Route] = {}
         self.port: int = 0
         self._listening: IListeningPort | None = None
-
-    def use_plc(self, plc_url: str) -> None:
-        """Resolve issuers' keys from this PLC directory (one that starts after the stand-in)."""
-        self.plc_url = plc_url
-        self._resolver = DidResolver(plc_url=plc_url, timeout=10)
 
     @classmethod
     async def start(cls, plc_url: str | None = None, reactor: Any = default_reactor) -> "StandInAppView":
@@ -162,11 +162,15 @@ class StandInAppView:
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
         chunks: Iterable[bytes] | None = None,
+        aud: str | None = None,
+        lxm: str | None = None,
     ) -> None:
         """Answer verified calls of ``nsid`` this way from now on (see :class:`Route`)."""
-        self.routes[nsid] = Route(status, body, dict(headers or {}), delay, chunks)
+        self.routes[nsid] = Route(status, body, dict(headers or {}), delay, chunks, aud, lxm)
 
-    async def verify(self, authorization: str | None, nsid: str | None) -> dict[str, Any]:
+    async def verify(
+        self, authorization: str | None, nsid: str | None, aud: str | None = None, lxm: str | None = None
+    ) -> dict[str, Any]:
         """
         The claims of the service JWT in ``authorization`` (the header's value)
         if it is valid for a call of ``nsid``; :class:`TokenRefused` otherwise.
@@ -191,7 +195,7 @@ class StandInAppView:
             raise TokenRefused("BadJwtType", f"unexpected JWT header {header}")
         try:
             payload = await deferToThread(
-                verify_jwt, token, resolver.resolve_atproto_key, self.did
+                verify_jwt, token, resolver.resolve_atproto_key, aud or self.did
             )
         except TokenExpiredSignatureError as e:
             raise TokenRefused("JwtExpired", str(e)) from None
@@ -204,8 +208,8 @@ class StandInAppView:
         claims = payload.model_dump(exclude_none=True)
         if claims.get("exp") is None:
             raise TokenRefused("BadJwt", "the token has no exp")
-        if claims.get("lxm") != nsid:
-            raise TokenRefused("BadJwtLexiconMethod", f"lxm {claims.get('lxm')!r} is not {nsid!r}")
+        if claims.get("lxm") != (lxm or nsid):
+            raise TokenRefused("BadJwtLexiconMethod", f"lxm {claims.get('lxm')!r} is not {lxm or nsid!r}")
         return claims
 
     def _record(self, request: Any) -> Received:
@@ -228,7 +232,8 @@ class StandInAppView:
 
     async def _serve(self, request: Any, seen: Received) -> None:
         try:
-            seen.claims = await self.verify(seen.headers.get("authorization"), seen.nsid)
+            route = self.routes.get(seen.nsid or "", Route())
+            seen.claims = await self.verify(seen.headers.get("authorization"), seen.nsid, route.aud, route.lxm)
         except TokenRefused as refused:
             seen.error = refused.name
             _send_json(request, 401, {"error": refused.name, "message": str(refused)})

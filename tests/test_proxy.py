@@ -14,13 +14,14 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
 from twisted.web.client import ResponseFailed
 
 from leafpds import crypto
 from leafpds.identity import plc
 from tests.appview_standin import StandInAppView
 from tests.harness import make_settings, start_pds
-from tests.test_accounts import bearer, create
+from tests.test_accounts import PASSWORD, bearer, create
 
 TIMELINE = "app.bsky.feed.getTimeline"
 PROFILE = "app.bsky.actor.getProfile"
@@ -32,8 +33,8 @@ REPORT = "com.atproto.moderation.createReport"
 @pytest_twisted.async_yield_fixture
 async def services(tmp_path):
     """(pds, appview, reports): a leafpds whose AppView and report service are stand-ins."""
-    appview = await StandInAppView.start("http://unset")
-    reports = await StandInAppView.start("http://unset")
+    appview = await StandInAppView.start()
+    reports = await StandInAppView.start()
     pds = await start_pds(make_settings(
         tmp_path / "data",
         appview_url=appview.url, appview_did=appview.did,
@@ -41,7 +42,7 @@ async def services(tmp_path):
         allow_private_services=True,
     ))
     for standin in (appview, reports):
-        standin.use_plc(pds.service.app.plc.base_url)
+        standin.plc_url = pds.service.app.plc.base_url
     yield pds, appview, reports
     await pds.service.stopService()
     await appview.stop()
@@ -158,6 +159,32 @@ async def test_a_large_answer_streams_through_whole(services):
     assert response.code == 200
     received = await response.content()
     assert received == b"".join(chunks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_feed_asks_the_appview_for_the_generator_then_passes_a_token_for_it(services):
+    pds, appview, _ = services
+    did, auth = await signed_in(pds)
+    feed = "at://did:plc:abcdefghijklmnopqrstuvwx/app.bsky.feed.generator/hot"
+    generator = "did:web:feeds.example.com"
+    appview.route("app.bsky.feed.getFeedGenerator", body={"view": {"did": generator, "uri": feed}})
+    appview.route("app.bsky.feed.getFeed", body={"feed": [{"post": "at://x"}]}, aud=generator,
+                  lxm="app.bsky.feed.getFeedSkeleton")
+    answer = await pds.get("app.bsky.feed.getFeed", {"feed": feed, "limit": "10"}, headers=auth)
+    assert answer.code == 200, [(r.nsid, r.error, r.headers.get("authorization")) for r in appview.received]
+    assert answer.json() == {"feed": [{"post": "at://x"}]}
+    lookup, call = appview.received
+    assert lookup.nsid == "app.bsky.feed.getFeedGenerator" and lookup.query == {"feed": [feed]}
+    assert lookup.claims["aud"] == appview.did
+    assert call.nsid == "app.bsky.feed.getFeed" and call.query == {"feed": [feed], "limit": ["10"]}
+    assert call.claims["aud"] == generator and call.claims["lxm"] == "app.bsky.feed.getFeedSkeleton"
+    assert call.claims["iss"] == did
+
+    # The AppView does not know the feed: its error, and no second call.
+    appview.route("app.bsky.feed.getFeedGenerator", status=400, body={"error": "InvalidRequest", "message": "could not find feed"})
+    answer = await pds.get("app.bsky.feed.getFeed", {"feed": feed}, headers=auth)
+    assert (answer.code, answer.json()) == (400, {"error": "InvalidRequest", "message": "could not find feed"})
+    assert len(appview.received) == 3
 
 
 # Refusals: nothing is forwarded.
@@ -306,12 +333,12 @@ async def listen_stalling():
 
 @pytest_twisted.ensureDeferred
 async def test_private_targets_named_by_a_header_are_refused(tmp_path):
-    appview = await StandInAppView.start("http://unset")
+    appview = await StandInAppView.start()
     pds = await start_pds(make_settings(
         tmp_path / "data", appview_url=appview.url, appview_did=appview.did,
     ))
     try:
-        appview.use_plc(pds.service.app.plc.base_url)
+        appview.plc_url = pds.service.app.plc.base_url
         _, auth = await signed_in(pds)
         # A did:web on loopback: its document is not even fetched.
         answer = await pds.get(TIMELINE, headers={**auth, "atproto-proxy": f"{appview.did}#bsky_chat"})
@@ -337,3 +364,42 @@ async def test_private_targets_named_by_a_header_are_refused(tmp_path):
     finally:
         await pds.service.stopService()
         await appview.stop()
+
+
+# A third-party client.
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_python_sdk_client_lives_on_leafpds(services):
+    from atproto import Client
+
+    pds, appview, _ = services
+    did, _auth = await signed_in(pds)
+    profile = {"did": did, "handle": "alice.test", "displayName": "Alice", "followersCount": 3}
+    appview.route("app.bsky.actor.getProfile", body=profile)
+    post = {
+        "post": {
+            "uri": f"at://{did}/app.bsky.feed.post/3kabc", "cid": "bafyreib2rxk3rh6kzwq",
+            "author": {"did": did, "handle": "alice.test"},
+            "record": {"$type": "app.bsky.feed.post", "text": "hello", "createdAt": "2024-01-01T00:00:00.000Z"},
+            "indexedAt": "2024-01-01T00:00:00.000Z",
+        }
+    }
+    appview.route(TIMELINE, body={"feed": [post], "cursor": "next"})
+
+    def session():
+        client = Client(base_url=pds.url)
+        me = client.login("alice.test", PASSWORD)  # fetches the profile through the proxy
+        timeline = client.get_timeline(limit=1)
+        client.app.bsky.actor.put_preferences(
+            {"preferences": [{"$type": "app.bsky.actor.defs#adultContentPref", "enabled": False}]}
+        )
+        preferences = client.app.bsky.actor.get_preferences()
+        return me, timeline, preferences
+
+    me, timeline, preferences = await deferToThread(session)
+    assert me.display_name == "Alice" and me.followers_count == 3
+    assert timeline.cursor == "next" and timeline.feed[0].post.record.text == "hello"
+    assert [p.py_type for p in preferences.preferences] == ["app.bsky.actor.defs#adultContentPref"]
+    assert [seen.nsid for seen in appview.received] == ["app.bsky.actor.getProfile", TIMELINE]
+    assert all(seen.claims["iss"] == did for seen in appview.received)
