@@ -128,14 +128,14 @@ def in_threads(count: int, target) -> None:
         thread.join()
 
 
-def start_server() -> tuple[subprocess.Popen, int, Connection]:
-    """A leafpds process in a fresh data folder; returns it, its port and a connection to it."""
+def start_server(*options: str) -> tuple[subprocess.Popen, int, Connection]:
+    """A leafpds process (with ``options``) in a fresh data folder; returns it, its port and a connection to it."""
     port, plc_port = free_port(), free_port()
     data = Path(tempfile.mkdtemp(prefix="leafpds-bench-"))
     server = subprocess.Popen(
         [sys.executable, "-m", "twisted", "--log-file", str(data / "server.log"), "leafpds",
          "--listen", f"tcp:{port}:interface=127.0.0.1", "--plc-listen", f"tcp:{plc_port}:interface=127.0.0.1",
-         "--data-dir", str(data / "data"), "--no-rate-limits"],
+         "--data-dir", str(data / "data"), "--no-rate-limits", *options],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     for _ in range(200):
