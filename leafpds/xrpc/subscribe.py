@@ -18,6 +18,7 @@ from leafpds.lexicon import Lexicons, ValidationError, validate_params
 from leafpds.repo import events
 from leafpds.sequencer.fanout import Sequencer
 from leafpds.sequencer.outbox import CLOSE_POLICY, Outbox
+from leafpds.web import incoming
 
 NSID = "com.atproto.sync.subscribeRepos"
 
@@ -92,11 +93,13 @@ class FirehoseFactory(WebSocketServerFactory):
                 name="InvalidRequest",
                 status=405,
             )
-        if (request.getHeader("upgrade") or "").strip().lower() != "websocket":
+        if (incoming.header(request, "upgrade") or "").strip().lower() != "websocket":
             request.setHeader("upgrade", "websocket")
             raise XRPCError(
                 f"{NSID} is a subscription: connect with a WebSocket client",
                 name="InvalidRequest",
                 status=426,
             )
+        # Autobahn would read bytes that are not UTF-8 as U+FFFD.
+        incoming.query_args(request)
         return self.resource

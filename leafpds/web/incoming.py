@@ -1,0 +1,106 @@
+"""
+What a client sent, read as text: header values, cookies, the query string
+and the path.
+
+Twisted keeps them as the bytes that arrived, and ``Request.getHeader`` with
+a ``str`` name decodes the value as UTF-8, so a hostile client's bytes
+(``Authorization: Bearer caf\\xe9\\xff``) raise ``UnicodeDecodeError`` deep
+in a handler: a 500.  Everything leafpds reads goes through here instead,
+and the only thing raised is the :class:`XRPCError` the reference PDS gives
+for a malformed value of that kind: XRPC answers it as usual (4xx), pages
+render it (:func:`leafpds.web.layout.failure_page`).
+"""
+
+import re
+from urllib.parse import unquote_to_bytes
+
+from twisted.web.iweb import IRequest
+
+from leafpds.errors import InvalidRequest, InvalidToken, XRPCError
+
+# Control characters (HTAB aside) have no place in a header value (RFC 9110
+# section 5.5); Node's parser, in front of the reference PDS, refuses them.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Credentials (JWTs, base64, DPoP proofs) are printable ASCII and spaces.
+_CREDENTIAL = re.compile(rb"[\x20-\x7e\t]*")
+
+
+def _malformed_credential(name: str) -> XRPCError:
+    # As the reference answers any Authorization it cannot parse.
+    return InvalidToken(f"Malformed {name} header")
+
+
+def _malformed_dpop(name: str) -> XRPCError:
+    # As the reference answers a DPoP proof it cannot parse (REFERENCE-NOTES).
+    return XRPCError("Invalid DPoP proof", name="invalid_dpop_proof", status=401)
+
+
+# Headers whose value must be ASCII, and the error a value that is not gets.
+CREDENTIALS = {"authorization": _malformed_credential, "dpop": _malformed_dpop}
+
+
+def header(request: IRequest, name: str) -> str | None:
+    """
+    The (last) value of header ``name`` (lower-case), or ``None`` if absent.
+
+    Raises the header's own error (:data:`CREDENTIALS`) when a credential is
+    not printable ASCII, and ``InvalidRequest`` when any other value is not
+    UTF-8 or holds control characters.
+    """
+    values = request.requestHeaders.getRawHeaders(name.encode("ascii"))
+    if not values:
+        return None
+    raw = values[-1]
+    malformed = CREDENTIALS.get(name)
+    if malformed is not None:
+        if _CREDENTIAL.fullmatch(raw) is None:
+            raise malformed(name)
+        return raw.decode("ascii")
+    if _CONTROL.search(raw) is None:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    raise InvalidRequest(f"Invalid {name} header")
+
+
+def cookie(request: IRequest, name: bytes) -> str | None:
+    """
+    The value of one of leafpds's own cookies, or ``None``.  They hold
+    printable ASCII only; a value that is not is treated as no cookie, so a
+    browser with a garbled one can still sign in again.
+    """
+    value = request.getCookie(name)
+    if not value or _CREDENTIAL.fullmatch(value) is None:
+        return None
+    return value.decode("ascii")
+
+
+def query_args(request: IRequest) -> dict[str, list[str]]:
+    """The query string's parameters; ``InvalidRequest`` if one is not UTF-8."""
+    try:
+        return {
+            key.decode("utf-8"): [v.decode("utf-8") for v in values]
+            for key, values in request.args.items()
+        }
+    except UnicodeDecodeError:
+        raise InvalidRequest("Query parameters must be UTF-8") from None
+
+
+def query_arg(request: IRequest, name: str) -> str:
+    """The first value of query parameter ``name``, or ``""``."""
+    values = query_args(request).get(name)
+    return values[0] if values else ""
+
+
+def check_url(request: IRequest) -> None:
+    """
+    ``InvalidRequest`` unless the path (percent-decoded, as routing reads it)
+    and the Host header are UTF-8: Klein's routing would otherwise answer a
+    plain-text 400 of its own and log a traceback.
+    """
+    try:
+        unquote_to_bytes(request.path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The path must be UTF-8") from None
+    header(request, "host")
