@@ -19,6 +19,7 @@ from leafpds.repo import events
 from leafpds.sequencer.fanout import Sequencer
 from leafpds.sequencer.outbox import CLOSE_POLICY, Outbox
 from leafpds.web import incoming
+from leafpds.xrpc.site import raw_answer
 
 NSID = "com.atproto.sync.subscribeRepos"
 
@@ -37,6 +38,13 @@ class FirehoseProtocol(WebSocketServerProtocol):
     factory: "FirehoseFactory"
     outbox: Outbox | None = None
     _query: dict[str, list[str]]
+
+    def sendHttpErrorResponse(
+        self, code: int, reason: str, responseHeaders: list[tuple[str, str]] | None = None
+    ) -> None:
+        # A handshake Autobahn refuses (its failHandshake) is answered like
+        # every other XRPC error, not with the reason in the status line.
+        self.sendData(raw_answer(XRPCError(reason, name="InvalidRequest", status=code), responseHeaders or ()))
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self._query = request.params
