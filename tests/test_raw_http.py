@@ -5,28 +5,30 @@ header leafpds reads, in the path and in the query, for every XRPC method,
 the pages and the firehose upgrade.  Each answer must be a 4xx with an XRPC
 error name (or the page's error page), nothing may change, nothing may be
 logged as a failure, and the server must stay healthy.  Then the
-connection-level defence: the idle timeout.
+connection-level defences: the idle timeout and the open-file limit.
 """
 
 import base64
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from leafpds.xrpc import auth as verifiers
 from leafpds.xrpc.registry import xrpc
 from leafpds.xrpc.site import IDLE_TIMEOUT
-from tests.harness import make_settings, start_pds
+from tests.harness import ServerProcess, make_settings, start_pds
 from tests.test_accounts import create
 from tests.test_fuzz import snapshot
 
@@ -271,3 +273,19 @@ async def test_a_half_open_request_is_dropped_on_a_real_socket(pds):
         site.timeOut = IDLE_TIMEOUT
     assert received == b""  # dropped, never answered
     assert (await pds.get("_health")).code == 200
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc/<pid>/limits")
+@pytest_twisted.ensureDeferred
+async def test_twistd_raises_its_open_file_limit_to_the_hard_limit(tmp_path):
+    server = ServerProcess(tmp_path / "data", soft_open_files=256)
+    await server.start()
+    try:
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+    finally:
+        server.kill()
+    [soft, hard] = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3:5]
+    assert soft == hard and int(soft) > 256
+    # twistd logs JSON events, one per record.
+    events = [json.loads(record) for record in (tmp_path / "server.log").read_text().split("\x1e") if record.strip()]
+    assert [e["limit"] for e in events if e.get("log_format", "").startswith("Open files")] == [int(soft)]
