@@ -289,3 +289,17 @@ async def test_twistd_raises_its_open_file_limit_to_the_hard_limit(tmp_path):
     # twistd logs JSON events, one per record.
     events = [json.loads(record) for record in (tmp_path / "server.log").read_text().split("\x1e") if record.strip()]
     assert [e["limit"] for e in events if e.get("log_format", "").startswith("Open files")] == [int(soft)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_bytes_in_headers_only_the_access_log_reads(pds):
+    """user-agent and referer go into the access log as escaped bytes; the request is served."""
+    port = pds.service.port.getHost().port
+    with capturedLogs() as events:
+        for value in HOSTILE:
+            answer = await send_raw(port, http_request(b"GET", b"/xrpc/_health", {b"user-agent": value, b"referer": value}))
+            assert answer.code == 200
+        pds.service.site.flush_access_log()
+    [lines] = [e["requests"].split("\n") for e in events if e.get("log_namespace") == "leafpds.access"]
+    assert len(lines) == len(HOSTILE) and '"caf\\xe9" "caf\\xe9"' in lines[0]
+    assert [e for e in events if e.get("log_failure") is not None] == []
