@@ -12,6 +12,7 @@ render it (:func:`leafpds.web.layout.failure_page`).
 """
 
 import re
+from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
@@ -19,29 +20,23 @@ from twisted.web.iweb import IRequest
 from leafpds.errors import InvalidRequest, InvalidToken, XRPCError
 
 # Control characters (HTAB aside) have no place in a header value (RFC 9110
-# section 5.5); Node's parser, in front of the reference PDS, refuses them.
+# section 5.5); Twisted itself refuses only NUL, CR and LF.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Credentials (JWTs, base64, DPoP proofs) are printable ASCII and spaces.
 _CREDENTIAL = re.compile(rb"[\x20-\x7e\t]*")
 
-
-def _malformed_credential(name: str) -> XRPCError:
-    # As the reference answers any Authorization it cannot parse.
-    return InvalidToken(f"Malformed {name} header")
-
-
-def _malformed_dpop(name: str) -> XRPCError:
-    # As the reference answers a DPoP proof it cannot parse (REFERENCE-NOTES).
-    return XRPCError("Invalid DPoP proof", name="invalid_dpop_proof", status=401)
-
-
-# Headers whose value must be ASCII, and the error a value that is not gets.
-CREDENTIALS = {"authorization": _malformed_credential, "dpop": _malformed_dpop}
+# Headers whose value must be printable ASCII, and the error a value that is not gets.
+CREDENTIALS: dict[str, Callable[[], XRPCError]] = {
+    # As the reference answers an Authorization header or token it cannot parse.
+    "authorization": lambda: InvalidToken("Malformed authorization header"),
+    # As it answers a DPoP proof it cannot parse (REFERENCE-NOTES.md).
+    "dpop": lambda: XRPCError("Invalid DPoP proof", name="invalid_dpop_proof", status=401),
+}
 
 
 def header(request: IRequest, name: str) -> str | None:
     """
-    The (last) value of header ``name`` (lower-case), or ``None`` if absent.
+    The (last) value of header ``name``, or ``None`` if absent.
 
     Raises the header's own error (:data:`CREDENTIALS`) when a credential is
     not printable ASCII, and ``InvalidRequest`` when any other value is not
@@ -51,10 +46,10 @@ def header(request: IRequest, name: str) -> str | None:
     if not values:
         return None
     raw = values[-1]
-    malformed = CREDENTIALS.get(name)
+    malformed = CREDENTIALS.get(name.lower())
     if malformed is not None:
         if _CREDENTIAL.fullmatch(raw) is None:
-            raise malformed(name)
+            raise malformed()
         return raw.decode("ascii")
     if _CONTROL.search(raw) is None:
         try:
