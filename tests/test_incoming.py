@@ -4,6 +4,9 @@ through as text, malformed ones raise the XRPC error of their kind, and
 nothing else is ever raised.
 """
 
+import re
+from pathlib import Path
+
 import pytest
 from twisted.web.http import Request
 from twisted.web.test.requesthelper import DummyChannel
@@ -79,3 +82,17 @@ def test_the_path_and_host_must_be_utf8():
             incoming.check_url(_request([(b"host", b"pds.example")], path=path))
     with pytest.raises(InvalidRequest, match="Invalid host header"):
         incoming.check_url(_request([(b"host", b"caf\xe9")]))
+
+
+def test_nothing_else_reads_what_a_client_sent():
+    """Headers, cookies and the query are read through incoming only (Twisted's own readers decode or raise)."""
+    package = Path(__file__).resolve().parents[1] / "leafpds"
+    readers = re.compile(r"\.getHeader\(|\.getCookie\(|\.getAllHeaders\(|\brequest\.args[.\[]|\.getUser\(|\.getPassword\(")
+    found = [
+        f"{path.relative_to(package)}:{number}"
+        for path in package.rglob("*.py")
+        if path.name != "incoming.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if readers.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert found == []

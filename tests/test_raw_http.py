@@ -238,11 +238,9 @@ async def test_a_garbled_cookie_is_no_cookie(pds):
         assert answer.code == 404  # no provider configured: the page's own answer, not a 500
 
 
-def test_the_site_drops_a_half_open_request_after_the_idle_timeout(tmp_path):
+def test_the_site_drops_a_half_open_request_after_the_idle_timeout(pds):
     """The production site's channel, on a clock: 60 s of silence mid-request closes the connection."""
-    from leafpds.service import LeafPDSService, open_app
-
-    site = LeafPDSService(open_app(make_settings(tmp_path / "data"), {}, reactor)).site
+    site = pds.service.site
     assert site.timeOut == IDLE_TIMEOUT == 60
     clock = Clock()
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))
