@@ -97,6 +97,29 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     return app
 
 
+def raise_open_file_limit() -> None:
+    """
+    Raise this process's soft limit on open files to its hard limit, and log
+    the number.  Every relay, app and firehose subscriber holds a connection
+    (a file descriptor), and the common soft default of 1,024 runs out long
+    before the machine does.
+    """
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: no such limits
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            # An unlimited hard limit may exceed what the kernel allows.
+            log.warn("Cannot raise the open-file limit to {hard}: {error}", hard=hard, error=str(e))
+    shown = "unlimited" if soft == resource.RLIM_INFINITY else soft
+    log.info("Open files: up to {limit} at once", limit=shown)
+
+
 def _limiter(settings: Settings, spec: str, reactor: Any) -> RateLimiter:
     if not settings.rate_limits:
         return RateLimiter([], reactor.seconds)

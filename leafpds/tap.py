@@ -7,7 +7,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from leafpds.config import FLAGS, OPTIONS, ConfigError, Settings, env_name, resolve
-from leafpds.service import LeafPDSService, open_app
+from leafpds.service import LeafPDSService, open_app, raise_open_file_limit
 
 
 def _describe(name: str, default: str | None, text: str) -> str:
@@ -44,6 +44,9 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    # The process is twistd's: its limits are ours to set (an embedding
+    # application decides its own).
+    raise_open_file_limit()
     service = LeafPDSService(open_app(options.settings, os.environ, reactor))
     # What start-up built (modules, lexicons, the app) lives as long as the
     # process: keep the cyclic garbage collector from walking it again and

@@ -87,11 +87,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``twistd leafpds`` as its own process (with ``options`` added)."""
+    """
+    ``twistd leafpds`` as its own process (with ``options`` added), started
+    with its soft limit on open files lowered to ``soft_open_files`` if given.
+    """
 
-    def __init__(self, data_dir: Path, *options: str) -> None:
+    def __init__(self, data_dir: Path, *options: str, soft_open_files: int | None = None) -> None:
         self.data_dir = data_dir
         self.options = options
+        self.soft_open_files = soft_open_files
         self.port = free_port()
         self.plc_port = free_port()
         self.process: subprocess.Popen | None = None
@@ -102,8 +106,11 @@ class ServerProcess:
 
     async def start(self) -> None:
         self._log = open(self.data_dir.parent / "server.log", "ab")
+        # A shell sets the limit, then becomes twistd (the same pid).
+        limited = ["/bin/sh", "-c", f'ulimit -S -n {self.soft_open_files} && exec "$@"', "sh"]
         self.process = subprocess.Popen(
             [
+                *(limited if self.soft_open_files else []),
                 sys.executable, "-m", "twisted", "leafpds",
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--plc-listen", f"tcp:{self.plc_port}:interface=127.0.0.1",

@@ -27,6 +27,23 @@ BAD_STRINGS = [
 BAD_VALUES = [None, True, -1, 2**70, 1.5, [], {}, [1, 2], {"$link": "nope"}, {"$bytes": "***"}]
 
 
+async def snapshot(pds, did: str) -> tuple:
+    """What a refused request must leave as it was: the repo, and the rows of every kind of state."""
+    latest = (await pds.get("com.atproto.sync.getLatestCommit", {"did": did})).json()
+    records = (await pds.get("com.atproto.repo.listRecords", {"repo": did, "collection": "app.bsky.feed.post"})).json()
+
+    def count(conn):
+        return [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in STATE_TABLES]
+
+    return latest, records, await pds.service.app.db.read(count)
+
+
+STATE_TABLES = (
+    "accounts", "records", "blocks", "fresh_blocks", "repo_seq", "app_passwords", "invite_codes",
+    "refresh_tokens", "revoked_sessions", "blobs",
+)
+
+
 def _deep(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -162,17 +179,7 @@ async def test_malformed_requests_are_refused_cleanly(pds):
         headers=victim_auth,
     )
 
-    async def snapshot():
-        latest = (await pds.get("com.atproto.sync.getLatestCommit", {"did": did})).json()
-        records = (await pds.get("com.atproto.repo.listRecords", {"repo": did, "collection": "app.bsky.feed.post"})).json()
-
-        def count(conn):
-            return [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                    for t in ("accounts", "records", "blocks", "repo_seq", "app_passwords")]
-
-        return latest, records, await pds.service.app.db.read(count)
-
-    before = await snapshot()
+    before = await snapshot(pds, did)
     rng = random.Random(SEED)
     random.seed(SEED)
     bad_auths = [{}] + [
@@ -204,4 +211,4 @@ async def test_malformed_requests_are_refused_cleanly(pds):
             failures.append((problem, verb, nsid, params, body[:200] if body else None, answer.code, text[:300]))
     assert failures == [], failures[:10]
     assert (await pds.get("_health")).code == 200
-    assert await snapshot() == before
+    assert await snapshot(pds, did) == before

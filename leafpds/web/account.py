@@ -30,13 +30,12 @@ from leafpds.accounts.oauth import PendingLogin, PKCE
 from leafpds.accounts.sessions import ACCESS, AccessCredentials
 from leafpds.app import AppContext
 from leafpds.errors import XRPCError
-from leafpds.web import browser
+from leafpds.web import browser, incoming
 from leafpds.web.auth import ACCOUNT_PAGE, AuthPages
 from leafpds.web.layout import (
     escape,
     failure_page,
     form_fields,
-    query_arg,
     same_secret,
     send_page,
     send_redirect,
@@ -155,7 +154,7 @@ class AccountPages:
         except XRPCError:
             browser.forget(request, self.ctx)
             return self._sign_in_page(request)
-        done = _DONE.get(query_arg(request, "done"), "")
+        done = _DONE.get(incoming.query_arg(request, "done"), "")
         notice = f"<p role=status>{escape(done)}</p>" if done else ""
         content = (
             f"{notice}<dl><dt>Handle</dt><dd><code>@{escape(account.handle)}</code></dd>"

@@ -47,12 +47,11 @@ from leafpds.accounts.oauth import (
 from leafpds.app import AppContext
 from leafpds.errors import XRPCError
 from leafpds.identity.handles import validate_new_handle
-from leafpds.web import browser
+from leafpds.web import browser, incoming
 from leafpds.web.layout import (
     escape,
     failure_page,
     form_fields,
-    query_arg,
     same_secret,
     send_json,
     send_page,
@@ -123,8 +122,7 @@ class AuthPages:
         return f"{self.ctx.public_url}/auth/{provider}/callback"
 
     def _browser(self, request: IRequest) -> str:
-        value = request.getCookie(COOKIE)
-        return value.decode("ascii", "replace") if value else ""
+        return incoming.cookie(request, COOKIE) or ""
 
     # -- the flow --------------------------------------------------------------
 
@@ -155,17 +153,17 @@ class AuthPages:
         """Sign in and go back to an app (``redirect_uri``), or with none, to the account page."""
         if provider not in self.providers:
             return self.error_page(request, "This server does not offer that sign-in.", 404)
-        redirect_uri = query_arg(request, "redirect_uri")
+        redirect_uri = incoming.query_arg(request, "redirect_uri")
         if redirect_uri and redirect_uri not in self.ctx.settings.app_redirect_uris:
             return self.error_page(request, "The app asked to be sent back to an address this server does not allow.")
         pending = PendingLogin(
-            provider, PKCE.generate(), secrets.token_urlsafe(24), redirect_uri, query_arg(request, "state")
+            provider, PKCE.generate(), secrets.token_urlsafe(24), redirect_uri, incoming.query_arg(request, "state")
         )
         return await self.begin(request, pending)
 
     @app.route("/<provider>/callback", methods=["GET"])
     async def callback(self, request: IRequest, provider: str) -> bytes:
-        state = query_arg(request, "state")
+        state = incoming.query_arg(request, "state")
         browser_id, pending = self.pending.take(state) or ("", None)
         if (
             pending is None
@@ -173,13 +171,13 @@ class AuthPages:
             or not same_secret(browser_id, self._browser(request))
         ):
             return self.error_page(request, "This sign-in has expired or was already used. Please start again.")
-        if query_arg(request, "error") or not query_arg(request, "code"):
+        if incoming.query_arg(request, "error") or not incoming.query_arg(request, "code"):
             if not pending.redirect_uri:
                 return self.error_page(request, "The sign-in was cancelled.")
             return self._back_to_app(request, pending.redirect_uri, pending.app_state, error="access_denied")
         try:
             identity = await self.providers[provider].identify(
-                query_arg(request, "code"), self._callback_url(provider), pending
+                incoming.query_arg(request, "code"), self._callback_url(provider), pending
             )
         except OAuthError as e:
             log.warn("Sign-in with {provider} failed: {error}", provider=provider, error=str(e))
@@ -258,7 +256,7 @@ class AuthPages:
     @app.route("/handle", methods=["GET"])
     async def handle_available(self, request: IRequest) -> bytes:
         """``{handle, available, message}`` for the chooser's live check."""
-        handle = self._full_handle(query_arg(request, "handle"))
+        handle = self._full_handle(incoming.query_arg(request, "handle"))
         try:
             handle = validate_new_handle(handle, self.ctx.accounts.handle_domains)
             available = await self.ctx.accounts.did_for_handle(handle) is None

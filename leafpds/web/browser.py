@@ -14,6 +14,7 @@ from leafpds.accounts.accounts import SignedIn
 from leafpds.accounts.sessions import ACCESS, ACCESS_LIFETIME, AccessCredentials
 from leafpds.app import AppContext
 from leafpds.errors import XRPCError
+from leafpds.web import incoming
 
 COOKIE = b"leafpds_account"
 PATH = b"/account/"
@@ -30,11 +31,11 @@ def forget(request: IRequest, ctx: AppContext) -> None:
 
 def signed_in(request: IRequest, ctx: AppContext) -> AccessCredentials | None:
     """The session this browser is signed in with, if it is current and full."""
-    token = request.getCookie(COOKIE)
+    token = incoming.cookie(request, COOKIE)
     if not token:
         return None
     try:
-        credentials = ctx.tokens.verify_access(token.decode("ascii", "replace"))
+        credentials = ctx.tokens.verify_access(token)
     except XRPCError:
         return None
     # App passwords sign apps in; they never manage the account.

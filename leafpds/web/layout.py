@@ -17,6 +17,9 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
+from leafpds.errors import XRPCError
+from leafpds.web import incoming
+
 log = Logger()
 
 HTML = "text/html; charset=utf-8"
@@ -101,17 +104,12 @@ def with_query(url: str, params: dict[str, str]) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def query_arg(request: IRequest, name: str) -> str:
-    values = request.args.get(name.encode("ascii"))
-    return values[0].decode("utf-8", "replace") if values else ""
-
-
 def form_fields(request: IRequest) -> dict[str, str]:
     """
     The fields of a urlencoded form body.  Read here because the site never
     merges bodies into ``request.args`` (XRPC parameters are query-only).
     """
-    content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+    content_type = (incoming.header(request, "content-type") or "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return {}
     request.content.seek(0)
@@ -125,9 +123,16 @@ def same_secret(a: str, b: str) -> bool:
 
 
 def failure_page(request: IRequest, failure: Failure) -> bytes:
-    """The page for what a page's handler could not do: a routing error, or a bug (logged)."""
+    """
+    The page for what a page's handler could not do: a routing error, a
+    request it refused (an XRPCError, e.g. from :mod:`leafpds.web.incoming`),
+    or a bug (logged).
+    """
     if failure.check(HTTPException):
         error = failure.value
         return send_page(request, error.name, f"<p role=alert>{escape(error.description or '')}</p>", error.code)
+    if failure.check(XRPCError):
+        error = failure.value
+        return send_page(request, "Bad request", f"<p role=alert>{escape(error.message)}</p>", error.status)
     log.failure("A page failed", failure)
     return send_page(request, "Something went wrong", "<p role=alert>Please try again later.</p>", 500)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from leafpds.accounts.sessions import AccessCredentials, RefreshCredentials
 from leafpds.errors import AuthenticationRequired, AuthMissing, InvalidToken
+from leafpds.web import incoming
 from leafpds.xrpc.registry import XRPCContext
 
 
@@ -21,7 +22,7 @@ class AdminCredentials:
 
 def authorization(ctx: XRPCContext) -> tuple[str, str] | None:
     """The (scheme, value) of the Authorization header, scheme lower-cased."""
-    header = ctx.request.getHeader("authorization")
+    header = incoming.header(ctx.request, "authorization")
     if not header:
         return None
     scheme, _, value = header.strip().partition(" ")

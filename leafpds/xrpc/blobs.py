@@ -9,6 +9,7 @@ from leafpds.blobs.store import MissingBlobFile
 from leafpds.errors import InternalServerError, InvalidRequest
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.repo import reads
+from leafpds.web import incoming
 from leafpds.xrpc.auth import access
 from leafpds.xrpc.registry import XRPCContext, XRPCStream, xrpc
 
@@ -35,7 +36,7 @@ async def upload_blob(ctx: XRPCContext) -> dict[str, Any]:
         # XRPCSite streams uploadBlob bodies into a spool; nothing else does.
         raise InternalServerError("Uploads are not configured on this server")
     blob = await ctx.app.blobs.upload(
-        ctx.auth.did, spool, ctx.request.getHeader("content-type")
+        ctx.auth.did, spool, incoming.header(ctx.request, "content-type")
     )
     return {"blob": blob}
 

@@ -37,6 +37,7 @@ from leafpds.xrpc.proxy import Proxy
 from leafpds.xrpc.subscribe import FirehoseFactory
 from leafpds.web.account import AccountPages
 from leafpds.web.auth import AuthPages
+from leafpds.web import incoming
 from leafpds.web.layout import send_redirect
 
 # Importing the namespace modules declares their methods on `xrpc`.
@@ -135,7 +136,7 @@ class XRPCServer:
     @app.route("/.well-known/atproto-did", methods=["GET", "HEAD"])
     async def atproto_did(self, request: IRequest) -> bytes:
         """The DID of the account whose handle is this request's host name."""
-        host = (request.getHeader("host") or "").rsplit(":", 1)[0].strip().lower()
+        host = (incoming.header(request, "host") or "").rsplit(":", 1)[0].strip().lower()
         did = await self.ctx.accounts.did_for_handle(host) if host else None
         if did is None:
             request.setResponseCode(404)
@@ -175,7 +176,7 @@ class XRPCServer:
                 return b""
             if method.auth is not None:
                 ctx.auth = await method.auth(ctx)
-            ctx.params = validate_params(self.ctx.lexicons, nsid, _query_args(request))
+            ctx.params = validate_params(self.ctx.lexicons, nsid, incoming.query_args(request))
             if method.kind == "procedure" and not method.raw_input:
                 ctx.input = self._json_input(request, nsid)
             result = await method.handler(ctx)
@@ -235,7 +236,7 @@ class XRPCServer:
             return None
         if not content:
             raise InvalidRequest("Request encoding (Content-Type) required but not provided")
-        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        content_type = (incoming.header(request, "content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise InvalidRequest(
                 f"Wrong request encoding (Content-Type): {content_type or 'none'}"
@@ -257,16 +258,6 @@ def _client_ip(request: IRequest) -> str:
 
 def _probe(conn: Any) -> None:
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-
-
-def _query_args(request: IRequest) -> dict[str, list[str]]:
-    try:
-        return {
-            key.decode("utf-8"): [v.decode("utf-8") for v in values]
-            for key, values in request.args.items()
-        }
-    except UnicodeDecodeError:
-        raise InvalidRequest("Query parameters must be UTF-8") from None
 
 
 @implementer(IPushProducer)
@@ -390,6 +381,10 @@ class MethodRouter(Resource):
             or path in self.routed
             or (nsid := path[6:].decode("latin-1")) not in self.server.registry.methods
         ):
+            try:
+                incoming.check_url(request)
+            except XRPCError as e:
+                return write_error(request, e)
             return self.klein.render(request)
         answer = ensureDeferred(self.server.dispatch(request, nsid))
         finished = request.notifyFinish()

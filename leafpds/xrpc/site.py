@@ -7,13 +7,16 @@ Twisted's buffer.  The access log goes out in batches.
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+
+from leafpds.errors import InvalidRequest, PayloadTooLarge, XRPCError
 
 #: The one method whose body is a blob.
 UPLOAD_PATH = b"/xrpc/com.atproto.repo.uploadBlob"
@@ -25,6 +28,29 @@ ACCESS_LOG_INTERVAL = 1.0  # seconds a line may wait
 ACCESS_LOG_BATCH = 1000  # lines that are written at once without waiting
 
 access_log = Logger(namespace="leafpds.access")
+
+#: Seconds a connection may stay silent (a request's head or body not
+#: arriving, or nothing after an answer) before it is dropped: Twisted's
+#: default, kept.  The reference PDS (Node) holds half-open requests longer;
+#: here each such connection costs a file descriptor for at most this long.
+IDLE_TIMEOUT = 60
+
+
+def raw_answer(error: XRPCError, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+    """
+    A whole HTTP/1.1 answer carrying ``error``, for writing straight to a
+    connection that no request object answers (its writer then closes it).
+    """
+    body = json.dumps(error.to_json(), separators=(",", ":")).encode()
+    lines = [
+        f"HTTP/1.1 {error.status} {RESPONSES.get(error.status, b'Error').decode()}",
+        "content-type: application/json; charset=utf-8",
+        "access-control-allow-origin: *",
+        "connection: close",
+        f"content-length: {len(body)}",
+        *(f"{name}: {value}" for name, value in headers),
+    ]
+    return "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n" + body
 
 
 class BodyLimitedRequest(Request):
@@ -69,18 +95,23 @@ class BodyLimitedRequest(Request):
         # The request has not been dispatched yet, so answer on the raw
         # transport and close: nothing more of the body is read.
         self._refused = True
-        body = json.dumps(
-            {"error": "PayloadTooLarge", "message": "request entity too large"}
-        ).encode()
-        head = (
-            b"HTTP/1.1 413 Payload Too Large\r\n"
-            b"content-type: application/json; charset=utf-8\r\n"
-            b"access-control-allow-origin: *\r\n"
-            b"connection: close\r\n"
-            b"content-length: %d\r\n\r\n" % len(body)
-        )
-        self.channel.transport.write(head + body)
+        self.channel.transport.write(raw_answer(PayloadTooLarge("request entity too large")))
         self.channel.transport.loseConnection()
+
+
+class XRPCChannel(HTTPChannel):
+    """
+    Twisted's HTTP/1.1 channel, except that the requests it refuses itself,
+    before any resource sees them (a request line or header it cannot parse:
+    a raw byte above 0xB0 or a control character in the path, NUL in a
+    header value, headers over 16 KiB), are answered like every other error,
+    with an XRPC error body instead of a bare status line.
+    """
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own (private) hook for these refusals; the same effect.
+        self.transport.write(raw_answer(InvalidRequest("Malformed HTTP request")))
+        self.loseConnection()
 
 
 class XRPCSite(Site):
@@ -90,6 +121,9 @@ class XRPCSite(Site):
     """
 
     requestFactory = BodyLimitedRequest
+    # HTTP/1.1 only (TLS and HTTP/2 end at the reverse proxy), so the plain
+    # channel rather than Twisted's default, which can switch to HTTP/2.
+    protocol = XRPCChannel
     displayTracebacks = False
 
     def __init__(
@@ -101,7 +135,7 @@ class XRPCSite(Site):
     ) -> None:
         # XRPC parameters come from the query string only: never merge a
         # form-encoded body into request.args (nor read it all to do so).
-        super().__init__(resource, parsePOSTFormSubmission=False)
+        super().__init__(resource, timeout=IDLE_TIMEOUT, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
         self.max_blob_size = max_body_size if max_blob_size is None else max_blob_size
         self.spool = spool

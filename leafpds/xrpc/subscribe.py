@@ -19,6 +19,8 @@ from leafpds.lexicon import Lexicons, ValidationError, validate_params
 from leafpds.repo import events
 from leafpds.sequencer.fanout import Sequencer
 from leafpds.sequencer.outbox import CLOSE_POLICY, Outbox
+from leafpds.web import incoming
+from leafpds.xrpc.site import raw_answer
 
 NSID = "com.atproto.sync.subscribeRepos"
 
@@ -42,6 +44,13 @@ class FirehoseProtocol(WebSocketServerProtocol):
     factory: "FirehoseFactory"
     outbox: Outbox | None = None
     _query: dict[str, list[str]]
+
+    def sendHttpErrorResponse(
+        self, code: int, reason: str, responseHeaders: list[tuple[str, str]] | None = None
+    ) -> None:
+        # A handshake Autobahn refuses (its failHandshake) is answered like
+        # every other XRPC error, not with the reason in the status line.
+        self.sendData(raw_answer(XRPCError(reason, name="InvalidRequest", status=code), responseHeaders or ()))
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self._query = request.params
@@ -110,11 +119,13 @@ class FirehoseFactory(WebSocketServerFactory):
                 name="InvalidRequest",
                 status=405,
             )
-        if (request.getHeader("upgrade") or "").strip().lower() != "websocket":
+        if (incoming.header(request, "upgrade") or "").strip().lower() != "websocket":
             request.setHeader("upgrade", "websocket")
             raise XRPCError(
                 f"{NSID} is a subscription: connect with a WebSocket client",
                 name="InvalidRequest",
                 status=426,
             )
+        # Autobahn would read bytes that are not UTF-8 as U+FFFD.
+        incoming.query_args(request)
         return self.resource
