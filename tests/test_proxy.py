@@ -211,6 +211,23 @@ async def test_bad_proxy_headers(services, header, message):
 
 
 @pytest_twisted.ensureDeferred
+async def test_hostile_bytes_in_forwarded_headers_are_refused_not_passed_on(services):
+    from tests.test_raw_http import HOSTILE, http_request, send_raw
+
+    pds, appview, _ = services
+    _, auth = await signed_in(pds)
+    port = pds.service.port.getHost().port
+    for name in (b"atproto-proxy", b"accept-language", b"atproto-accept-labelers", b"x-bsky-topics"):
+        for value in HOSTILE:
+            request = http_request(
+                b"GET", f"/xrpc/{TIMELINE}".encode(), {b"authorization": auth["Authorization"].encode(), name: value}
+            )
+            answer = await send_raw(port, request)
+            assert (answer.code, answer.error()) == (400, ("InvalidRequest", f"Invalid {name.decode()} header"))
+    assert appview.received == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_did_document_without_the_service(services):
     pds, appview, _ = services
     _, auth = await signed_in(pds)

@@ -40,6 +40,7 @@ from leafpds.app import AppContext
 from leafpds.errors import InvalidRequest, InvalidToken, UpstreamFailure, XRPCError
 from leafpds.identity.dids import DIDResolver, service_endpoint
 from leafpds.outbound import PinnedEndpointFactory, Refused, read_bounded, vetted_address
+from leafpds.web import incoming
 from leafpds.xrpc import auth
 from leafpds.xrpc.registry import ANSWERED, Answered, XRPCContext
 
@@ -48,8 +49,8 @@ log = Logger()
 REPORT_METHOD = "com.atproto.moderation.createReport"
 
 # What goes up besides the body and the service JWT, and what comes back.
-FORWARDED_REQUEST_HEADERS = (b"accept-language", b"atproto-accept-labelers", b"x-bsky-topics")
-BODY_HEADERS = (b"content-type", b"content-encoding")
+FORWARDED_REQUEST_HEADERS = ("accept-language", "atproto-accept-labelers", "x-bsky-topics")
+BODY_HEADERS = ("content-type", "content-encoding")
 CONTENT_HEADERS = (b"content-type", b"content-language", b"content-length", b"content-encoding")
 RETURNED_HEADERS = (b"atproto-repo-rev", b"atproto-content-labelers", b"retry-after")
 
@@ -124,7 +125,7 @@ class Proxy:
 
     async def target(self, request: IRequest, nsid: str) -> Target:
         """The service for this call: the header's, else the default for ``nsid``."""
-        header = request.getHeader("atproto-proxy")
+        header = incoming.header(request, "atproto-proxy")
         if header:
             return await self._from_header(header)
         return self.reports if nsid == REPORT_METHOD else self.appview
@@ -193,20 +194,16 @@ class Proxy:
         """Send ``request`` on to ``target`` (path and query verbatim); its answer's head."""
         url = target.url + request.uri.decode("ascii")
         headers = Headers({b"authorization": [f"Bearer {token}".encode("ascii")]})
-        for name in FORWARDED_REQUEST_HEADERS:
-            values = request.requestHeaders.getRawHeaders(name)
-            if values:
-                headers.setRawHeaders(name, values)
+        # Read through incoming: a malformed value is refused, not passed on.
+        forwarded = FORWARDED_REQUEST_HEADERS + (BODY_HEADERS if request.method == b"POST" else ())
+        for name in forwarded:
+            value = incoming.header(request, name)
+            if value is not None:
+                headers.setRawHeaders(name, [value.encode("utf-8")])
         # The client's encodings, or none: the body goes back as it comes.
-        headers.setRawHeaders(
-            b"accept-encoding", request.requestHeaders.getRawHeaders(b"accept-encoding") or [b"identity"]
-        )
+        headers.setRawHeaders("accept-encoding", [incoming.header(request, "accept-encoding") or "identity"])
         body = None
         if request.method == b"POST":
-            for name in BODY_HEADERS:
-                values = request.requestHeaders.getRawHeaders(name)
-                if values:
-                    headers.setRawHeaders(name, values)
             request.content.seek(0)
             body = FileBodyProducer(request.content)
         return await self._send(target, url, request.method, headers, body)
