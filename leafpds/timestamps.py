@@ -1,6 +1,7 @@
 """Timestamps as atproto writes them: ISO 8601, UTC, millisecond precision, ``Z``."""
 
 import math
+from datetime import datetime
 import time
 
 # (whole second, its "YYYY-MM-DDTHH:MM:SS." text) for the last second
@@ -27,3 +28,8 @@ def iso_from_epoch(seconds: float) -> str:
 
 def now_iso() -> str:
     return iso_from_epoch(time.time())
+
+
+def epoch_from_iso(text: str) -> float:
+    """Seconds since the epoch of a timestamp as :func:`iso_from_epoch` writes it."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

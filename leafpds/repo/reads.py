@@ -11,6 +11,8 @@ from leafpds.ipld.cid import CID
 from leafpds.repo import storage
 from leafpds.repo.commit import parse_commit
 from leafpds.repo.mst import proof_for_key
+from leafpds.tid import tid_from_parts
+from leafpds.timestamps import epoch_from_iso
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,65 @@ def get_blocks(conn: Any, did: str, cids: list[CID]) -> list[tuple[CID, bytes]]:
     if missing:
         raise XRPCError(f"Could not find cids: {', '.join(missing)}")
     return [(cid, found[cid]) for cid in cids]
+
+
+@dataclass(frozen=True)
+class LocalRecord:
+    """A record as read-after-write needs it."""
+
+    collection: str
+    rkey: str
+    cid: CID
+    rev: str
+    indexed_at: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class WrittenSince:
+    """An account's records written after a rev, for a view that is behind."""
+
+    handle: str
+    #: The oldest first, at most the limit asked for.
+    records: list[LocalRecord]
+    #: The account's profile record (app.bsky.actor.profile/self), whenever written.
+    profile: LocalRecord | None
+
+
+def written_since(conn: Any, did: str, rev: str, limit: int) -> WrittenSince | None:
+    """
+    What ``did`` wrote after ``rev`` (at most ``limit`` records), or None if
+    nothing: the repo's head is not past ``rev``, or ``rev`` is not from
+    this repo's life here (older than the account and than every record, as
+    an AppView's view of a repo before it moved here would be: its records
+    would all look new).
+    """
+    head = conn.execute(
+        "SELECT a.handle, r.rev, a.created_at FROM accounts a JOIN repo_roots r ON r.did = a.did WHERE a.did = ?",
+        (did,),
+    ).fetchone()
+    if head is None or head[1] <= rev:
+        return None
+    # A second's slack: the genesis rev and created_at are drawn apart.
+    born = tid_from_parts(int((epoch_from_iso(head[2]) - 1) * 1_000_000), 0)
+    # The account's records are few enough to scan: only a view that is
+    # behind the repo gets here.
+    columns = "collection, rkey, cid, rev, indexed_at, data"
+    rows = conn.execute(
+        f"SELECT {columns} FROM records WHERE did = ? AND rev > ? ORDER BY rev LIMIT ?", (did, rev, limit)
+    ).fetchall()
+    if not rows:
+        return None
+    if rev < born and conn.execute(
+        "SELECT 1 FROM records WHERE did = ? AND rev <= ? LIMIT 1", (did, rev)
+    ).fetchone() is None:
+        return None
+    profile = conn.execute(
+        f"SELECT {columns} FROM records WHERE did = ? AND collection = 'app.bsky.actor.profile' AND rkey = 'self'",
+        (did,),
+    ).fetchone()
+
+    def local(row: Any) -> LocalRecord:
+        return LocalRecord(row[0], row[1], CID(row[2]), row[3], row[4], bytes(row[5]))
+
+    return WrittenSince(head[0], [local(row) for row in rows], local(profile) if profile else None)

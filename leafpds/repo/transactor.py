@@ -287,6 +287,11 @@ class RepoTransactor:
         await _run_after_commit(result.after_commit)
         return result
 
+    def known_rev(self, did: str) -> str | None:
+        """The rev of ``did``'s last commit through this transactor, if remembered (a hint)."""
+        head = self._heads.get(did)
+        return head[2] if head is not None else None
+
     def _remember(self, result: CommitResult) -> None:
         self._heads[result.did] = (result.cid, result.data, result.rev)
         self._heads.move_to_end(result.did)

@@ -41,7 +41,8 @@ from leafpds.errors import InvalidRequest, InvalidToken, UpstreamFailure, XRPCEr
 from leafpds.identity.dids import DIDResolver, service_endpoint
 from leafpds.outbound import PinnedEndpointFactory, Refused, read_bounded, vetted_address
 from leafpds.web import incoming
-from leafpds.xrpc import auth
+from leafpds.repo import reads
+from leafpds.xrpc import auth, readafterwrite
 from leafpds.xrpc.registry import ANSWERED, Answered, XRPCContext
 
 log = Logger()
@@ -169,13 +170,57 @@ class Proxy:
         check_proxied_method(credentials, nsid)
         target = await self.target(request, nsid)
         token = await self.app.service_auth.token(credentials.did, aud or target.did, lxm or nsid)
-        response = await self.call(target, request, token)
+        mergeable = nsid in readafterwrite.MERGES and request.method == b"GET"
+        response = await self.call(target, request, token, identity=mergeable)
         if response.code >= 400:
             raise await _upstream_error(request, response)
+        if mergeable and await self._merged(ctx, credentials.did, response):
+            return ANSWERED
         request.setResponseCode(response.code)
         _copy_headers(response, request, CONTENT_HEADERS + RETURNED_HEADERS)
         await self.relay(response, request)
         return ANSWERED
+
+    async def _merged(self, ctx: XRPCContext, did: str, response: IResponse) -> bool:
+        """
+        Read-after-write (:mod:`leafpds.xrpc.readafterwrite`): if the answer
+        is behind the caller's repo, answer it with the caller's newer
+        records merged in and say True; else leave it to be relayed.
+        """
+        rev = _single(response, b"atproto-repo-rev")
+        content_type = _single(response, b"content-type") or "application/json"
+        length = _single(response, b"content-length")
+        if (
+            rev is None
+            or "json" not in content_type.lower()
+            or _single(response, b"content-encoding") not in (None, "identity")
+            or (length is not None and (not length.isdigit() or int(length) > readafterwrite.MAX_BUFFERED))
+        ):
+            return False
+        known = self.app.transactor.known_rev(did)
+        if known is not None and known <= rev:
+            return False  # caught up: no database work
+        found = await self.app.db.read(reads.written_since, did, rev, readafterwrite.LIMIT)
+        if found is None:
+            return False
+        try:
+            body = await read_bounded(response, readafterwrite.MAX_BUFFERED)
+        except Exception:
+            raise UpstreamFailure("Upstream answer could not be read") from None
+        local = readafterwrite.local_view(found, did, self.app.public_url)
+        merged = readafterwrite.merge(ctx.nsid, body, local, incoming.query_args(ctx.request))
+        request = ctx.request
+        request.setResponseCode(response.code)
+        _copy_headers(response, request, (b"content-language", b"atproto-content-labelers", b"retry-after"))
+        if merged is None:  # not JSON after all: as it came
+            _copy_headers(response, request, (b"content-type", b"atproto-repo-rev"))
+            merged = body
+        else:
+            request.setHeader("content-type", "application/json; charset=utf-8")
+            request.setHeader("atproto-upstream-lag", str(readafterwrite.lag_ms(local, self.reactor.seconds())))
+        request.setHeader("content-length", str(len(merged)))
+        request.write(merged)
+        return True
 
     async def query(self, did: str, target: Target, nsid: str, params: dict[str, str]) -> Any:
         """Call the query ``nsid`` of ``target`` for the account ``did``; its JSON answer."""
@@ -190,8 +235,11 @@ class Proxy:
         except Exception:
             raise UpstreamFailure(f"Upstream answered {nsid} with something that is not JSON") from None
 
-    async def call(self, target: Target, request: IRequest, token: str) -> IResponse:
-        """Send ``request`` on to ``target`` (path and query verbatim); its answer's head."""
+    async def call(self, target: Target, request: IRequest, token: str, identity: bool = False) -> IResponse:
+        """
+        Send ``request`` on to ``target`` (path and query verbatim); its
+        answer's head.  ``identity``: ask for an uncompressed answer (to read it).
+        """
         url = target.url + request.uri.decode("ascii")
         headers = Headers({b"authorization": [f"Bearer {token}".encode("ascii")]})
         # Read through incoming: a malformed value is refused, not passed on.
@@ -201,7 +249,8 @@ class Proxy:
             if value is not None:
                 headers.setRawHeaders(name, [value.encode("utf-8")])
         # The client's encodings, or none: the body goes back as it comes.
-        headers.setRawHeaders("accept-encoding", [incoming.header(request, "accept-encoding") or "identity"])
+        accepted = "identity" if identity else incoming.header(request, "accept-encoding") or "identity"
+        headers.setRawHeaders("accept-encoding", [accepted])
         body = None
         if request.method == b"POST":
             request.content.seek(0)
@@ -311,6 +360,11 @@ class _Relay(Protocol):
 
     def stopProducing(self) -> None:
         self._stop()
+
+
+def _single(response: IResponse, name: bytes) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[-1].decode("latin-1").strip() if values else None
 
 
 def _copy_headers(response: IResponse, request: IRequest, names: tuple[bytes, ...]) -> None:
