@@ -2,6 +2,7 @@ import pytest_twisted
 
 from tests.appview_standin import StandInAppView
 from tests.harness import start_pds, make_settings
+from tests.jsbundle import atproto_api_bundle  # noqa: F401 (a session fixture for browser pages)
 
 
 @pytest_twisted.async_yield_fixture

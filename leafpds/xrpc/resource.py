@@ -49,11 +49,13 @@ log = Logger()
 JSON = "application/json; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 
-# Headers atproto clients send from browsers; preflights must allow them.
+# Headers atproto clients send from browsers (@atproto/api, OAuth's DPoP, the
+# Bluesky app); preflights must allow them.  tests/test_cors.py checks both lists.
 CORS_ALLOW_HEADERS = (
     "authorization, content-type, atproto-accept-labelers, atproto-proxy, "
     "atproto-content-labelers, dpop, x-bsky-topics"
 )
+# Headers those clients read from answers; a browser hides the others.
 CORS_EXPOSE_HEADERS = (
     "ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy, "
     "atproto-content-labelers, atproto-repo-rev, content-language, content-length, www-authenticate, "
