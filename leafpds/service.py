@@ -264,9 +264,16 @@ class PDSService(MultiService):
         d = maybeDeferred(super().stopService)
         ports, self.ports = self.ports, []
         d.addCallback(lambda _: gatherResults([maybeDeferred(port.stopListening) for port in ports]))
-        d.addCallback(lambda _: ensureDeferred(self.xrpc.proxy.stop()))
+        d.addCallback(lambda _: ensureDeferred(self._stop_outgoing()))
         d.addBoth(self._close_db)
         return d
+
+    async def _stop_outgoing(self) -> None:
+        # Idle connections and DNS timers would outlive the service in the
+        # reactor of an application that goes on running.
+        await self.xrpc.proxy.stop()
+        self.app.handle_resolver.stop()
+        await self.app.plc.close()
 
     def _close_db(self, result):
         self.app.db.close()
