@@ -19,7 +19,7 @@ import treq
 from twisted.internet import reactor, task
 
 from leafpds.config import Settings
-from leafpds.service import LeafPDSService, open_app
+from leafpds.service import LeafPDSService, PDSService, open_app
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -50,12 +50,15 @@ class Answer:
 
 
 class RunningPDS:
-    def __init__(self, service: LeafPDSService) -> None:
+    """A started service, at ``url`` (by default its own port's)."""
+
+    def __init__(self, service: PDSService, url: str | None = None) -> None:
         self.service = service
+        self._url = url
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.service.port.getHost().port}"
+        return self._url or f"http://127.0.0.1:{self.service.port.getHost().port}"
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Answer:
         response = await treq.request(method, self.url + path, **kwargs)
