@@ -276,7 +276,7 @@ class Settings:
         process's unless given), over the defaults.
         """
         given = {name.replace("_", "-"): value for name, value in options.items()}
-        unknown = sorted(set(given) - set(OPTIONS) - set(FLAGS))
+        unknown = sorted(name for name in options if name.replace("_", "-") not in {*OPTIONS, *FLAGS})
         if unknown:
             raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
         return cls.from_options(resolve(given, os.environ if environ is None else environ))

@@ -250,11 +250,12 @@ class PDSService(MultiService):
         settings = self.app.settings
         address = port.getHost() if port is not None else None
         self.app.public_url = settings.public_url_for_port(getattr(address, "port", None))
+        where = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}" if address else "the application's port"
         log.info(
             "leafpds {version} serving {url} (listening on {address}), data in {data_dir}",
             version=leafpds.__version__,
             url=self.app.public_url,
-            address=f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}" if address else "a port of the application's",
+            address=where,
             data_dir=str(settings.data_dir.resolve()),
         )
         self.app.crawlers.start()

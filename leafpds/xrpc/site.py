@@ -196,9 +196,6 @@ class SharedSite(XRPCSite):
         self.serves = serves
         self.host_max_body_size = max_body_size if host_max_body_size is None else host_max_body_size
 
-    def is_upload(self, path: bytes) -> bool:
-        return self.serves(path) and super().is_upload(path)
-
     def body_limit(self, path: bytes) -> int:
         return super().body_limit(path) if self.serves(path) else self.host_max_body_size
 
