@@ -267,6 +267,20 @@ class Settings:
             allow_private_services=values["allow-private-services"],
         )
 
+    @classmethod
+    def from_keywords(cls, environ: Mapping[str, str] | None = None, **options: Any) -> "Settings":
+        """
+        Settings for an application that runs leafpds inside it: options by
+        their command-line names with ``_`` for ``-`` (``data_dir="./pds"``,
+        ``no_rate_limits=True``), over ``LEAFPDS_*`` in ``environ`` (the
+        process's unless given), over the defaults.
+        """
+        given = {name.replace("_", "-"): value for name, value in options.items()}
+        unknown = sorted(name for name in options if name.replace("_", "-") not in {*OPTIONS, *FLAGS})
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+        return cls.from_options(resolve(given, os.environ if environ is None else environ))
+
     @property
     def service_did(self) -> str:
         return f"did:web:{self.hostname}"

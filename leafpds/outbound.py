@@ -13,7 +13,7 @@ from treq import collect
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.names import dns
+from twisted.names import client, dns
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
@@ -23,6 +23,22 @@ AnyAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # RFC 6761: "localhost" is the loopback interface, never a DNS question.
 _LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
+class SystemResolver(client.Resolver):
+    """
+    Twisted's DNS client on the system's ``/etc/resolv.conf``, which it
+    re-reads on a timer from the moment it is made; :meth:`stop` ends the
+    timer, so a stopped leafpds leaves nothing behind in its reactor.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(resolv="/etc/resolv.conf", reactor=reactor)
+
+    def stop(self) -> None:
+        call = getattr(self, "_parseCall", None)  # Twisted's re-read timer
+        if call is not None and call.active():
+            call.cancel()
 
 
 class Refused(Exception):

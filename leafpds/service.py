@@ -1,16 +1,22 @@
 """
-Builds a running leafpds: the data folder, the database, the lexicons, and
-the HTTP site on the configured endpoint, as one Twisted service.
+Builds a running leafpds as Twisted services: :class:`PDSService` (the
+database, the background jobs, the firehose, the embedded PLC directory, and
+the site to serve it with — the API for running leafpds inside an
+application of one's own, see docs/embedding.md) and :class:`LeafPDSService`
+(``twistd leafpds``: the same on a port of its own).
 """
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.web.resource import IResource
+from twisted.web.server import Site
 
 import leafpds
 from leafpds.accounts.accounts import Accounts
@@ -31,7 +37,7 @@ from leafpds.sequencer.fanout import Sequencer
 from leafpds.xrpc.ratelimit import Limit, RateLimiter
 from leafpds.lexicon import Lexicons
 from leafpds.xrpc.resource import XRPCServer
-from leafpds.xrpc.site import XRPCSite
+from leafpds.xrpc.site import SharedSite, XRPCSite
 
 log = Logger()
 
@@ -130,24 +136,70 @@ def _limiter(settings: Settings, spec: str, reactor: Any) -> RateLimiter:
     return RateLimiter(limits, reactor.seconds)
 
 
-class LeafPDSService(MultiService):
-    """The whole PDS; child services (background jobs) hang off it."""
+def build_pds(
+    settings: Settings, environ: Mapping[str, str] | None = None, reactor: Any = None
+) -> "PDSService":
+    """
+    leafpds, ready to start, for an application to run in its reactor:
+    :func:`open_app` (which raises on anything that stops start-up: a wrong
+    master secret, a database from a newer leafpds) and the service.
+    ``environ`` (the process's unless given) may hold the master secret.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    return PDSService(open_app(settings, os.environ if environ is None else environ, reactor))
 
-    port: IListeningPort | None = None
+
+class PDSService(MultiService):
+    """
+    The whole PDS but the port: starting it starts the database, the
+    background jobs (children of this service), the firehose and, without a
+    PLC URL, the embedded PLC directory (on ``--plc-listen``).  It serves
+    HTTP through the site :meth:`make_site` builds, on a port the
+    application opens (then calls :meth:`serving`) or :meth:`listen` opens.
+    Stopping it closes the ports it opened, the outgoing connections and
+    the database.
+    """
 
     def __init__(self, app: AppContext) -> None:
         super().__init__()
         self.app = app
         self.xrpc = XRPCServer(app)
-        self.site = XRPCSite(
-            self.xrpc.resource(),
-            app.settings.max_json_body,
-            max_blob_size=app.settings.max_blob_size,
-            spool=app.blobs.new_spool,
-        )
+        #: leafpds's root resource.  Serve it through :meth:`make_site`: the
+        #: body limits and the upload spool are the site's.
+        self.resource: IResource = self.xrpc.resource()
+        #: Fires once leafpds can serve (the embedded PLC directory listens).
+        self.ready: Deferred[None] = succeed(None)
+        self.ports: list[IListeningPort] = []
         app.blobs.collector().setServiceParent(self)
         app.sequencer.service().setServiceParent(self)
-        self.listening: Deferred[IListeningPort] | None = None
+
+    @property
+    def public_url(self) -> str:
+        """The URL clients and DID documents use ("" until :meth:`serving`)."""
+        return self.app.public_url
+
+    def make_site(self, host: IResource | None = None, *, host_max_body_size: int | None = None) -> XRPCSite:
+        """
+        The ``twisted.web`` site to serve leafpds with: leafpds alone, or
+        beside ``host`` (an application's root resource, e.g. a Klein app's
+        ``.resource()``), which then serves every path leafpds does not:
+        leafpds keeps ``/xrpc/``, ``/account/``, ``/auth/`` and its
+        ``/.well-known/`` names (:meth:`XRPCServer.serves`).  The host's
+        request bodies are held to ``host_max_body_size`` bytes (default:
+        ``--max-json-body``).
+        """
+        settings = self.app.settings
+        limits: dict[str, Any] = dict(
+            max_body_size=settings.max_json_body,
+            max_blob_size=settings.max_blob_size,
+            spool=self.app.blobs.new_spool,
+        )
+        if host is None:
+            return XRPCSite(self.resource, **limits)
+        return SharedSite(
+            self.resource, host, self.xrpc.serves, **limits, host_max_body_size=host_max_body_size
+        )
 
     def startService(self) -> None:
         self.app.db.start()
@@ -156,41 +208,98 @@ class LeafPDSService(MultiService):
             cpu = self.app.db.share_cpu_with_caller(self.app.reactor.getThreadPool())
             if cpu is not None:
                 log.info("The reactor and the database writer share CPU {cpu}", cpu=cpu)
-        plc_ready: Deferred = succeed(None)
         if not settings.plc_url:
             plc = make_plc_service(settings.plc_listen, settings.data_dir / "plc", self.app.reactor)
             plc.setServiceParent(self)
-            plc_ready = plc.listening.addCallback(self._embedded_plc_listening)
+            self.ready = plc.listening.addCallback(self._embedded_plc_listening)
         else:
             log.info("Using the PLC directory at {url}", url=settings.plc_url)
         super().startService()
-        endpoint = serverFromString(self.app.reactor, settings.listen)
-        site_ready = endpoint.listen(self.site).addCallback(self._listening)
-        self.listening = gatherResults([site_ready, plc_ready], consumeErrors=True).addCallbacks(
-            lambda results: results[0], self._cannot_listen
-        )
 
-    def _embedded_plc_listening(self, port: IListeningPort) -> IListeningPort:
+    def _embedded_plc_listening(self, port: IListeningPort) -> None:
         self.app.plc.base_url = f"http://127.0.0.1:{port.getHost().port}"
         log.info(
             "Using the embedded PLC directory at {url} (development only: its DIDs are "
             "not visible to the network; pass --plc-url https://plc.directory in production)",
             url=self.app.plc.base_url,
         )
-        return port
+
+    def listen(self, endpoint: str | IStreamServerEndpoint, site: Site) -> "Deferred[IListeningPort]":
+        """
+        Listen on ``endpoint`` (a Twisted endpoint or its description) with
+        ``site``, then :meth:`serving` on that port; stopping the service
+        closes it.
+        """
+        if isinstance(endpoint, str):
+            endpoint = serverFromString(self.app.reactor, endpoint)
+        return endpoint.listen(site).addCallback(self._listening)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
+        self.ports.append(port)
+        self.serving(port)
+        return port
+
+    def serving(self, port: IListeningPort | None = None) -> str:
+        """
+        Tell leafpds that its site now listens on ``port`` (an application
+        that opened the port itself calls this): the public URL is settled —
+        ``--public-url``, else derived from the hostname (and, for
+        ``localhost``, the port) — and relays are asked to crawl.  Returns
+        the public URL.
+        """
         settings = self.app.settings
-        self.app.public_url = settings.public_url_for_port(getattr(port.getHost(), "port", None))
+        address = port.getHost() if port is not None else None
+        self.app.public_url = settings.public_url_for_port(getattr(address, "port", None))
+        where = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}" if address else "the application's port"
         log.info(
-            "leafpds {version} serving {url} (listening on {listen}), data in {data_dir}",
+            "leafpds {version} serving {url} (listening on {address}), data in {data_dir}",
             version=leafpds.__version__,
             url=self.app.public_url,
-            listen=settings.listen,
+            address=where,
             data_dir=str(settings.data_dir.resolve()),
         )
         self.app.crawlers.start()
+        return self.app.public_url
+
+    def stopService(self) -> Deferred:
+        d = maybeDeferred(super().stopService)
+        ports, self.ports = self.ports, []
+        d.addCallback(lambda _: gatherResults([maybeDeferred(port.stopListening) for port in ports]))
+        d.addCallback(lambda _: ensureDeferred(self._stop_outgoing()))
+        d.addBoth(self._close_db)
+        return d
+
+    async def _stop_outgoing(self) -> None:
+        # Idle connections and DNS timers would outlive the service in the
+        # reactor of an application that goes on running.
+        await self.xrpc.proxy.stop()
+        self.app.handle_resolver.stop()
+        await self.app.plc.close()
+
+    def _close_db(self, result):
+        self.app.db.close()
+        return result
+
+
+class LeafPDSService(PDSService):
+    """``twistd leafpds``: a :class:`PDSService` on a site of its own, listening on ``--listen``."""
+
+    port: IListeningPort | None = None
+
+    def __init__(self, app: AppContext) -> None:
+        super().__init__(app)
+        self.site = self.make_site()
+        self.listening: Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        site_ready = self.listen(self.app.settings.listen, self.site).addCallback(self._keep_port)
+        self.listening = gatherResults([site_ready, self.ready], consumeErrors=True).addCallbacks(
+            lambda results: results[0], self._cannot_listen
+        )
+
+    def _keep_port(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
         return port
 
     def _cannot_listen(self, failure):
@@ -200,14 +309,5 @@ class LeafPDSService(MultiService):
         return failure
 
     def stopService(self) -> Deferred:
-        d = maybeDeferred(super().stopService)
-        if self.port is not None:
-            port, self.port = self.port, None
-            d.addCallback(lambda _: port.stopListening())
-        d.addCallback(lambda _: ensureDeferred(self.xrpc.proxy.stop()))
-        d.addBoth(self._close_db)
-        return d
-
-    def _close_db(self, result):
-        self.app.db.close()
-        return result
+        self.port = None
+        return super().stopService()

@@ -18,22 +18,21 @@ from typing import Any
 import treq
 from twisted.internet import reactor, task
 
-from leafpds.config import Settings, resolve
-from leafpds.service import LeafPDSService, open_app
+from leafpds.config import Settings
+from leafpds.service import LeafPDSService, PDSService, open_app
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    given = {
+    defaults = {
         "listen": "tcp:0:interface=127.0.0.1",
-        "plc-listen": "tcp:0:interface=127.0.0.1",
-        "data-dir": str(data_dir),
+        "plc_listen": "tcp:0:interface=127.0.0.1",
+        "data_dir": str(data_dir),
         # One test process hosts many servers, and starts browsers and server
         # processes of its own, which would all inherit a pinned CPU.  The
         # pairing itself is tested on a real twistd process (test_affinity).
-        "no-cpu-pairing": True,
+        "no_cpu_pairing": True,
     }
-    given.update({name.replace("_", "-"): value for name, value in overrides.items()})
-    return Settings.from_options(resolve(given, {}))
+    return Settings.from_keywords({}, **{**defaults, **overrides})
 
 
 @dataclass
@@ -51,12 +50,15 @@ class Answer:
 
 
 class RunningPDS:
-    def __init__(self, service: LeafPDSService) -> None:
+    """A started service, at ``url`` (by default its own port's)."""
+
+    def __init__(self, service: PDSService, url: str | None = None) -> None:
         self.service = service
+        self._url = url
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.service.port.getHost().port}"
+        return self._url or f"http://127.0.0.1:{self.service.port.getHost().port}"
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Answer:
         response = await treq.request(method, self.url + path, **kwargs)

@@ -36,6 +36,16 @@ def test_command_line_beats_environment_beats_default(monkeypatch):
     assert options.settings.handle_domain == ".example.org"
 
 
+def test_keywords_for_an_embedding_application_beat_the_environment():
+    environ = {"LEAFPDS_HOSTNAME": "env.example", "LEAFPDS_HANDLE_DOMAIN": "example.org", "LEAFPDS_NO_RATE_LIMITS": "1"}
+    settings = Settings.from_keywords(environ, hostname="app.example", max_json_body="5000", invite_required=True)
+    assert (settings.hostname, settings.handle_domain, settings.max_json_body) == ("app.example", ".example.org", 5000)
+    assert settings.invite_required and not settings.rate_limits
+    assert Settings.from_keywords({}).hostname == "localhost"
+    with pytest.raises(ConfigError, match="unknown option.*: data_folder"):
+        Settings.from_keywords({}, data_folder="./pds")
+
+
 def test_help_documents_every_option():
     text = str(Options())
     for option in ["--listen", "--hostname", "--data-dir", "--public-url", "--plc-url",

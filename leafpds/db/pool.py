@@ -105,6 +105,7 @@ class Database:
         self._readers.threadpool.threadFactory = affinity.FreeThread
         self._writer = WriterThread(self.path, reactor, self.checkpointer.wrote)
         self._writes: Coalescer[tuple[Callable, tuple], Any] = Coalescer(self._writer.submit)
+        self.closed = False
 
     def migrate(self, steps: Sequence[str] | None = None) -> int:
         """
@@ -158,6 +159,7 @@ class Database:
         self._writer.stop()
         self._readers.close()
         self.checkpointer.stop()
+        self.closed = True
 
 
 class Coalescer(Generic[I, T]):

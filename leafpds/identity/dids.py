@@ -14,11 +14,10 @@ from urllib.parse import unquote
 from treq.client import HTTPClient
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
-from twisted.names import client
 from twisted.web.client import Agent
 
 from leafpds.identity.plc import PLCClient
-from leafpds.outbound import PinnedEndpointFactory, discard, read_bounded, vetted_address
+from leafpds.outbound import PinnedEndpointFactory, SystemResolver, discard, read_bounded, vetted_address
 from leafpds.syntax import validate_did
 
 log = Logger()
@@ -46,6 +45,11 @@ class DIDResolver:
         self._cache_ttl = cache_ttl
         self._cache: dict[str, tuple[dict[str, Any] | None, float]] = {}
         self._dns: Any = None
+
+    def stop(self) -> None:
+        """Stop the DNS client's timers (it still answers if asked)."""
+        if self._dns is not None:
+            self._dns.stop()
 
     async def resolve(self, did: str) -> dict[str, Any] | None:
         """The DID document, or None if ``did`` does not resolve."""
@@ -84,7 +88,7 @@ class DIDResolver:
         host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
         scheme = "http" if host == "localhost" else "https"
         if self._dns is None:
-            self._dns = client.Resolver(resolv="/etc/resolv.conf", reactor=self._reactor)
+            self._dns = SystemResolver(self._reactor)
         address = await vetted_address(
             self._dns, host, allow_private=self._allow_private, timeout=self._timeout
         )

@@ -23,6 +23,7 @@ from leafpds.outbound import (
     AnyAddress,
     PinnedEndpointFactory,
     Refused,
+    SystemResolver,
     discard,
     read_bounded,
     vetted_address,
@@ -172,11 +173,16 @@ class HandleResolver:
         # Failures are often transient (a handle being set up right now).
         self._negative_ttl = cache_ttl / 5
         if dns_servers is None:
-            self._dns = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+            self._dns = SystemResolver(reactor)
         else:
             self._dns = client.Resolver(servers=dns_servers, reactor=reactor)
         self._cache: dict[str, tuple[str | None, float]] = {}
         self._pending: dict[str, list[Deferred[str | None]]] = {}
+
+    def stop(self) -> None:
+        """Stop the DNS client's timers (it still answers if asked)."""
+        if isinstance(self._dns, SystemResolver):
+            self._dns.stop()
 
     async def resolve(self, handle: str) -> str | None:
         """The DID ``handle`` points to, or ``None`` if it does not resolve."""

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import treq
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import HTTPConnectionPool
 
 from leafpds import crypto, syntax
 from leafpds.ipld import codec
@@ -511,6 +512,12 @@ class PLCClient:
         self.timeout = timeout
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        # Its own pool (not treq's shared one): close() ends its connections.
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+
+    async def close(self) -> None:
+        """Close the idle connections to the directory."""
+        await self._pool.closeCachedConnections()
 
     async def submit(self, did: str, op: dict[str, Any]) -> None:
         """POST a signed operation; the DID's cached document is dropped either way."""
@@ -564,7 +571,7 @@ class PLCClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            d = treq.request(method, url, data=body, headers=headers, reactor=self.reactor)
+            d = treq.request(method, url, data=body, headers=headers, reactor=self.reactor, pool=self._pool)
             d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=self._timed_out)
             response = await d
             content = treq.content(response)

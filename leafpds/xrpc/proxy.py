@@ -27,7 +27,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.names import client
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -39,7 +38,7 @@ from leafpds.accounts.service_auth import check_proxied_method, is_protected
 from leafpds.app import AppContext
 from leafpds.errors import InvalidRequest, InvalidToken, UpstreamFailure, XRPCError
 from leafpds.identity.dids import DIDResolver, service_endpoint
-from leafpds.outbound import PinnedEndpointFactory, Refused, read_bounded, vetted_address
+from leafpds.outbound import PinnedEndpointFactory, Refused, SystemResolver, read_bounded, vetted_address
 from leafpds.web import incoming
 from leafpds.repo import reads
 from leafpds.xrpc import auth, readafterwrite
@@ -120,6 +119,10 @@ class Proxy:
         self._dns: Any = None
 
     async def stop(self) -> None:
+        """Close the idle connections and stop the DNS clients' timers."""
+        self.dids.stop()
+        if self._dns is not None:
+            self._dns.stop()
         await self.pool.closeCachedConnections()
 
     # Choosing the target.
@@ -278,7 +281,7 @@ class Proxy:
             return self._trusted
         host = urlsplit(url).hostname or ""
         if self._dns is None:
-            self._dns = client.Resolver(resolv="/etc/resolv.conf", reactor=self.reactor)
+            self._dns = SystemResolver(self.reactor)
         try:
             address = await vetted_address(
                 self._dns, host, allow_private=self.allow_private, timeout=self.connect_timeout

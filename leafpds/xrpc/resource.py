@@ -5,7 +5,7 @@ the few plain pages around it, wrapped in CORS handling.
 
 import json
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -76,6 +76,10 @@ Code: https://example.invalid/leafpds (see README.md)
 
 ROBOTS = "# Hello!\n\n# Crawling the public API is allowed\nUser-agent: *\nAllow: /\n"
 
+# Folders several parties put names in: on a shared site leafpds claims only
+# the names it answers there (a host keeps its ACME challenges, security.txt).
+SHARED_FOLDERS = frozenset((b".well-known",))
+
 
 def json_body(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
@@ -105,9 +109,25 @@ class XRPCServer:
         self.proxy = ctx.proxy = Proxy(ctx)
         self.auth = AuthPages(ctx)
         self.account = AccountPages(ctx, self.auth)
+        self._folders, self._names = _claimed(self.app)
 
     def resource(self) -> IResource:
         return CORSResource(MethodRouter(self, self.app.resource()))
+
+    def serves(self, path: bytes) -> bool:
+        """
+        Whether a request for ``path`` (as sent: before decoding) is
+        leafpds's on a site shared with a host application: everything in a
+        folder its routes live in (``/xrpc/``, ``/account/``, ``/auth/`` …,
+        the folder's own name too, which redirects), and the exact names it
+        answers in a shared folder (``/.well-known/atproto-did``).  The rest —
+        ``/``, ``/robots.txt``, other ``/.well-known/`` names — is the host's.
+        Derived from the routes, so a new folder of routes is claimed as
+        soon as it is declared.
+        """
+        # Decoded segment by segment, as Twisted decodes the path it walks.
+        segments = [unquote_to_bytes(segment) for segment in path.split(b"/")]
+        return (len(segments) > 1 and segments[1] in self._folders) or b"/".join(segments) in self._names
 
     @app.route("/", methods=["GET", "HEAD"])
     def banner(self, request: IRequest) -> bytes:
@@ -251,6 +271,21 @@ class XRPCServer:
             raise InvalidRequest(f"Invalid JSON body: {e}") from None
         validate_input(self.ctx.lexicons, nsid, value)
         return value
+
+
+def _claimed(app: Klein) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """The folders a Klein app's routes live in, and its names in shared folders."""
+    folders, names = set(), set()
+    for rule in app.url_map.iter_rules():
+        path = rule.rule.encode()
+        segments = path.split(b"/")
+        if len(segments) < 3 or b"<" in segments[1]:
+            continue  # a page at the top (/, /robots.txt): the site's own
+        if segments[1] in SHARED_FOLDERS:
+            names.add(path)
+        else:
+            folders.add(segments[1])
+    return frozenset(folders), frozenset(names)
 
 
 def _client_ip(request: IRequest) -> str:

@@ -3,9 +3,11 @@ The ``twisted.web`` site: requests whose body grows past the limit are
 answered 413 and cut off as soon as the limit is crossed, not after the whole
 body has been buffered.  Blob uploads have their own, larger limit, and
 their body streams into an upload spool (hashed as it arrives) instead of
-Twisted's buffer.  The access log goes out in batches.
+Twisted's buffer.  The access log goes out in batches.  :class:`SharedSite`
+is the same site with a host application's resource beside leafpds's.
 """
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES, HTTPChannel
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import Request, Site
 
 from leafpds.errors import InvalidRequest, PayloadTooLarge, XRPCError
@@ -57,10 +59,7 @@ class BodyLimitedRequest(Request):
     _received = 0
     _refused = False
     _upload = False
-
-    def _limit(self) -> int:
-        site = self.channel.site
-        return site.max_blob_size if self._upload else site.max_body_size
+    _max = 0
 
     def gotLength(self, length: int | None) -> None:
         site = self.channel.site
@@ -68,8 +67,9 @@ class BodyLimitedRequest(Request):
         # Request.path only once the body is in; until then the channel
         # holds the request line's path.
         path = getattr(self.channel, "_path", b"").split(b"?", 1)[0]
-        self._upload = site.spool is not None and path == UPLOAD_PATH
-        if length is not None and length > self._limit():
+        self._upload = site.is_upload(path)
+        self._max = site.body_limit(path)
+        if length is not None and length > self._max:
             super().gotLength(0)  # an empty buffer, never written to
             self._refuse()
             return
@@ -82,7 +82,7 @@ class BodyLimitedRequest(Request):
         if self._refused:
             return
         self._received += len(data)
-        if self._received > self._limit():
+        if self._received > self._max:
             self._refuse()
             return
         super().handleContentChunk(data)
@@ -142,6 +142,14 @@ class XRPCSite(Site):
         self._access_lines: list[str] = []
         self._access_flush: IDelayedCall | None = None
 
+    def is_upload(self, path: bytes) -> bool:
+        """Whether the body of a request for ``path`` goes to an upload spool."""
+        return self.spool is not None and path == UPLOAD_PATH
+
+    def body_limit(self, path: bytes) -> int:
+        """The largest body a request for ``path`` may send."""
+        return self.max_blob_size if self.is_upload(path) else self.max_body_size
+
     def log(self, request: Request) -> None:
         self._access_lines.append(self._logFormatter(self._logDateTime, request))
         if len(self._access_lines) >= ACCESS_LOG_BATCH:
@@ -161,3 +169,39 @@ class XRPCSite(Site):
     def stopFactory(self) -> None:
         self.flush_access_log()
         super().stopFactory()
+
+
+class SharedSite(XRPCSite):
+    """
+    leafpds beside a host application, on one site: a request for a path
+    leafpds serves (``serves(path)``) goes to leafpds's resource, any other
+    to ``host``, walked exactly as a site walks its root resource.  The
+    choice is made on the site, not by a resource in front of both, because
+    it must also be made before the body arrives: leafpds's limits and
+    upload spool apply to its paths, ``host_max_body_size`` to the host's.
+    """
+
+    def __init__(
+        self,
+        resource: IResource,
+        host: IResource,
+        serves: Callable[[bytes], bool],
+        max_body_size: int,
+        max_blob_size: int | None = None,
+        spool: Callable[[], Any] | None = None,
+        host_max_body_size: int | None = None,
+    ) -> None:
+        super().__init__(resource, max_body_size, max_blob_size, spool)
+        self.host = host
+        self.serves = serves
+        self.host_max_body_size = max_body_size if host_max_body_size is None else host_max_body_size
+
+    def body_limit(self, path: bytes) -> int:
+        return super().body_limit(path) if self.serves(path) else self.host_max_body_size
+
+    def getResourceFor(self, request: Request) -> IResource:
+        # Site.getResourceFor, with the root chosen by the path.
+        root = self.resource if self.serves(request.path) else self.host
+        request.site = self
+        request.sitepath = copy.copy(request.prepath)
+        return getChildForRequest(root, request)
