@@ -301,3 +301,67 @@ async def test_the_example_app_serves_its_page_and_the_pds_on_one_port(tmp_path)
         await app.stopService()
     assert app.pds.app.db.closed
 
+
+
+def sign_up_and_post_on_the_example_page(url: str, shots: Path) -> dict:
+    """The example page in Chromium: create an account, sign in again, post; what the page showed."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        console: list[str] = []
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            page.on("pageerror", lambda e: console.append(f"page error: {e}"))
+            try:
+                page.goto(url)
+                expect(page.locator("#hello")).to_contain_text("from the application")
+                page.fill("#handle", "dave.test")
+                page.fill("#email", "dave@example.com")
+                page.fill("#password", PASSWORD)
+                page.click("#create")
+                expect(page.locator("#status")).to_contain_text("Signed in as dave.test")
+                page.screenshot(path=shots / "01-created.png", full_page=True)
+                # A fresh page: sign in with the password, as a returning user.
+                page.reload()
+                page.fill("#handle", "dave.test")
+                page.fill("#password", PASSWORD)
+                page.click("#sign-in")
+                expect(page.locator("#status")).to_contain_text("Signed in as dave.test")
+                expect(page.locator("#compose")).to_be_visible()
+                page.fill("#text", "Posted from the page, same origin")
+                page.click("#post")
+                expect(page.locator("#posted")).to_contain_text("Posted at://")
+                page.screenshot(path=shots / "02-posted.png", full_page=True)
+                return {"posted": page.locator("#posted").inner_text()}
+            except Exception as e:
+                page.screenshot(path=shots / "failed.png", full_page=True)
+                raise AssertionError(f"{e}\nbrowser console:\n" + "\n".join(console) + f"\n(screenshots in {shots})") from e
+        finally:
+            browser.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_example_page_signs_up_and_posts_in_a_browser(tmp_path, atproto_api_bundle):
+    app = example.ExampleService(make_settings(tmp_path / "data"), atproto_api_bundle, environ={})
+    app.startService()
+    try:
+        port = (await app.listening).getHost().port
+        shots = tmp_path / "screenshots"
+        shots.mkdir()
+        # localhost, the origin the DID document names: the agent stays on it after login.
+        seen = await deferToThread(sign_up_and_post_on_the_example_page, f"http://localhost:{port}/", shots)
+        uri = seen["posted"].split()[1].rstrip(":")
+        did, collection, rkey = uri[len("at://"):].split("/")
+        host = RunningPDS(app.pds, f"http://127.0.0.1:{port}")
+        record = await host.get("com.atproto.repo.getRecord", {"repo": did, "collection": collection, "rkey": rkey})
+        assert record.code == 200 and record.json()["value"]["text"] == "Posted from the page, same origin"
+        account = await host.get("com.atproto.repo.describeRepo", {"repo": did})
+        assert account.json()["handle"] == "dave.test"
+    finally:
+        await app.stopService()
