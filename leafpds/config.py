@@ -111,6 +111,10 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
     "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
 }
 
+# Options whose value is a comma-separated list; on the command line they
+# may also be repeated.
+LIST_OPTIONS = ("crawlers", "app-redirect-uri")
+
 # name -> help.  On/off switches: --name, or LEAFPDS_NAME=true/1/yes.
 FLAGS: dict[str, str] = {
     "invite-required": "Require an invite code to create an account.",

@@ -6,7 +6,7 @@ import os
 from twisted.application.service import IService
 from twisted.python import usage
 
-from leafpds.config import FLAGS, OPTIONS, ConfigError, Settings, env_name, resolve
+from leafpds.config import FLAGS, LIST_OPTIONS, OPTIONS, ConfigError, Settings, env_name, resolve
 from leafpds.service import LeafPDSService, open_app, raise_open_file_limit
 
 
@@ -28,9 +28,30 @@ class Options(usage.Options):
     optParameters = [
         [name, None, None, _describe(name, default, text)]
         for name, (default, text) in OPTIONS.items()
+        if name not in LIST_OPTIONS
     ]
 
     optFlags = [[name, None, f"{text} (env {env_name(name)}=true)"] for name, text in FLAGS.items()]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in LIST_OPTIONS:
+            self[name] = None
+
+    # Options that take lists: given again, a value adds to the list (usage
+    # would keep only the last one).
+
+    def opt_crawlers(self, value: str) -> None:
+        self._add("crawlers", value)
+
+    def opt_app_redirect_uri(self, value: str) -> None:
+        self._add("app-redirect-uri", value)
+
+    opt_crawlers.__doc__ = _describe("crawlers", *OPTIONS["crawlers"]) + " (may be repeated)"
+    opt_app_redirect_uri.__doc__ = _describe("app-redirect-uri", *OPTIONS["app-redirect-uri"]) + " (may be repeated)"
+
+    def _add(self, name: str, value: str) -> None:
+        self[name] = value if self[name] is None else f"{self[name]},{value}"
 
     def postOptions(self) -> None:
         given = {name: self[name] for name in [*OPTIONS, *FLAGS]}

@@ -36,6 +36,22 @@ def test_command_line_beats_environment_beats_default(monkeypatch):
     assert options.settings.handle_domain == ".example.org"
 
 
+def test_list_options_may_be_repeated_or_comma_separated(monkeypatch):
+    monkeypatch.setenv("LEAFPDS_CRAWLERS", "https://env.example")
+    options = Options()
+    options.parseOptions([
+        "--crawlers", "https://bsky.network", "--crawlers", "https://relay.example,https://third.example",
+        "--app-redirect-uri", "https://app.example/cb",
+    ])
+    assert options.settings.crawlers == ("https://bsky.network", "https://relay.example", "https://third.example")
+    assert options.settings.app_redirect_uris == ("https://app.example/cb",)
+    # Not given on the command line: the environment's list.
+    options = Options()
+    options.parseOptions([])
+    assert options.settings.crawlers == ("https://env.example",)
+    assert options.settings.app_redirect_uris == ()
+
+
 def test_keywords_for_an_embedding_application_beat_the_environment():
     environ = {"LEAFPDS_HOSTNAME": "env.example", "LEAFPDS_HANDLE_DOMAIN": "example.org", "LEAFPDS_NO_RATE_LIMITS": "1"}
     settings = Settings.from_keywords(environ, hostname="app.example", max_json_body="5000", invite_required=True)
