@@ -417,3 +417,84 @@ async def test_unknown_page_paths_and_page_bugs_get_pages_without_details(world,
     failed = await browser.get("/account/")
     assert failed.code == 500 and b"Something went wrong" in failed.body
     assert b"secret detail" not in failed.body and b"Traceback" not in failed.body
+
+
+# Creating an account with a password on the sign-in page.
+
+
+SIGN_UP = {"handle": "newbie", "email": "newbie@example.com", "password": PASSWORD, "confirm": PASSWORD}
+
+
+async def accounts_count(pds) -> int:
+    return (await pds.service.app.db.read(lambda c: c.execute("SELECT count(*) FROM accounts").fetchone()))[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_newcomer_creates_an_account_with_a_password_on_the_sign_in_page(world):
+    pds, _github, _google = world
+    browser = Browser(pds)
+    page = await browser.get("/account/")
+    assert b'action="/account/signup"' in page.body and b"Create my account" in page.body
+    done = await browser.post_form("/account/signup", SIGN_UP)
+    assert (done.code, done.header("location")) == (303, "/account/"), done.body
+    page = await account_page(browser)
+    assert b"@newbie.test" in page.body and b"Password: set" in page.body
+    # The same account as createAccount makes: a session with the password.
+    answer = await session(pds, "newbie.test", PASSWORD)
+    assert answer.code == 200 and answer.json()["did"] == await did_of(browser)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_up_refusals_keep_what_was_typed_and_create_nothing(world):
+    pds, _github, _google = world
+    await create(pds, "taken")
+    before = await accounts_count(pds)
+    cases = [
+        ({**SIGN_UP, "confirm": "something else entirely"}, 400, "The two passwords differ."),
+        ({**SIGN_UP, "handle": "taken"}, 400, "Handle already taken"),
+        ({**SIGN_UP, "handle": "a"}, 400, "Handle too short"),
+        ({**SIGN_UP, "email": "not an email"}, 400, None),
+        ({**SIGN_UP, "password": "short", "confirm": "short"}, 400, None),
+    ]
+    for fields, status, message in cases:
+        answer = await Browser(pds).post_form("/account/signup", fields)
+        assert answer.code == status, (fields, answer.body)
+        alert = field(answer, r"<p role=alert>([^<]+)</p>")
+        assert message is None or message in alert, alert
+        # What was typed is still there (but never the password).
+        assert f'value="{fields["handle"]}"'.encode() in answer.body
+        assert fields["password"].encode() not in answer.body
+        assert "leafpds_account" not in answer.headers.getRawHeaders("set-cookie", [""])[0]
+    assert await accounts_count(pds) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_up_follows_the_servers_rules(tmp_path):
+    started = await start_world(tmp_path / "data", no_password_signup=True)
+    try:
+        pds = started[0]
+        page = await Browser(pds).get("/account/")
+        assert b"/account/signup" not in page.body
+        answer = await Browser(pds).post_form("/account/signup", SIGN_UP)
+        assert answer.code == 403 and await accounts_count(pds) == 0
+    finally:
+        await stop_world(started)
+    started = await start_world(tmp_path / "invites", invite_required=True, admin_password="admin secret")
+    try:
+        pds = started[0]
+        page = await Browser(pds).get("/account/")
+        assert b'name="invite"' in page.body
+        answer = await Browser(pds).post_form("/account/signup", SIGN_UP)
+        assert answer.code == 400 and b"invite" in answer.body.lower() and await accounts_count(pds) == 0
+    finally:
+        await stop_world(started)
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_providers_the_sign_in_page_still_lets_a_newcomer_in(pds):
+    browser = Browser(pds)
+    page = await browser.get("/account/")
+    assert b"/auth/" not in page.body and b'action="/account/signup"' in page.body
+    done = await browser.post_form("/account/signup", SIGN_UP)
+    assert done.code == 303
+    assert b"@newbie.test" in (await account_page(browser)).body

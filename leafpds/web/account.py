@@ -6,6 +6,9 @@ leafpds's own account pages, mounted under ``/account/``:
     form for accounts that have one); signed in: the account page (DID,
     handle, the sign-ins linked to it, app passwords, the password).
 ``POST /account/signin``, ``POST /account/signout``
+``POST /account/signup``
+    creates an account with a password (when the server allows password
+    sign-up), as ``createAccount`` does, and signs it in.
 ``POST /account/link``
     sends the signed-in user to another provider; its identity then signs in
     to this same account (see :mod:`leafpds.web.auth`).
@@ -31,7 +34,7 @@ from leafpds.accounts.sessions import ACCESS, AccessCredentials
 from leafpds.app import AppContext
 from leafpds.errors import XRPCError
 from leafpds.web import browser, incoming
-from leafpds.web.auth import ACCOUNT_PAGE, AuthPages
+from leafpds.web.auth import ACCOUNT_PAGE, HANDLE_CHECK, AuthPages
 from leafpds.web.layout import (
     escape,
     failure_page,
@@ -106,7 +109,9 @@ class AccountPages:
 
     # -- signed out --------------------------------------------------------------
 
-    def _sign_in_page(self, request: IRequest, problem: str = "", code: int = 200) -> bytes:
+    def _sign_in_page(
+        self, request: IRequest, problem: str = "", code: int = 200, signup: dict[str, str] | None = None
+    ) -> bytes:
         alert = f"<p role=alert>{escape(problem)}</p>" if problem else ""
         buttons = "".join(
             f'<p><a class="button" href="/auth/{name}/login">Sign in with {escape(provider.title)}</a></p>'
@@ -126,7 +131,64 @@ class AccountPages:
             '<input id="password" name="password" type="password" required autocomplete="current-password">'
             '<button type="submit">Sign in</button></form>'
         )
-        return send_page(request, "Sign in", content, code)
+        if not self.ctx.settings.password_signup:
+            return send_page(request, "Sign in", content, code)
+        return send_page(
+            request, "Sign in", content + self._sign_up_form(signup or {}), code, script=HANDLE_CHECK
+        )
+
+    def _sign_up_form(self, given: dict[str, str]) -> str:
+        """Creating an account with a password, as createAccount does (when the server allows it)."""
+        settings = self.ctx.settings
+        invite = (
+            '<label for="invite">Invite code</label>'
+            f'<input id="invite" name="invite" required value="{escape(given.get("invite", ""))}"'
+            ' spellcheck="false" autocapitalize="none">'
+            if settings.invite_required
+            else ""
+        )
+        return (
+            "<h2>New here? Create an account</h2>"
+            f'<form method="post" action="{ACCOUNT_PAGE}signup">'
+            '<label for="handle">Handle</label>'
+            f'<input id="handle" name="handle" required value="{escape(given.get("handle", ""))}"'
+            ' autocomplete="username" spellcheck="false" autocapitalize="none"'
+            ' aria-describedby="handle-hint handle-status">'
+            f'<small id="handle-hint">It ends in <code>{escape(settings.handle_domain)}</code>.</small>'
+            '<p id="handle-status" aria-live="polite"></p>'
+            '<label for="email">Email</label>'
+            f'<input id="email" name="email" type="email" required autocomplete="email"'
+            f' value="{escape(given.get("email", ""))}">'
+            '<label for="new-password">Password</label>'
+            '<input id="new-password" name="password" type="password" required minlength="8"'
+            ' autocomplete="new-password">'
+            '<label for="confirm-password">The same again</label>'
+            '<input id="confirm-password" name="confirm" type="password" required minlength="8"'
+            ' autocomplete="new-password">'
+            f"{invite}"
+            '<button type="submit">Create my account</button></form>'
+        )
+
+    @app.route("/signup", methods=["POST"])
+    async def sign_up(self, request: IRequest) -> bytes:
+        fields = form_fields(request)
+        given = {name: fields.get(name, "").strip() for name in ("handle", "email", "invite")}
+        if not self.ctx.settings.password_signup:
+            return self._sign_in_page(request, "This server creates accounts only through the sign-ins above.", 403)
+        if fields.get("password", "") != fields.get("confirm", ""):
+            return self._sign_in_page(request, "The two passwords differ.", 400, given)
+        try:
+            signed_in = await self.ctx.accounts.create(
+                self.auth.full_handle(given["handle"]),
+                given["email"],
+                fields.get("password", ""),
+                given["invite"] or None,
+                invite_required=self.ctx.settings.invite_required,
+            )
+        except XRPCError as e:
+            return self._sign_in_page(request, e.message, e.status, given)
+        browser.remember(request, self.ctx, signed_in)
+        return send_redirect(request, ACCOUNT_PAGE)
 
     @app.route("/signin", methods=["POST"])
     async def sign_in(self, request: IRequest) -> bytes:

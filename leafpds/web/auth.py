@@ -78,7 +78,7 @@ class Signup:
 
 # Tells the chooser, as the user types, whether a handle can be had; the
 # form works the same without it.
-_HANDLE_CHECK = """
+HANDLE_CHECK = """
 const input = document.getElementById("handle"), status = document.getElementById("handle-status");
 let timer;
 input.addEventListener("input", () => {
@@ -245,10 +245,11 @@ class AuthPages:
             '<button type="submit">Create my account</button></form>'
         )
         return send_page(
-            request, "Choose your handle", content, 400 if problem else 200, script=_HANDLE_CHECK
+            request, "Choose your handle", content, 400 if problem else 200, script=HANDLE_CHECK
         )
 
-    def _full_handle(self, handle: str) -> str:
+    def full_handle(self, handle: str) -> str:
+        """``handle`` as typed, completed with this server's handle domain."""
         handle = handle.strip().lower()
         domain = self.ctx.settings.handle_domain
         return handle if not handle or handle.endswith(domain) else handle + domain
@@ -256,7 +257,7 @@ class AuthPages:
     @app.route("/handle", methods=["GET"])
     async def handle_available(self, request: IRequest) -> bytes:
         """``{handle, available, message}`` for the chooser's live check."""
-        handle = self._full_handle(incoming.query_arg(request, "handle"))
+        handle = self.full_handle(incoming.query_arg(request, "handle"))
         try:
             handle = validate_new_handle(handle, self.ctx.accounts.handle_domains)
             available = await self.ctx.accounts.did_for_handle(handle) is None
@@ -274,7 +275,7 @@ class AuthPages:
             return self.error_page(request, "This sign-up has expired or was already used. Please start again.")
         if ticket in self.signing_up:
             return self.error_page(request, "Your account is already being created.", 409)
-        handle = self._full_handle(form.get("handle", ""))
+        handle = self.full_handle(form.get("handle", ""))
         identity = waiting.identity
         self.signing_up.add(ticket)
         try:
