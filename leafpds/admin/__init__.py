@@ -1,0 +1,1 @@
+"""The operator's tools: backups and the ``leafpds-admin`` console script."""
