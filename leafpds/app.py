@@ -50,6 +50,8 @@ class AppContext:
     #: Forwards calls to other services (set by the XRPC server).
     proxy: "Proxy" = field(init=False)
     public_url: str = ""
+    #: This PDS's DID (--service-did, or did:web of the public URL's host and port).
+    service_did: str = ""
     #: getRecord's answers (see :mod:`leafpds.repo.cache`).
     record_cache: RecordCache = field(init=False)
     #: getRecord's database look-ups, several to a reader trip.

@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from leafpds.syntax import InvalidSyntax, validate_did
 
 
 # name -> (default, help).  The option is --name; the variable LEAFPDS_NAME.
@@ -19,6 +22,12 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "Twisted endpoint to listen on for HTTP and WebSocket.",
     ),
     "hostname": ("localhost", "Public hostname of this PDS."),
+    "service-did": (
+        None,
+        "This PDS's own DID, the audience of the tokens it issues and accepts "
+        "[default: did:web:<host of the public URL>, with %3A<port> when it has one, "
+        "e.g. did:web:localhost%3A2583].",
+    ),
     "data-dir": ("./leafpds-data", "Folder for the database and blobs (created on first run)."),
     "public-url": (
         None,
@@ -193,6 +202,9 @@ class Settings:
     report_service_url: str = "https://mod.bsky.app"
     report_service_did: str = "did:plc:ar7c4by46qjdydhdevvrndac"
     allow_private_services: bool = False
+    #: --service-did as given; the DID in use is ``AppContext.service_did``
+    #: (the default depends on the public URL, known once the port is bound).
+    explicit_service_did: str | None = None
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -225,6 +237,12 @@ class Settings:
             raise ConfigError("--record-cache must be a number of bytes") from None
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
+        service_did = (values["service-did"] or "").strip() or None
+        if service_did is not None:
+            try:
+                validate_did(service_did)
+            except InvalidSyntax:
+                raise ConfigError(f"--service-did must be a DID, not {service_did!r}") from None
         return cls(
             listen=values["listen"] or "",
             hostname=(values["hostname"] or "").lower(),
@@ -265,11 +283,24 @@ class Settings:
             report_service_url=(values["report-service-url"] or "").rstrip("/"),
             report_service_did=values["report-service-did"] or "",
             allow_private_services=values["allow-private-services"],
+            explicit_service_did=service_did,
         )
 
-    @property
-    def service_did(self) -> str:
-        return f"did:web:{self.hostname}"
+    def service_did_for(self, public_url: str) -> str:
+        """
+        --service-did, or ``did:web:`` + the public URL's host, with its port
+        (``%3A``-encoded, as did:web writes it) unless it is the scheme's
+        default: two PDSes on one machine then never share a DID, and a
+        production server on https://pds.example.com is did:web:pds.example.com.
+        """
+        if self.explicit_service_did:
+            return self.explicit_service_did
+        parts = urlsplit(public_url)
+        host = (parts.hostname or self.hostname).lower()
+        default_port = {"http": 80, "https": 443}.get(parts.scheme)
+        if parts.port is not None and parts.port != default_port:
+            return f"did:web:{host}%3A{parts.port}"
+        return f"did:web:{host}"
 
     def public_url_for_port(self, port: int | None) -> str:
         """The configured public URL, or the default derived from the hostname."""

@@ -54,7 +54,11 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     finally:
         conn.close()
     keys = AccountKeys(db, vault)
-    tokens = TokenIssuer(vault.subkey("jwt"), settings.service_did, reactor.seconds)
+    # Right for every setup but a localhost one without --public-url, whose
+    # URL (and so DID) has the port bound in LeafPDSService._listening.
+    public_url = settings.public_url_for_port(None)
+    service_did = settings.service_did_for(public_url)
+    tokens = TokenIssuer(vault.subkey("jwt"), service_did, reactor.seconds)
     tokens.revoke(still_revoked)
     transactor = RepoTransactor(db, keys)
     blob_root = settings.data_dir / "blobs"
@@ -76,6 +80,8 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         login_limits=_limiter(settings, settings.rate_limit_logins, reactor),
         blobs=blobs,
         service_auth=ServiceAuth(keys, reactor),
+        public_url=public_url,
+        service_did=service_did,
     )
     app.accounts = Accounts(
         db,
@@ -183,10 +189,12 @@ class LeafPDSService(MultiService):
         self.port = port
         settings = self.app.settings
         self.app.public_url = settings.public_url_for_port(getattr(port.getHost(), "port", None))
+        self.app.service_did = self.app.tokens.service_did = settings.service_did_for(self.app.public_url)
         log.info(
-            "leafpds {version} serving {url} (listening on {listen}), data in {data_dir}",
+            "leafpds {version} serving {url} as {did} (listening on {listen}), data in {data_dir}",
             version=leafpds.__version__,
             url=self.app.public_url,
+            did=self.app.service_did,
             listen=settings.listen,
             data_dir=str(settings.data_dir.resolve()),
         )

@@ -23,7 +23,7 @@ async def describe_server(ctx: XRPCContext) -> dict[str, Any]:
         links["termsOfService"] = settings.terms_of_service_url
     contact = {"email": settings.contact_email} if settings.contact_email else {}
     return {
-        "did": settings.service_did,
+        "did": ctx.app.service_did,
         "availableUserDomains": [settings.handle_domain],
         "inviteCodeRequired": settings.invite_required,
         "phoneVerificationRequired": False,
