@@ -4,6 +4,7 @@ which win over the embedded defaults.
 """
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from leafpds.mail.smtp import SMTPServer
 from leafpds.syntax import InvalidSyntax, validate_did
 
 
@@ -115,6 +117,12 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "did:plc:ar7c4by46qjdydhdevvrndac",
         "Service DID of --report-service-url.",
     ),
+    "smtp-url": (
+        None,
+        "Mail server for account mails: smtp://user:password@host:port (STARTTLS when offered) "
+        "or smtps://... [default: none; mails are written to the log, for development only].",
+    ),
+    "email-from": (None, "Sender address of account mails [default: noreply@<hostname>]."),
     "contact-email": (None, "Contact address shown by describeServer."),
     "privacy-policy-url": (None, "Privacy policy link shown by describeServer."),
     "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
@@ -132,6 +140,8 @@ FLAGS: dict[str, str] = {
 }
 
 ENV_PREFIX = "LEAFPDS_"
+# A bare address (no display name): it goes in the envelope and the From header.
+_ADDRESS = re.compile(r"^[^\s@<>\"]+@[^\s@<>\"]+$")
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -205,6 +215,9 @@ class Settings:
     #: --service-did as given; the DID in use is ``AppContext.service_did``
     #: (the default depends on the public URL, known once the port is bound).
     explicit_service_did: str | None = None
+    # The URL holds the SMTP password: never shown.
+    smtp_url: str | None = field(default=None, repr=False)
+    email_from: str = ""
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -235,6 +248,16 @@ class Settings:
             record_cache = int(values["record-cache"] or "")
         except ValueError:
             raise ConfigError("--record-cache must be a number of bytes") from None
+        smtp_url = (values["smtp-url"] or "").strip() or None
+        if smtp_url is not None:
+            try:
+                SMTPServer.parse(smtp_url)
+            except ValueError as e:  # its message never holds the password
+                raise ConfigError(str(e)) from None
+        hostname = (values["hostname"] or "").lower()
+        email_from = (values["email-from"] or "").strip() or f"noreply@{hostname}"
+        if not _ADDRESS.match(email_from):
+            raise ConfigError(f"--email-from must be an email address, not {email_from!r}")
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
         service_did = (values["service-did"] or "").strip() or None
@@ -284,6 +307,8 @@ class Settings:
             report_service_did=values["report-service-did"] or "",
             allow_private_services=values["allow-private-services"],
             explicit_service_did=service_did,
+            smtp_url=smtp_url,
+            email_from=email_from,
         )
 
     def service_did_for(self, public_url: str) -> str:

@@ -13,7 +13,9 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 import leafpds
+from leafpds.accounts.account_email import AccountEmail
 from leafpds.accounts.accounts import Accounts
+from leafpds.accounts.email_tokens import EmailTokens
 from leafpds.accounts.keys import AccountKeys, open_vault, server_key
 from leafpds.accounts.service_auth import ServiceAuth
 from leafpds.accounts.sessions import TokenIssuer, revoked_sessions
@@ -28,8 +30,10 @@ from leafpds.identity.plc_server import make_plc_service
 from leafpds.repo.transactor import RepoTransactor
 from leafpds.sequencer.crawlers import CrawlerNotifier
 from leafpds.sequencer.fanout import Sequencer
-from leafpds.xrpc.ratelimit import Limit, RateLimiter
+from leafpds.xrpc.ratelimit import METHOD_LIMITS, Limit, RateLimiter
 from leafpds.lexicon import Lexicons
+from leafpds.mail.queue import MailQueue
+from leafpds.mail.smtp import LogSender, MailSender, SMTPSender, SMTPServer
 from leafpds.xrpc.resource import XRPCServer
 from leafpds.xrpc.site import XRPCSite
 
@@ -78,6 +82,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         request_limits=_limiter(settings, settings.rate_limit_requests, reactor),
         write_limits=_limiter(settings, settings.rate_limit_writes, reactor),
         login_limits=_limiter(settings, settings.rate_limit_logins, reactor),
+        method_limits={nsid: _limiter(settings, spec, reactor) for nsid, spec in METHOD_LIMITS.items()},
         blobs=blobs,
         service_auth=ServiceAuth(keys, reactor),
         public_url=public_url,
@@ -91,6 +96,19 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         app.plc,
         rotation_key,
         [settings.handle_domain],
+        public_url=lambda: app.public_url,
+        now=reactor.seconds,
+    )
+    if settings.smtp_url:
+        sender: MailSender = SMTPSender(SMTPServer.parse(settings.smtp_url), reactor, settings.hostname)
+    else:
+        sender = LogSender()
+    app.mail = MailQueue(db, sender, settings.email_from, settings.hostname, reactor)
+    app.account_email = AccountEmail(
+        db,
+        EmailTokens(vault.subkey("email-tokens")),
+        app.mail,
+        tokens,
         public_url=lambda: app.public_url,
         now=reactor.seconds,
     )
@@ -153,6 +171,7 @@ class LeafPDSService(MultiService):
         )
         app.blobs.collector().setServiceParent(self)
         app.sequencer.service().setServiceParent(self)
+        app.mail.setServiceParent(self)
         self.listening: Deferred[IListeningPort] | None = None
 
     def startService(self) -> None:
@@ -169,6 +188,16 @@ class LeafPDSService(MultiService):
             plc_ready = plc.listening.addCallback(self._embedded_plc_listening)
         else:
             log.info("Using the PLC directory at {url}", url=settings.plc_url)
+        if settings.smtp_url:
+            log.info(
+                "Sending mail from {sender} through {server}",
+                sender=settings.email_from, server=str(SMTPServer.parse(settings.smtp_url)),
+            )
+        else:
+            log.warn(
+                "No --smtp-url: account mails (codes to confirm an address, reset a password) "
+                "are written to this log instead of sent (development only)"
+            )
         super().startService()
         endpoint = serverFromString(self.app.reactor, settings.listen)
         site_ready = endpoint.listen(self.site).addCallback(self._listening)

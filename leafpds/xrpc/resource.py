@@ -34,6 +34,7 @@ from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
 from leafpds.xrpc.registry import ANSWERED, Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
 from leafpds.xrpc.proxy import Proxy
+from leafpds.xrpc.ratelimit import client_ip as _client_ip
 from leafpds.xrpc.subscribe import FirehoseFactory
 from leafpds.web.account import AccountPages
 from leafpds.web.auth import AuthPages
@@ -249,11 +250,6 @@ class XRPCServer:
             raise InvalidRequest(f"Invalid JSON body: {e}") from None
         validate_input(self.ctx.lexicons, nsid, value)
         return value
-
-
-def _client_ip(request: IRequest) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", "") or "unknown"
 
 
 def _probe(conn: Any) -> None:
