@@ -405,3 +405,34 @@ def log_lines(path) -> list[str]:
 
     with open(path) as f:
         return [formatEvent(event) for event in eventsFromJSONLogFile(f)]
+
+
+def test_codes_have_the_official_shape():
+    codes = {email_tokens.new_token() for _ in range(2000)}
+    assert len(codes) == 2000
+    assert all(CODE.fullmatch(code) for code in codes)
+    assert set("".join(codes).replace("-", "")) == set(email_tokens.ALPHABET)
+
+
+@pytest_twisted.ensureDeferred
+async def test_later_purposes_are_one_call_each(world):
+    """deleteAccount and signPlcOperation will need only send_code and use_code."""
+    from leafpds.errors import InvalidToken
+
+    pds, inbox = world
+    did, _ = await sign_up(pds)
+    account_email = pds.service.app.account_email
+    await account_email.send_code(did, email_tokens.PLC_OPERATION)
+    (mail,) = await inbox.wait(1)
+    assert mail.subject == "PLC Update Operation Requested"
+    assert f"Your confirmation code is {mail.code}" in mail.body
+    await account_email.send_code(did, email_tokens.DELETE_ACCOUNT)
+    _, deletion = await inbox.wait(2)
+    assert deletion.subject == "Account Deletion Requested"
+    # Each code serves its own purpose, once.
+    with pytest.raises(InvalidToken):
+        await account_email.use_code(did, email_tokens.DELETE_ACCOUNT, mail.code)
+    await account_email.use_code(did, email_tokens.PLC_OPERATION, mail.code)
+    with pytest.raises(InvalidToken):
+        await account_email.use_code(did, email_tokens.PLC_OPERATION, mail.code)
+    await account_email.use_code(did, email_tokens.DELETE_ACCOUNT, deletion.code.lower())
