@@ -2,8 +2,9 @@
 A real SMTP server on loopback for the mail tests: aiosmtpd (an independent
 implementation, so the client is tested against someone else's reading of
 the protocol), in its own thread, keeping what it receives.  Optionally it
-demands AUTH (``username``/``password``) and STARTTLS (with a certificate
-made here for 127.0.0.1, whose authority ``client_tls`` trusts).
+demands AUTH (``username``/``password``) and STARTTLS, or speaks TLS from
+the first byte (smtps), with a certificate made here for 127.0.0.1, whose
+authority ``client_tls`` trusts.
 """
 
 import datetime
@@ -63,7 +64,7 @@ class _Handler:
                     list(envelope.rcpt_tos),
                     envelope.original_content or envelope.content,
                     getattr(session, "signed_in_as", None),
-                    session.ssl is not None,
+                    server.transport.get_extra_info("ssl_object") is not None,
                 )
             )
         return "250 Message accepted for delivery"
@@ -76,6 +77,7 @@ class Inbox:
         username: str | None = None,
         password: str | None = None,
         starttls: bool = False,
+        implicit_tls: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.received: list[Received] = []
@@ -86,14 +88,17 @@ class Inbox:
         if username is not None:
             kwargs.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=starttls)
         self.cert_pem: bytes | None = None
-        if starttls:
+        if starttls or implicit_tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.cert_pem, key_pem = _self_signed()
             folder = Path(tempfile.mkdtemp())
             (folder / "cert.pem").write_bytes(self.cert_pem)
             (folder / "key.pem").write_bytes(key_pem)
             context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-            kwargs.update(tls_context=context, require_starttls=True)
+            if implicit_tls:  # smtps: TLS from the first byte
+                kwargs.update(ssl_context=context)
+            else:
+                kwargs.update(tls_context=context, require_starttls=True)
         self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port, **kwargs)
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):

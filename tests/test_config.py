@@ -53,7 +53,8 @@ def test_command_line_beats_environment_beats_default(monkeypatch):
 def test_help_documents_every_option():
     text = str(Options())
     for option in ["--listen", "--hostname", "--data-dir", "--public-url", "--plc-url",
-                   "--handle-domain", "--admin-password", "--master-secret-file"]:
+                   "--handle-domain", "--admin-password", "--master-secret-file",
+                   "--service-did", "--smtp-url", "--email-from"]:
         assert option in text
     assert "LEAFPDS_DATA_DIR" in text
 

@@ -133,6 +133,20 @@ async def test_sender_authenticates_after_starttls(logged):
 
 
 @pytest_twisted.ensureDeferred
+async def test_sender_speaks_tls_from_the_start_for_smtps():
+    inbox = Inbox(username="mailer", password=PASSWORD, implicit_tls=True).start()
+    try:
+        server = SMTPServer.parse(f"smtps://mailer:{PASSWORD}@127.0.0.1:{inbox.port}")
+        await SMTPSender(server, reactor, "pds.example", tls=inbox.client_tls).send(
+            "pds@example.com", "alice@example.com", _message()
+        )
+        (mail,) = await inbox.wait(1)
+        assert mail.login == "mailer" and mail.recipients == ["alice@example.com"] and mail.tls
+    finally:
+        inbox.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_wrong_password_fails_without_showing_it(logged):
     inbox = Inbox(username="mailer", password="the-right-one").start()
     try:
