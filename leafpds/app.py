@@ -11,6 +11,7 @@ from leafpds.repo.batch import BatchedReads
 from leafpds.repo.cache import RecordCache
 
 if TYPE_CHECKING:
+    from leafpds.accounts.account_email import AccountEmail
     from leafpds.accounts.accounts import Accounts
     from leafpds.accounts.keys import AccountKeys
     from leafpds.accounts.service_auth import ServiceAuth
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from leafpds.blobs.blobs import Blobs
     from leafpds.identity.handles import HandleResolver
     from leafpds.identity.plc import PLCClient
+    from leafpds.mail.queue import MailQueue
     from leafpds.repo.transactor import RepoTransactor
     from leafpds.sequencer.crawlers import CrawlerNotifier
     from leafpds.sequencer.fanout import Sequencer
@@ -39,6 +41,8 @@ class AppContext:
     request_limits: "RateLimiter"
     write_limits: "RateLimiter"
     login_limits: "RateLimiter"
+    #: The limits of single methods (xrpc.ratelimit.METHOD_LIMITS), by NSID.
+    method_limits: dict[str, "RateLimiter"]
     blobs: "Blobs"
     #: Service JWTs signed with the accounts' keys (getServiceAuth, the proxy).
     service_auth: "ServiceAuth"
@@ -46,10 +50,15 @@ class AppContext:
     # public URL for localhost includes the port).
     accounts: "Accounts" = field(init=False)
     sequencer: "Sequencer" = field(init=False)
+    #: Outgoing mail (leafpds.mail.queue) and the account flows that send it.
+    mail: "MailQueue" = field(init=False)
+    account_email: "AccountEmail" = field(init=False)
     crawlers: "CrawlerNotifier" = field(init=False)
     #: Forwards calls to other services (set by the XRPC server).
     proxy: "Proxy" = field(init=False)
     public_url: str = ""
+    #: This PDS's DID (--service-did, or did:web of the public URL's host and port).
+    service_did: str = ""
     #: getRecord's answers (see :mod:`leafpds.repo.cache`).
     record_cache: RecordCache = field(init=False)
     #: getRecord's database look-ups, several to a reader trip.

@@ -4,11 +4,16 @@ which win over the embedded defaults.
 """
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from leafpds.mail.smtp import SMTPServer
+from leafpds.syntax import InvalidSyntax, validate_did
 
 
 # name -> (default, help).  The option is --name; the variable LEAFPDS_NAME.
@@ -19,6 +24,12 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "Twisted endpoint to listen on for HTTP and WebSocket.",
     ),
     "hostname": ("localhost", "Public hostname of this PDS."),
+    "service-did": (
+        None,
+        "This PDS's own DID, the audience of the tokens it issues and accepts "
+        "[default: did:web:<host of the public URL>, with %3A<port> when it has one, "
+        "e.g. did:web:localhost%3A2583].",
+    ),
     "data-dir": ("./leafpds-data", "Folder for the database and blobs (created on first run)."),
     "public-url": (
         None,
@@ -106,6 +117,12 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "did:plc:ar7c4by46qjdydhdevvrndac",
         "Service DID of --report-service-url.",
     ),
+    "smtp-url": (
+        None,
+        "Mail server for account mails: smtp://user:password@host:port (STARTTLS when offered) "
+        "or smtps://... [default: none; mails are written to the log, for development only].",
+    ),
+    "email-from": (None, "Sender address of account mails [default: noreply@<hostname>]."),
     "contact-email": (None, "Contact address shown by describeServer."),
     "privacy-policy-url": (None, "Privacy policy link shown by describeServer."),
     "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
@@ -127,6 +144,8 @@ FLAGS: dict[str, str] = {
 }
 
 ENV_PREFIX = "LEAFPDS_"
+# A bare address (no display name): it goes in the envelope and the From header.
+_ADDRESS = re.compile(r"^[^\s@<>\"]+@[^\s@<>\"]+$")
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -197,6 +216,12 @@ class Settings:
     report_service_url: str = "https://mod.bsky.app"
     report_service_did: str = "did:plc:ar7c4by46qjdydhdevvrndac"
     allow_private_services: bool = False
+    #: --service-did as given; the DID in use is ``AppContext.service_did``
+    #: (the default depends on the public URL, known once the port is bound).
+    explicit_service_did: str | None = None
+    # The URL holds the SMTP password: never shown.
+    smtp_url: str | None = field(default=None, repr=False)
+    email_from: str = ""
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -227,8 +252,24 @@ class Settings:
             record_cache = int(values["record-cache"] or "")
         except ValueError:
             raise ConfigError("--record-cache must be a number of bytes") from None
+        smtp_url = (values["smtp-url"] or "").strip() or None
+        if smtp_url is not None:
+            try:
+                SMTPServer.parse(smtp_url)
+            except ValueError as e:  # its message never holds the password
+                raise ConfigError(str(e)) from None
+        hostname = (values["hostname"] or "").lower()
+        email_from = (values["email-from"] or "").strip() or f"noreply@{hostname}"
+        if not _ADDRESS.match(email_from):
+            raise ConfigError(f"--email-from must be an email address, not {email_from!r}")
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
+        service_did = (values["service-did"] or "").strip() or None
+        if service_did is not None:
+            try:
+                validate_did(service_did)
+            except InvalidSyntax:
+                raise ConfigError(f"--service-did must be a DID, not {service_did!r}") from None
         return cls(
             listen=values["listen"] or "",
             hostname=(values["hostname"] or "").lower(),
@@ -269,6 +310,9 @@ class Settings:
             report_service_url=(values["report-service-url"] or "").rstrip("/"),
             report_service_did=values["report-service-did"] or "",
             allow_private_services=values["allow-private-services"],
+            explicit_service_did=service_did,
+            smtp_url=smtp_url,
+            email_from=email_from,
         )
 
     @classmethod
@@ -285,9 +329,21 @@ class Settings:
             raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
         return cls.from_options(resolve(given, os.environ if environ is None else environ))
 
-    @property
-    def service_did(self) -> str:
-        return f"did:web:{self.hostname}"
+    def service_did_for(self, public_url: str) -> str:
+        """
+        --service-did, or ``did:web:`` + the public URL's host, with its port
+        (``%3A``-encoded, as did:web writes it) unless it is the scheme's
+        default: two PDSes on one machine then never share a DID, and a
+        production server on https://pds.example.com is did:web:pds.example.com.
+        """
+        if self.explicit_service_did:
+            return self.explicit_service_did
+        parts = urlsplit(public_url)
+        host = (parts.hostname or self.hostname).lower()
+        default_port = {"http": 80, "https": 443}.get(parts.scheme)
+        if parts.port is not None and parts.port != default_port:
+            return f"did:web:{host}%3A{parts.port}"
+        return f"did:web:{host}"
 
     def public_url_for_port(self, port: int | None) -> str:
         """The configured public URL, or the default derived from the hostname."""

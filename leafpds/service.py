@@ -19,7 +19,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 import leafpds
+from leafpds.accounts.account_email import AccountEmail
 from leafpds.accounts.accounts import Accounts
+from leafpds.accounts.email_tokens import EmailTokens
 from leafpds.accounts.keys import AccountKeys, open_vault, server_key
 from leafpds.accounts.service_auth import ServiceAuth
 from leafpds.accounts.sessions import TokenIssuer, revoked_sessions
@@ -34,8 +36,10 @@ from leafpds.identity.plc_server import make_plc_service
 from leafpds.repo.transactor import RepoTransactor
 from leafpds.sequencer.crawlers import CrawlerNotifier
 from leafpds.sequencer.fanout import Sequencer
-from leafpds.xrpc.ratelimit import Limit, RateLimiter
+from leafpds.xrpc.ratelimit import METHOD_LIMITS, Limit, RateLimiter
 from leafpds.lexicon import Lexicons
+from leafpds.mail.queue import MailQueue
+from leafpds.mail.smtp import LogSender, MailSender, SMTPSender, SMTPServer
 from leafpds.xrpc.resource import XRPCServer
 from leafpds.xrpc.site import SharedSite, XRPCSite
 
@@ -60,7 +64,11 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     finally:
         conn.close()
     keys = AccountKeys(db, vault)
-    tokens = TokenIssuer(vault.subkey("jwt"), settings.service_did, reactor.seconds)
+    # Right for every setup but a localhost one without --public-url, whose
+    # URL (and so DID) has the port bound in LeafPDSService._listening.
+    public_url = settings.public_url_for_port(None)
+    service_did = settings.service_did_for(public_url)
+    tokens = TokenIssuer(vault.subkey("jwt"), service_did, reactor.seconds)
     tokens.revoke(still_revoked)
     transactor = RepoTransactor(db, keys)
     blob_root = settings.data_dir / "blobs"
@@ -80,8 +88,11 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         request_limits=_limiter(settings, settings.rate_limit_requests, reactor),
         write_limits=_limiter(settings, settings.rate_limit_writes, reactor),
         login_limits=_limiter(settings, settings.rate_limit_logins, reactor),
+        method_limits={nsid: _limiter(settings, spec, reactor) for nsid, spec in METHOD_LIMITS.items()},
         blobs=blobs,
         service_auth=ServiceAuth(keys, reactor),
+        public_url=public_url,
+        service_did=service_did,
     )
     app.accounts = Accounts(
         db,
@@ -91,6 +102,19 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         app.plc,
         rotation_key,
         [settings.handle_domain],
+        public_url=lambda: app.public_url,
+        now=reactor.seconds,
+    )
+    if settings.smtp_url:
+        sender: MailSender = SMTPSender(SMTPServer.parse(settings.smtp_url), reactor, settings.hostname)
+    else:
+        sender = LogSender()
+    app.mail = MailQueue(db, sender, settings.email_from, settings.hostname, reactor)
+    app.account_email = AccountEmail(
+        db,
+        EmailTokens(vault.subkey("email-tokens")),
+        app.mail,
+        tokens,
         public_url=lambda: app.public_url,
         now=reactor.seconds,
     )
@@ -173,6 +197,7 @@ class PDSService(MultiService):
         self.ports: list[IListeningPort] = []
         app.blobs.collector().setServiceParent(self)
         app.sequencer.service().setServiceParent(self)
+        app.mail.setServiceParent(self)
 
     @property
     def public_url(self) -> str:
@@ -214,6 +239,16 @@ class PDSService(MultiService):
             self.ready = plc.listening.addCallback(self._embedded_plc_listening)
         else:
             log.info("Using the PLC directory at {url}", url=settings.plc_url)
+        if settings.smtp_url:
+            log.info(
+                "Sending mail from {sender} through {server}",
+                sender=settings.email_from, server=str(SMTPServer.parse(settings.smtp_url)),
+            )
+        else:
+            log.warn(
+                "No --smtp-url: account mails (codes to confirm an address, reset a password) "
+                "are written to this log instead of sent (development only)"
+            )
         super().startService()
 
     def _embedded_plc_listening(self, port: IListeningPort) -> None:
@@ -250,11 +285,13 @@ class PDSService(MultiService):
         settings = self.app.settings
         address = port.getHost() if port is not None else None
         self.app.public_url = settings.public_url_for_port(getattr(address, "port", None))
+        self.app.service_did = self.app.tokens.service_did = settings.service_did_for(self.app.public_url)
         where = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}" if address else "the application's port"
         log.info(
-            "leafpds {version} serving {url} (listening on {address}), data in {data_dir}",
+            "leafpds {version} serving {url} as {did} (listening on {address}), data in {data_dir}",
             version=leafpds.__version__,
             url=self.app.public_url,
+            did=self.app.service_did,
             address=where,
             data_dir=str(settings.data_dir.resolve()),
         )

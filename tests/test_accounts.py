@@ -362,3 +362,25 @@ async def test_one_account_per_provider_identity(pds):
         return conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
 
     assert await pds.service.app.db.read(count) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_local_servers_have_their_own_service_did(tmp_path, pds):
+    """The service DID is did:web of the public URL with its port, or --service-did."""
+    port = pds.service.port.getHost().port
+    mine = f"did:web:localhost%3A{port}"
+    assert (await pds.get("com.atproto.server.describeServer")).json()["did"] == mine
+    session = (await create(pds)).json()
+    assert _claims(session["accessJwt"])["aud"] == mine
+    assert _claims(session["refreshJwt"])["aud"] == mine
+
+    other = await start_pds(make_settings(tmp_path / "other", service_did="did:web:pds.example.com"))
+    try:
+        assert (await other.get("com.atproto.server.describeServer")).json()["did"] == "did:web:pds.example.com"
+        # A token this server issued is not the other's.
+        refused = await other.get("com.atproto.server.getSession", headers=bearer(session["accessJwt"]))
+        assert_error(refused, 400, "InvalidToken")
+        theirs = (await create(other, "bob")).json()
+        assert _claims(theirs["accessJwt"])["aud"] == "did:web:pds.example.com"
+    finally:
+        await other.service.stopService()

@@ -17,7 +17,21 @@ def test_defaults():
     assert settings.handle_domain == ".test"
     assert settings.master_secret_file == settings.data_dir / "master.key"
     assert settings.public_url_for_port(2583) == "http://localhost:2583"
-    assert settings.service_did == "did:web:localhost"
+    assert settings.service_did_for("http://localhost:2583") == "did:web:localhost%3A2583"
+
+
+def test_service_did_from_the_public_url_or_given():
+    settings = Settings.from_options(resolve({"hostname": "pds.example.com"}, {}))
+    assert settings.service_did_for("https://pds.example.com") == "did:web:pds.example.com"
+    # A port is part of the DID unless it is the scheme's default.
+    assert settings.service_did_for("https://pds.example.com:443") == "did:web:pds.example.com"
+    assert settings.service_did_for("http://Box.Example:80") == "did:web:box.example"
+    assert settings.service_did_for("https://pds.example.com:8443") == "did:web:pds.example.com%3A8443"
+    assert settings.service_did_for("http://127.0.0.1:2590/") == "did:web:127.0.0.1%3A2590"
+    given = Settings.from_options(resolve({}, {"LEAFPDS_SERVICE_DID": "did:plc:ewvi7nxzyoun6zhxrhs64oiz"}))
+    assert given.service_did_for("http://localhost:2583") == "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--service-did", "pds.example.com"])
 
 
 def test_public_url_for_real_hostname():
@@ -65,7 +79,8 @@ def test_keywords_for_an_embedding_application_beat_the_environment():
 def test_help_documents_every_option():
     text = str(Options())
     for option in ["--listen", "--hostname", "--data-dir", "--public-url", "--plc-url",
-                   "--handle-domain", "--admin-password", "--master-secret-file"]:
+                   "--handle-domain", "--admin-password", "--master-secret-file",
+                   "--service-did", "--smtp-url", "--email-from"]:
         assert option in text
     assert "LEAFPDS_DATA_DIR" in text
 

@@ -121,7 +121,7 @@ async def test_the_host_keeps_its_paths_and_leafpds_keeps_its_own(embedded):
     assert health.code == 200 and "version" in health.json()
     assert health.header("access-control-allow-origin") == "*"
     described = await pds.get("com.atproto.server.describeServer")
-    assert described.code == 200 and described.json()["did"] == pds.service.app.settings.service_did
+    assert described.code == 200 and described.json()["did"] == pds.service.app.service_did
     preflight = await pds.request("OPTIONS", "/xrpc/com.atproto.repo.createRecord")
     assert preflight.code == 204 and "authorization" in preflight.header("access-control-allow-headers")
     unknown = await pds.request("GET", "/xrpc")

@@ -41,6 +41,8 @@ async def test_first_sign_in_provisions_then_later_sign_ins_find_the_same_did(wo
         "com.atproto.server.getSession", headers={"Authorization": f"Bearer {session['accessJwt']}"}
     )
     assert me.code == 200 and me.json()["did"] == did
+    # The provider verified the address: it starts confirmed.
+    assert me.json()["emailConfirmed"] is True
     refreshed = await pds.post(
         "com.atproto.server.refreshSession",
         headers={"Authorization": f"Bearer {session['refreshJwt']}"},

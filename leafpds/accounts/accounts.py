@@ -56,6 +56,7 @@ class Account:
     email: str | None
     status: str
     has_password: bool
+    email_confirmed: bool = False
 
     @property
     def active(self) -> bool:
@@ -117,9 +118,9 @@ class Accounts:
         ``oauth_identity``, stored in the same transaction).
         """
         handle = validate_new_handle(handle, self.handle_domains)
-        email = _check_email(email)
+        email = check_email(email)
         if password is not None:
-            _check_password(password)
+            check_password(password)
         if invite_required and not invite_code:
             raise XRPCError("No invite code provided", name="InvalidInviteCode")
         await self.db.read(_check_available, handle, email, invite_code if invite_required else None)
@@ -158,7 +159,7 @@ class Accounts:
             oauth_identity,
         )
         self.transactor.notify(result)
-        account = Account(did, handle, email, "active", password_hash is not None)
+        account = Account(did, handle, email, "active", password_hash is not None, oauth_identity is not None)
         return SignedIn(account, self.tokens.pair(did, session), session.scope, document_for(did, op))
 
     def _create_unit(
@@ -177,10 +178,11 @@ class Accounts:
         # the handle or email since the first check.
         _check_available(conn, handle, email, invite_code)
         created = iso_from_epoch(now)
+        # An address from GitHub or Google is one they verified: confirmed.
         conn.execute(
-            "INSERT INTO accounts (did, handle, email, password_hash, status, created_at)"
-            " VALUES (?, ?, ?, ?, 'active', ?)",
-            (did, handle, email, password_hash, created),
+            "INSERT INTO accounts (did, handle, email, password_hash, status, created_at,"
+            " email_confirmed_at) VALUES (?, ?, ?, ?, 'active', ?, ?)",
+            (did, handle, email, password_hash, created, created if oauth_identity else None),
         )
         self.keys.store_unit(conn, did, signing_key)
         if oauth_identity is not None:
@@ -253,7 +255,7 @@ class Accounts:
         one.  Every other full session ends: whoever knew the old password is
         signed out.  App-password sessions stay (they have secrets of their own).
         """
-        _check_password(password)
+        check_password(password)
         password_hash = await deferToThread(hash_password, password)
         ended = await self.db.write(_set_password, did, password_hash, keep_session, self.now())
         self.tokens.revoke(ended)
@@ -269,16 +271,16 @@ class Accounts:
         await self.db.write(_link_identity, did, provider, subject, iso_from_epoch(self.now()))
 
     async def email_in_use(self, email: str) -> bool:
-        return await self.db.read(_account_by, "email", email.strip().lower()) is not None
+        return await self.db.read(account_by, "email", email.strip().lower()) is not None
 
     async def get(self, did: str) -> Account:
-        account = await self.db.read(_account_by, "did", did)
+        account = await self.db.read(account_by, "did", did)
         if account is None:
             raise AuthenticationRequired("Account not found")
         return account
 
     async def did_for_handle(self, handle: str) -> str | None:
-        account = await self.db.read(_account_by, "handle", handle.lower())
+        account = await self.db.read(account_by, "handle", handle.lower())
         return account.did if account else None
 
     # -- app passwords ---------------------------------------------------------
@@ -342,14 +344,14 @@ class Accounts:
         self.transactor.notify(appended)
 
 
-def _check_email(email: str) -> str:
+def check_email(email: str) -> str:
     email = email.strip().lower()
     if len(email) > 254 or not _EMAIL.match(email):
         raise InvalidRequest("This email address is not supported, please use a different email.")
     return email
 
 
-def _check_password(password: str) -> None:
+def check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD:
         raise XRPCError(
             f"Password must be at least {MIN_PASSWORD} characters", name="InvalidPassword"
@@ -376,13 +378,21 @@ def _check_available(conn: Any, handle: str, email: str, invite_code: str | None
             raise XRPCError("Provided invite code not available", name="InvalidInviteCode")
 
 
-_ACCOUNT_COLUMNS = "did, handle, email, status, password_hash IS NOT NULL"
+_ACCOUNT_COLUMNS = (
+    "did, handle, email, status, password_hash IS NOT NULL, email_confirmed_at IS NOT NULL"
+)
 
 
-def _account_by(conn: Any, column: str, value: str) -> Account | None:
+def _account(row: tuple) -> Account:
+    """An Account from the first columns of a row that selected _ACCOUNT_COLUMNS."""
+    return Account(*row[:4], bool(row[4]), bool(row[5]))
+
+
+def account_by(conn: Any, column: str, value: str) -> Account | None:
+    """The account whose ``did``, ``handle`` or ``email`` is ``value`` (in a unit of work)."""
     assert column in ("did", "handle", "email")
     row = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE {column} = ?", (value,)).fetchone()
-    return Account(*row[:4], bool(row[4])) if row else None
+    return _account(row) if row else None
 
 
 def _login_candidates(conn: Any, identifier: str) -> tuple[Account, bytes | None, list] | None:
@@ -397,12 +407,12 @@ def _login_candidates(conn: Any, identifier: str) -> tuple[Account, bytes | None
     ).fetchone()
     if row is None:
         return None
-    account = Account(*row[:4], bool(row[4]))
+    account = _account(row)
     app_passwords = conn.execute(
         "SELECT name, password_hash, privileged FROM app_passwords WHERE did = ? ORDER BY created_at",
         (account.did,),
     ).fetchall()
-    return account, row[5], app_passwords
+    return account, row[6], app_passwords
 
 
 def _did_for_identity(conn: Any, provider: str, subject: str) -> str | None:

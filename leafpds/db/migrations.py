@@ -304,6 +304,39 @@ MIGRATIONS: list[str] = [
     ) STRICT;
     CREATE INDEX account_prefs_by_did ON account_prefs (did, id);
     """,
+    # 7: email.  When the account's email was confirmed (NULL: not yet; a new
+    # address clears it).  The short codes mailed for confirming, changing the
+    # address, resetting the password (and later deleting the account, signing
+    # a PLC operation): one per (account, purpose), kept as an HMAC, never as
+    # the code, and found by it for resetPassword, which names no account.
+    # The outgoing mail queue: a row per mail until the SMTP server takes it;
+    # `did`/`purpose` let a newer code's mail replace an unsent older one.
+    """
+    ALTER TABLE accounts ADD COLUMN email_confirmed_at TEXT;
+    CREATE TABLE email_tokens (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        purpose TEXT NOT NULL,
+        token_hash BLOB NOT NULL,
+        requested_at TEXT NOT NULL,
+        PRIMARY KEY (did, purpose)
+    ) STRICT;
+    CREATE INDEX email_tokens_by_hash ON email_tokens (purpose, token_hash);
+    CREATE TABLE mail_queue (
+        id INTEGER PRIMARY KEY,
+        did TEXT,
+        purpose TEXT,
+        recipient TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        queued_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT
+    ) STRICT;
+    CREATE INDEX mail_queue_by_next_attempt ON mail_queue (next_attempt_at);
+    CREATE INDEX mail_queue_by_purpose ON mail_queue (did, purpose);
+    """,
 ]
 
 

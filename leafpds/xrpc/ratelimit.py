@@ -15,6 +15,21 @@ from leafpds.errors import RateLimitExceeded
 # Repo writes cost points, as the reference counts them.
 WRITE_POINTS = {"create": 3, "update": 2, "put": 2, "delete": 1}
 
+# Methods the reference limits on their own (points/seconds windows): the ones
+# that send mail per account, and password resets per client IP.
+METHOD_LIMITS = {
+    "com.atproto.server.requestEmailConfirmation": "5/3600,15/86400",
+    "com.atproto.server.requestEmailUpdate": "5/3600,15/86400",
+    "com.atproto.server.requestPasswordReset": "15/3600,50/86400",
+    "com.atproto.server.resetPassword": "50/300",
+}
+
+
+def client_ip(request: IRequest) -> str:
+    """The address a request came from (the key of per-IP limits)."""
+    address = request.getClientAddress()
+    return getattr(address, "host", "") or "unknown"
+
 
 @dataclass(frozen=True)
 class Limit:

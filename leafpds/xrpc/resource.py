@@ -34,6 +34,7 @@ from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
 from leafpds.xrpc.registry import ANSWERED, Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
 from leafpds.xrpc.proxy import Proxy
+from leafpds.xrpc.ratelimit import client_ip as _client_ip
 from leafpds.xrpc.subscribe import FirehoseFactory
 from leafpds.web.account import AccountPages
 from leafpds.web.auth import AuthPages
@@ -286,11 +287,6 @@ def _claimed(app: Klein) -> tuple[frozenset[bytes], frozenset[bytes]]:
         else:
             folders.add(segments[1])
     return frozenset(folders), frozenset(names)
-
-
-def _client_ip(request: IRequest) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", "") or "unknown"
 
 
 def _probe(conn: Any) -> None:

@@ -10,6 +10,7 @@ from leafpds.accounts.sessions import ACCESS
 from leafpds.identity.plc import PLCError
 from leafpds.timestamps import now_iso
 from leafpds.xrpc.auth import access, access_full, access_privileged, admin, refresh
+from leafpds.xrpc.ratelimit import client_ip
 from leafpds.xrpc.registry import XRPCContext, xrpc
 
 
@@ -23,7 +24,7 @@ async def describe_server(ctx: XRPCContext) -> dict[str, Any]:
         links["termsOfService"] = settings.terms_of_service_url
     contact = {"email": settings.contact_email} if settings.contact_email else {}
     return {
-        "did": settings.service_did,
+        "did": ctx.app.service_did,
         "availableUserDomains": [settings.handle_domain],
         "inviteCodeRequired": settings.invite_required,
         "phoneVerificationRequired": False,
@@ -93,7 +94,7 @@ async def _session_answer(ctx: XRPCContext, signed_in: SignedIn) -> dict[str, An
         answer["didDoc"] = did_doc
     if account.email and signed_in.scope == ACCESS:
         answer["email"] = account.email
-        answer["emailConfirmed"] = False
+        answer["emailConfirmed"] = account.email_confirmed
     if not account.active:
         answer["status"] = account.status
     return answer
@@ -146,7 +147,7 @@ async def get_session(ctx: XRPCContext) -> dict[str, Any]:
         answer["didDoc"] = did_doc
     if account.email and ctx.auth.scope == ACCESS:
         answer["email"] = account.email
-        answer["emailConfirmed"] = False
+        answer["emailConfirmed"] = account.email_confirmed
     if not account.active:
         answer["status"] = account.status
     return answer
@@ -209,3 +210,46 @@ async def get_service_auth(ctx: XRPCContext) -> dict[str, Any]:
             f"cannot request a service auth token for the following protected method: {lxm}"
         )
     return {"token": await ctx.app.service_auth.token(ctx.auth.did, aud, lxm, exp)}
+
+
+# -- email: codes mailed to the account's address (accounts/account_email.py) --
+
+
+def _limit(ctx: XRPCContext, key: str) -> None:
+    ctx.app.method_limits[ctx.nsid].consume(key, 1, ctx.request)
+
+
+@xrpc.procedure("com.atproto.server.requestEmailConfirmation", auth=access)
+async def request_email_confirmation(ctx: XRPCContext) -> None:
+    _limit(ctx, ctx.auth.did)
+    await ctx.app.account_email.request_confirmation(ctx.auth.did)
+
+
+@xrpc.procedure("com.atproto.server.confirmEmail", auth=access)
+async def confirm_email(ctx: XRPCContext) -> None:
+    await ctx.app.account_email.confirm(ctx.auth.did, ctx.input["email"], ctx.input["token"])
+
+
+@xrpc.procedure("com.atproto.server.requestEmailUpdate", auth=access_full)
+async def request_email_update(ctx: XRPCContext) -> dict[str, Any]:
+    _limit(ctx, ctx.auth.did)
+    return {"tokenRequired": await ctx.app.account_email.request_update(ctx.auth.did)}
+
+
+@xrpc.procedure("com.atproto.server.updateEmail", auth=access_full)
+async def update_email(ctx: XRPCContext) -> None:
+    await ctx.app.account_email.update(ctx.auth.did, ctx.input["email"], ctx.input.get("token"))
+
+
+@xrpc.procedure("com.atproto.server.requestPasswordReset")
+async def request_password_reset(ctx: XRPCContext) -> None:
+    # Answered alike whether or not an account has the address (the official
+    # PDS says 400 when none has: that tells anyone which addresses do).
+    _limit(ctx, client_ip(ctx.request))
+    await ctx.app.account_email.request_password_reset(ctx.input["email"])
+
+
+@xrpc.procedure("com.atproto.server.resetPassword")
+async def reset_password(ctx: XRPCContext) -> None:
+    _limit(ctx, client_ip(ctx.request))
+    await ctx.app.account_email.reset_password(ctx.input["token"], ctx.input["password"])

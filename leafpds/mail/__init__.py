@@ -1,0 +1,1 @@
+"""Outgoing email: the texts (templates.py), the queue (queue.py), SMTP (smtp.py)."""
