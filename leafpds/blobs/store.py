@@ -45,6 +45,21 @@ class BlobStore(Protocol):
 
     async def exists(self, did: str, cid: CID) -> bool: ...
 
+    def redirect_url(self, did: str, cid: CID, mime_type: str) -> str | None:
+        """A URL getBlob may redirect to instead of streaming the blob; None: stream it."""
+
+    async def close(self) -> None:
+        """Let go of connections (at shutdown)."""
+
+
+def check_did(did: str) -> None:
+    """
+    DIDs have no "/" and never start with "."; refuse anything that could
+    step out of the store's folder or key prefix all the same.
+    """
+    if "/" in did or did.startswith(".") or "\x00" in did:
+        raise ValueError(f"not a DID: {did!r}")
+
 
 class DiskBlobStore:
     """
@@ -62,10 +77,7 @@ class DiskBlobStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, did: str, cid: CID) -> Path:
-        # DIDs have no "/" and never start with "."; refuse anything that
-        # could step out of the root all the same.
-        if "/" in did or did.startswith(".") or "\x00" in did:
-            raise ValueError(f"not a DID: {did!r}")
+        check_did(did)
         return self.root / did / cid.encode()
 
     def _in_thread(self, fn: Any, *args: Any) -> Any:
@@ -96,6 +108,12 @@ class DiskBlobStore:
 
     async def exists(self, did: str, cid: CID) -> bool:
         return await self._in_thread(self.path(did, cid).is_file)
+
+    def redirect_url(self, did: str, cid: CID, mime_type: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        pass
 
 
 class DiskBlobReader:

@@ -11,7 +11,7 @@ from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.repo import reads
 from leafpds.web import incoming
 from leafpds.xrpc.auth import access
-from leafpds.xrpc.registry import XRPCContext, XRPCStream, xrpc
+from leafpds.xrpc.registry import ANSWERED, Answered, XRPCContext, XRPCStream, xrpc
 
 #: Bytes read from the store per write to the client.
 CHUNK = 256 * 1024
@@ -50,11 +50,22 @@ def _find_blob(conn: Any, did: str, cid: CID) -> tuple[str, int]:
 
 
 @xrpc.query("com.atproto.sync.getBlob")
-async def get_blob(ctx: XRPCContext) -> XRPCStream:
+async def get_blob(ctx: XRPCContext) -> XRPCStream | Answered:
     did, cid = ctx.params["did"], _cid(ctx.params["cid"], "cid")
     mime_type, size = await ctx.app.db.read(_find_blob, did, cid)
+    store = ctx.app.blobs.store
+    url = store.redirect_url(did, cid, mime_type)
+    if url is not None:
+        # --s3-presigned-get: the client fetches the bytes from S3 itself.
+        request = ctx.request
+        request.setResponseCode(302)
+        request.setHeader("location", url.encode("ascii"))
+        request.setHeader("content-length", "0")
+        # The URL expires; the blob does not.
+        request.setHeader("cache-control", "private, no-store")
+        return ANSWERED
     try:
-        reader = await ctx.app.blobs.store.open(did, cid)
+        reader = await store.open(did, cid)
     except MissingBlobFile:
         raise InvalidRequest("Blob not found") from None
     request = ctx.request
