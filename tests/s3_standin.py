@@ -61,6 +61,7 @@ class MotoServer:
             "s3", endpoint_url=self.url, region_name=REGION,
             aws_access_key_id=access_key_id, aws_secret_access_key=secret,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                          signature_version="s3v4",
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"),
         )
@@ -81,6 +82,10 @@ class MotoServer:
         self.access_key_id, self.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
         self.s3 = self.client(self.access_key_id, self.secret_access_key)
         self.s3.create_bucket(Bucket=BUCKET)
+
+    def stop_checking_signatures(self) -> None:
+        """Until the next ``fresh()``: moto cannot check presigned URLs' signatures."""
+        self._post("/moto-api/reset-auth", b"inf")
 
     def keys(self) -> dict[str, bytes]:
         """Every object in the test bucket: key -> bytes (the oracle)."""
@@ -118,7 +123,9 @@ class FaultProxy:
     - ``stall``: the request is read and never answered;
     - ``cut-request``: the first ``after`` bytes of the request go through,
       then the connection is cut (a partial upload);
-    - ``cut-response``: the answer is cut after ``after`` bytes.
+    - ``cut-response``: the answer is cut after ``after`` bytes;
+    - ``stall-response``: the answer stops after ``after`` bytes, the
+      connection stays open.
 
     Connections open when a fault is set are cut, so none left in a client's
     pool slips past it.  The store under test should not reuse connections
@@ -177,6 +184,11 @@ class _Outgoing(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         incoming = self.incoming
+        if incoming.mode == "stall-response":
+            room = max(incoming.proxy.after - self.sent, 0)
+            self.sent += len(data)
+            incoming.transport.write(data[:room])
+            return
         if incoming.mode == "cut-response":
             room = incoming.proxy.after - self.sent
             if room <= len(data):
@@ -198,7 +210,7 @@ class _Incoming(protocol.Protocol):
         self.received = 0
         self.pending: list[bytes] = []
         self.outgoing: _Outgoing | None = None
-        if self.mode in ("pass", "cut-request", "cut-response"):
+        if self.mode in ("pass", "cut-request", "cut-response", "stall-response"):
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target_port)
             connectProtocol(endpoint, _Outgoing(self)).addCallbacks(self._connected, lambda _: self.cut())
 

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
 import treq
@@ -184,7 +184,7 @@ class S3BlobStore:
             # The CID is the sha-256 of the bytes: S3 checks them against it.
             digest = cid.cid_bytes[len(RAW_PREFIX):].hex()
             await self._retrying("PUT " + key, lambda: self._call(
-                "PUT", key, body=_FileSlice(source, 0, size, self.reactor), payload=digest,
+                "PUT", key, body=_FileSlice(source, 0, size), payload=digest,
                 headers={"content-type": "application/octet-stream"},
             ))
         source.unlink(missing_ok=True)  # consumed: the disk keeps no copy
@@ -255,7 +255,7 @@ class S3BlobStore:
                     self.reactor, self.reactor.getThreadPool(), _sha256, source, offset, length
                 )
                 etags.append(await self._retrying(f"UploadPart {number} {key}", lambda: self._call(
-                    "PUT", key, query, body=_FileSlice(source, offset, length, self.reactor),
+                    "PUT", key, query, body=_FileSlice(source, offset, length),
                     payload=digest, etag=True,
                 )))
             manifest = "".join(
@@ -358,16 +358,18 @@ class S3BlobStore:
         return content if read else None
 
     async def _read(self, response: IResponse, limit: int = 1024 * 1024) -> bytes:
-        reader = S3BlobReader(response, self.reactor, self.config.timeout)
+        # Its S3Errors stay S3Errors: the caller decides on retrying.
+        body = _BodyProtocol(self.reactor, self.config.timeout)
+        response.deliverBody(body)
         chunks, size = [], 0
         try:
-            while chunk := await reader.read(65536):
+            while chunk := await body.read(65536):
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > limit:
                     raise S3Error("S3 answered more than expected", retryable=False)
         finally:
-            await reader.close()
+            body.abandon()
         return b"".join(chunks)
 
     async def _error(self, response: IResponse) -> S3Error:
@@ -417,7 +419,12 @@ class S3BlobReader:
         response.deliverBody(self._protocol)
 
     async def read(self, size: int) -> bytes:
-        return await self._protocol.read(size)
+        try:
+            return await self._protocol.read(size)
+        except S3Error as e:
+            # Named for the client if nothing has been sent to it yet.
+            log.error("S3 body failed: {error}", error=str(e))
+            raise BlobStoreUnavailable("The blob store is unavailable") from e
 
     async def close(self) -> None:
         self._protocol.abandon()
@@ -508,7 +515,7 @@ class _FileSlice:
 
     CHUNK = 256 * 1024
 
-    def __init__(self, path: Path, offset: int, length: int, reactor: Any) -> None:
+    def __init__(self, path: Path, offset: int, length: int) -> None:
         self.path = path
         self.offset = offset
         self.length = length
