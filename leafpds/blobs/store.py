@@ -2,11 +2,14 @@
 Where blob bytes live.
 
 A :class:`BlobStore` holds each account's blobs by CID.  Every method is
-asynchronous and reading is streamed, so a store on the network (S3) fits
-the same interface as the disk store here.  Whether a blob is temporary or
-permanent is the database's business (the ``blobs`` table): the store only
-ever holds complete blobs under their final names, so making a blob
-permanent moves nothing.
+asynchronous and reading is streamed, so a store on the network fits the
+same interface as the disk store here (:mod:`leafpds.blobs.s3`).  Whether a
+blob is temporary or permanent is the database's business (the ``blobs``
+table): the store only ever holds complete blobs under their final names, so
+making a blob permanent moves nothing.  That holds on S3 too: an upload is
+whole and hashed in the local spool before the store sees it, so it goes
+straight to its final key (see :mod:`leafpds.blobs.s3` for why that beats
+the official PDS's ``tmp/`` then copy).
 """
 
 import os
