@@ -173,6 +173,9 @@ async def test_presigned_get_redirects_to_s3(tmp_path, s3):
         fetched = await treq.get(location)
         assert fetched.code == 200 and await fetched.content() == PNG
         assert fetched.headers.getRawHeaders("content-type") == ["image/png"]
+        # A client's Range goes to S3 with it.
+        ranged = await treq.get(location, headers={"Range": "bytes=0-9"})
+        assert ranged.code == 206 and await ranged.content() == PNG[:10]
     finally:
         await running.service.stopService()
 

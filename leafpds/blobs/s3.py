@@ -189,15 +189,22 @@ class S3BlobStore:
             ))
         source.unlink(missing_ok=True)  # consumed: the disk keeps no copy
 
-    async def open(self, did: str, cid: CID) -> "S3BlobReader":
+    async def open(
+        self, did: str, cid: CID, offset: int = 0, length: int | None = None
+    ) -> "S3BlobReader":
         key = self.key(did, cid)
+        headers, expected = {}, 200
+        if offset or length is not None:
+            # Passed through: S3 sends only the span.
+            end = "" if length is None else str(offset + length - 1)
+            headers, expected = {"range": f"bytes={offset}-{end}"}, 206
 
         async def get() -> S3BlobReader:
-            response = await self._send("GET", key)
+            response = await self._send("GET", key, headers=headers)
             if response.code == 404:
                 await _drain(response)
                 raise MissingBlobFile(f"{did} {cid.encode()}")
-            if response.code != 200:
+            if response.code != expected:
                 raise await self._error(response)
             return S3BlobReader(response, self.reactor, self.config.timeout)
 

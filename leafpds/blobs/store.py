@@ -40,8 +40,14 @@ class BlobStore(Protocol):
         name before all of it is durably written.
         """
 
-    async def open(self, did: str, cid: CID) -> BlobReader:
-        """Start reading a blob; raises :class:`MissingBlobFile`."""
+    async def open(
+        self, did: str, cid: CID, offset: int = 0, length: int | None = None
+    ) -> BlobReader:
+        """
+        Start reading a blob, from ``offset`` for ``length`` bytes (to the
+        end if None; the caller checks the span against the blob's size);
+        raises :class:`MissingBlobFile`.
+        """
 
     async def delete(self, did: str, cid: CID) -> None:
         """Delete a blob; deleting one that is not there is not an error."""
@@ -99,12 +105,14 @@ class DiskBlobStore:
         os.replace(source, target)
         _fsync_dir(folder)
 
-    async def open(self, did: str, cid: CID) -> "DiskBlobReader":
+    async def open(
+        self, did: str, cid: CID, offset: int = 0, length: int | None = None
+    ) -> "DiskBlobReader":
         try:
-            f = await self._in_thread(open, self.path(did, cid), "rb")
+            f = await self._in_thread(_open_at, self.path(did, cid), offset)
         except FileNotFoundError:
             raise MissingBlobFile(f"{did} {cid.encode()}") from None
-        return DiskBlobReader(f, self)
+        return DiskBlobReader(f, self, length)
 
     async def delete(self, did: str, cid: CID) -> None:
         await self._in_thread(self.path(did, cid).unlink, True)
@@ -120,15 +128,30 @@ class DiskBlobStore:
 
 
 class DiskBlobReader:
-    def __init__(self, f: BinaryIO, store: DiskBlobStore) -> None:
+    def __init__(self, f: BinaryIO, store: DiskBlobStore, length: int | None = None) -> None:
         self._file = f
         self._store = store
+        self._left = length  # None: to the end
 
     async def read(self, size: int) -> bytes:
-        return await self._store._in_thread(self._file.read, size)
+        if self._left is not None:
+            size = min(size, self._left)
+            if size <= 0:
+                return b""
+        chunk = await self._store._in_thread(self._file.read, size)
+        if self._left is not None:
+            self._left -= len(chunk)
+        return chunk
 
     async def close(self) -> None:
         self._file.close()
+
+
+def _open_at(path: Path, offset: int) -> BinaryIO:
+    f = open(path, "rb")
+    if offset:
+        f.seek(offset)
+    return f
 
 
 def _fsync_dir(path: Path) -> None:
