@@ -119,7 +119,8 @@ class FaultProxy:
     connections (None: all) get the fault:
 
     - ``close``: closed as soon as the request starts (nothing answered);
-    - ``503``: answered 503 SlowDown, as S3 does when it sheds load;
+    - ``503``: answered 503 SlowDown, as S3 does when it sheds load (or
+      the ``answer`` status line and ``body`` given);
     - ``stall``: the request is read and never answered;
     - ``cut-request``: the first ``after`` bytes of the request go through,
       then the connection is cut (a partial upload);
@@ -135,6 +136,7 @@ class FaultProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.mode = "pass"
+        self.answer = b""
         self.count: int | None = 0
         self.skip = 0
         self.after = 0
@@ -153,8 +155,13 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port.getHost().port}"
 
-    def fault(self, mode: str, count: int | None = None, skip: int = 0, after: int = 0) -> None:
+    def fault(
+        self, mode: str, count: int | None = None, skip: int = 0, after: int = 0,
+        answer: bytes = b"503 Slow Down", body: bytes = SLOW_DOWN,
+    ) -> None:
         self.mode, self.count, self.skip, self.after = mode, count, skip, after
+        self.answer = b"HTTP/1.1 %s\r\ncontent-type: application/xml\r\n" \
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (answer, len(body), body)
         self.connections = self.faulted = 0
         for connection in list(self.live):
             connection.transport.abortConnection()
@@ -226,10 +233,7 @@ class _Incoming(protocol.Protocol):
         if self.mode == "close":
             self.cut()
         elif self.mode == "503":
-            self.transport.write(
-                b"HTTP/1.1 503 Slow Down\r\ncontent-type: application/xml\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(SLOW_DOWN), SLOW_DOWN)
-            )
+            self.transport.write(self.proxy.answer)
             self.transport.loseConnection()
             self.mode = "answered"
         elif self.mode in ("stall", "answered"):

@@ -440,3 +440,32 @@ async def test_deleting_while_s3_is_down_keeps_going(faulty, s3):
     proxy.heal()
     made = await create_record(pds, auth, did, {"$type": POST, "text": "hi", "createdAt": "2026-12-06T00:00:00Z"})
     assert made.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_completion_whose_answer_is_lost_still_succeeds(faulty, s3):
+    pds, proxy = faulty
+    small_parts(pds)
+    did, auth = await account(pds)
+    data = os.urandom(11 * MiB)
+    # Create and three parts pass; S3 completes the upload but its answer is
+    # cut: the retry finds no such upload, and the object there, whole.
+    proxy.fault("cut-response", skip=4, count=1, after=0)
+    answer = await upload(pds, auth, data)
+    assert answer.code == 200, answer.body
+    # moto, like S3 for a while, completes the same upload again; S3 may
+    # instead answer NoSuchUpload, checked below.
+    assert proxy.faulted == 1 and proxy.connections >= 6
+    key = f"pds/blocks/{did}/{cid_for_raw(data).encode()}"
+    assert s3.keys() == {key: data}
+
+    # S3's other answer to a repeated completion (moto has none: it fails).
+    store = pds.service.app.blobs.store
+    body = b"<CompleteMultipartUpload></CompleteMultipartUpload>"
+    no_such_upload = b"<Error><Code>NoSuchUpload</Code><Message>gone</Message></Error>"
+    proxy.fault("503", count=1, answer=b"404 Not Found", body=no_such_upload)
+    await store._complete(key, "an-upload-id", body, len(data))  # there, whole: done
+    assert proxy.faulted == 1 and proxy.connections == 2  # the completion, then a HEAD
+    proxy.fault("503", count=1, answer=b"404 Not Found", body=no_such_upload)
+    with pytest.raises(S3Error, match="404 NoSuchUpload"):
+        await store._complete(key, "an-upload-id", body, len(data) - 1)  # not this object
