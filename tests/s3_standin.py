@@ -16,7 +16,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from twisted.internet import protocol, reactor
+from twisted.internet import protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 
 from tests.harness import free_port
@@ -126,7 +126,8 @@ class FaultProxy:
       then the connection is cut (a partial upload);
     - ``cut-response``: the answer is cut after ``after`` bytes;
     - ``stall-response``: the answer stops after ``after`` bytes, the
-      connection stays open.
+      connection stays open;
+    - ``slow-response``: the answer trickles, ``after`` bytes every 0.1 s.
 
     Connections open when a fault is set are cut, so none left in a client's
     pool slips past it.  The store under test should not reuse connections
@@ -188,9 +189,25 @@ class _Outgoing(protocol.Protocol):
     def __init__(self, incoming: "_Incoming") -> None:
         self.incoming = incoming
         self.sent = 0
+        self.queue = b""
+        self.drip: task.LoopingCall | None = None
+        self.ended = False
+
+    def _drip(self) -> None:
+        piece, self.queue = self.queue[:self.incoming.proxy.after], self.queue[self.incoming.proxy.after:]
+        self.incoming.transport.write(piece)
+        if not self.queue and self.ended:
+            self.drip.stop()
+            self.incoming.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         incoming = self.incoming
+        if incoming.mode == "slow-response":
+            self.queue += data
+            if self.drip is None:
+                self.drip = task.LoopingCall(self._drip)
+                self.drip.start(0.1)
+            return
         if incoming.mode == "stall-response":
             room = max(incoming.proxy.after - self.sent, 0)
             self.sent += len(data)
@@ -206,7 +223,11 @@ class _Outgoing(protocol.Protocol):
         incoming.transport.write(data)
 
     def connectionLost(self, reason: Any) -> None:
-        self.incoming.transport.loseConnection()
+        self.ended = True
+        if not self.queue:
+            if self.drip is not None and self.drip.running:
+                self.drip.stop()
+            self.incoming.transport.loseConnection()
 
 
 class _Incoming(protocol.Protocol):
@@ -217,7 +238,7 @@ class _Incoming(protocol.Protocol):
         self.received = 0
         self.pending: list[bytes] = []
         self.outgoing: _Outgoing | None = None
-        if self.mode in ("pass", "cut-request", "cut-response", "stall-response"):
+        if self.mode in ("pass", "cut-request", "cut-response", "stall-response", "slow-response"):
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target_port)
             connectProtocol(endpoint, _Outgoing(self)).addCallbacks(self._connected, lambda _: self.cut())
 

@@ -414,6 +414,19 @@ async def test_get_blob_faults(faulty, s3):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_slow_s3_is_not_a_failed_one(faulty, s3):
+    # The timeout is for silence, not for the whole transfer: a blob that
+    # trickles in for six times the timeout still arrives.
+    pds, proxy = faulty
+    did, auth, data, params = await stored_blob(pds, 300_000)
+    proxy.fault("slow-response", after=10_000)
+    began = time.monotonic()
+    got = await pds.get("com.atproto.sync.getBlob", params)
+    assert got.code == 200 and got.body == data
+    assert time.monotonic() - began > 3 * 0.5 * 2 and proxy.faulted == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_deleting_while_s3_is_down_keeps_going(faulty, s3):
     pds, proxy = faulty
     blobs = pds.service.app.blobs
