@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import FileBodyProducer
 
@@ -193,11 +194,24 @@ async def test_a_large_blob_goes_up_in_parts(s3_pds, s3):
     requests = []
     send = store._send
     store._send = lambda method, key, query=None, **kw: requests.append((method, sorted(query or {}))) or send(method, key, query, **kw)
+    in_flight, most = [0], [0]
+    call = store._call
+
+    async def counted(*args, **kwargs):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            in_flight[0] -= 1
+
+    store._call = counted
     did, auth = await account(s3_pds)
     data = os.urandom(11 * MiB)
     answer = await upload(s3_pds, auth, FileBodyProducer(io.BytesIO(data)))
     assert answer.code == 200, answer.body
     assert requests == [("POST", ["uploads"])] + [("PUT", ["partNumber", "uploadId"])] * 3 + [("POST", ["uploadId"])]
+    assert most[0] == 3  # the parts went up together
     cid = cid_for_raw(data).encode()
     assert s3.keys() == {f"pds/blocks/{did}/{cid}": data} and s3.multipart_uploads() == []
     assert spool_files(s3_pds) == []
@@ -357,7 +371,7 @@ async def test_a_partial_upload_stores_nothing(faulty, s3):
 @pytest_twisted.ensureDeferred
 async def test_a_failed_part_aborts_the_multipart_upload(faulty, s3):
     pds, proxy = faulty
-    small_parts(pds)
+    small_parts(pds, part_concurrency=1)  # one part at a time: the proxy's count is the part's
     did, auth = await account(pds)
     data = os.urandom(11 * MiB)
     # Create and part 1 pass; part 2 fails all three attempts; the abort passes.
@@ -482,3 +496,32 @@ async def test_a_completion_whose_answer_is_lost_still_succeeds(faulty, s3):
     proxy.fault("503", count=1, answer=b"404 Not Found", body=no_such_upload)
     with pytest.raises(S3Error, match="404 NoSuchUpload"):
         await store._complete(key, "an-upload-id", body, len(data) - 1)  # not this object
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_part_failing_for_good_stops_the_others_and_aborts(s3_pds, s3):
+    store = small_parts(s3_pds)
+    send, call, started, sent = store._send, store._call, [], []
+
+    async def part_two_refused(method, key, query=None, **kwargs):
+        if query and query.get("partNumber") == "2":
+            while len(started) < 2:  # parts 1 and 3 are on their way
+                await task.deferLater(reactor, 0.01)
+            raise S3Error("HTTP 403 AccessDenied", retryable=False)
+        return await call(method, key, query, **kwargs)
+
+    async def parts_never_answered(method, key, query=None, **kwargs):
+        sent.append(method)
+        if query and "partNumber" in query:
+            started.append(query["partNumber"])
+            await Deferred()  # only a cancellation ends it
+        return await send(method, key, query, **kwargs)
+
+    store._call, store._send = part_two_refused, parts_never_answered
+    _, auth = await account(s3_pds)
+    answer = await upload(s3_pds, auth, os.urandom(11 * MiB), timeout=30)
+    assert_error(answer, 503, "BlobStoreUnavailable")
+    # Parts 1 and 3 were cancelled, not retried; then the upload was aborted.
+    assert sorted(started) == ["1", "3"] and sent == ["POST", "PUT", "PUT", "DELETE"]
+    assert s3.multipart_uploads() == [] and s3.keys() == {} and spool_files(s3_pds) == []
+    assert await blob_rows(s3_pds) == []

@@ -40,7 +40,10 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import (
+    CancelledError, Deferred, DeferredList, DeferredSemaphore, FirstError, ensureDeferred,
+    gatherResults, succeed,
+)
 from twisted.internet.error import ConnectError, ConnectionLost, TimeoutError as TCPTimeoutError
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.internet.protocol import Protocol
@@ -93,6 +96,8 @@ class S3Config:
     #: Blobs of at least this many bytes go up as multipart uploads.
     multipart_threshold: int = 16 * 1024 * 1024
     part_size: int = 8 * 1024 * 1024
+    #: Parts uploaded at once.
+    part_concurrency: int = 4
     #: Seconds without progress before a request is given up (and retried).
     timeout: float = 20.0
     #: Tries per request, the first included.
@@ -251,20 +256,7 @@ class S3BlobStore:
         if not upload_id:
             raise BlobStoreUnavailable("The blob store is unavailable")
         try:
-            etags = []
-            part_size = self.config.part_size
-            for number, offset in enumerate(range(0, size, part_size), start=1):
-                length = min(part_size, size - offset)
-                query = {"partNumber": str(number), "uploadId": upload_id}
-                # Hashed in the thread pool (~5 ms a part) so S3 checks each
-                # part's bytes as it checks a single PUT's.
-                digest = await deferToThreadPool(
-                    self.reactor, self.reactor.getThreadPool(), _sha256, source, offset, length
-                )
-                etags.append(await self._retrying(f"UploadPart {number} {key}", lambda: self._call(
-                    "PUT", key, query, body=_FileSlice(source, offset, length),
-                    payload=digest, etag=True,
-                )))
+            etags = await self._put_parts(key, upload_id, source, size)
             manifest = "".join(
                 f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
                 for n, etag in enumerate(etags, start=1)
@@ -281,6 +273,37 @@ class S3BlobStore:
                 # Left for a bucket lifecycle rule (docs/operating.md).
                 log.failure("Could not abort the multipart upload of {key}", key=key)
             raise
+
+    async def _put_parts(self, key: str, upload_id: str, source: Path, size: int) -> list[str]:
+        """Upload the parts, a few at once (a connection's speed is capped by its round trips)."""
+        part_size = self.config.part_size
+        limit = DeferredSemaphore(self.config.part_concurrency)
+
+        async def part(number: int, offset: int) -> str:
+            length = min(part_size, size - offset)
+            query = {"partNumber": str(number), "uploadId": upload_id}
+            # Hashed in the thread pool (~5 ms a part) so S3 checks each
+            # part's bytes as it checks a single PUT's.
+            digest = await deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), _sha256, source, offset, length
+            )
+            return await self._retrying(f"UploadPart {number} {key}", lambda: self._call(
+                "PUT", key, query, body=_FileSlice(source, offset, length),
+                payload=digest, etag=True,
+            ))
+
+        parts = [
+            limit.run(lambda n=number, o=offset: ensureDeferred(part(n, o)))
+            for number, offset in enumerate(range(0, size, part_size), start=1)
+        ]
+        try:
+            return await gatherResults(parts, consumeErrors=True)
+        except FirstError as e:
+            # One part failed for good: stop the others before the abort.
+            for d in parts:
+                d.cancel()
+            await DeferredList(parts, consumeErrors=True)
+            raise e.subFailure.value from None
 
     async def _complete(self, key: str, upload_id: str, body: bytes, size: int) -> None:
         response = await self._send(
@@ -336,8 +359,13 @@ class S3BlobStore:
             body.progress = watchdog.reset
         try:
             return await d
-        except CancelledError:
-            raise S3Error(f"{method} timed out", retryable=True) from None
+        except Exception as e:
+            if watchdog.fired:
+                raise S3Error(f"{method} timed out", retryable=True) from None
+            if _cancelled(e):
+                # Cancelled by our caller (another part failed): not to retry.
+                raise CancelledError() from None
+            raise
         finally:
             watchdog.stop()
 
@@ -392,7 +420,7 @@ class S3BlobStore:
         for number in range(1, config.attempts + 1):
             try:
                 return await attempt()
-            except MissingBlobFile:
+            except (MissingBlobFile, CancelledError):
                 raise
             except Exception as e:
                 error = _classify(e)
@@ -499,8 +527,13 @@ class _Watchdog:
     """Calls ``expire`` after ``timeout`` seconds without a ``reset``."""
 
     def __init__(self, reactor: Any, timeout: float, expire: Callable[[], Any]) -> None:
-        self._call = reactor.callLater(timeout, expire)
+        self._call = reactor.callLater(timeout, self._expire, expire)
         self._timeout = timeout
+        self.fired = False
+
+    def _expire(self, expire: Callable[[], Any]) -> None:
+        self.fired = True
+        expire()
 
     def reset(self) -> None:
         if self._call.active():
@@ -636,6 +669,14 @@ def _status_error(status: int, content: bytes | None) -> S3Error:
     code = _xml_text(content, "Code") if content else None
     retryable = status >= 500 or status == 429 or code in _RETRYABLE_CODES
     return S3Error(f"HTTP {status} {code or ''}".strip(), retryable, code)
+
+
+def _cancelled(e: Exception) -> bool:
+    # Twisted's client reports a cancelled request as itself, or wrapped in
+    # ResponseNeverReceived / RequestTransmissionFailed.
+    if isinstance(e, CancelledError):
+        return True
+    return any(reason.check(CancelledError) for reason in getattr(e, "reasons", []))
 
 
 def _classify(e: Exception) -> S3Error:
