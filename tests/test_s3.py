@@ -26,7 +26,7 @@ from leafpds.config import ConfigError, Settings, parse_blobstore, resolve
 from leafpds.ipld.cid import cid_for_raw
 from leafpds.service import open_app
 from leafpds.tap import Options
-from tests.harness import free_port, make_settings, start_pds
+from tests.harness import ServerProcess, free_port, make_settings, start_pds
 from tests.s3_standin import BUCKET, FaultProxy
 from tests.test_accounts import assert_error, bearer, create
 from tests.test_blobs import POST, PNG, blob_rows, create_record, image_post, spool_files, upload
@@ -525,3 +525,32 @@ async def test_a_part_failing_for_good_stops_the_others_and_aborts(s3_pds, s3):
     assert sorted(started) == ["1", "3"] and sent == ["POST", "PUT", "PUT", "DELETE"]
     assert s3.multipart_uploads() == [] and s3.keys() == {} and spool_files(s3_pds) == []
     assert await blob_rows(s3_pds) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_with_s3_options_and_aws_variables(tmp_path, s3, monkeypatch):
+    # The real command line: --blobstore and --s3-* parsed by twistd, the keys
+    # from the AWS_* variables the process inherits.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_access_key)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    server = ServerProcess(tmp_path / "data", "--blobstore", f"s3://{BUCKET}/proc",
+                           "--s3-endpoint", s3.url, "--s3-force-path-style")
+    await server.start()
+    try:
+        status, made = await server.call("com.atproto.server.createAccount", {
+            "handle": "proc.test", "email": "p@example.com", "password": "a-good-password"})
+        assert status == 200, made
+        auth = {"Authorization": f"Bearer {made['accessJwt']}"}
+        uploaded = await treq.post(server.url + "/xrpc/com.atproto.repo.uploadBlob", PNG,
+                                   headers={**auth, "Content-Type": "image/png"})
+        assert uploaded.code == 200
+        blob = (await uploaded.json())["blob"]
+        key = f"proc/blocks/{made['did']}/{blob['ref']['$link']}"
+        assert s3.keys() == {key: PNG}
+        assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file() and PNG in p.read_bytes()]
+    finally:
+        server.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert "Blobs are kept in {where}" in log and f"s3://{BUCKET}/proc/ at {s3.url}" in log
+    assert s3.secret_access_key not in log
