@@ -6,8 +6,9 @@ the reactor) and sent with treq over a persistent connection pool: no SDK
 call blocks the reactor and no request takes a thread.
 
 Layout: ``<prefix>blocks/<did>/<cid>``, the official PDS's permanent keys.
-The official store streams an upload to ``tmp/<random>`` (it learns the CID
-only at the end) and copies it to ``blocks/`` when a record references it.
+The official store streams an upload to ``tmp/<did>/<random>`` (it learns
+the CID only at the end), then copies it to ``blocks/`` and deletes it when a
+record references it.
 leafpds already holds the whole upload in its spool, hashed, before the
 store sees it, so it uploads once, straight to the final key: an object is
 only ever complete under its name (a single PUT or a completed multipart
@@ -35,10 +36,10 @@ from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
 import treq
-from treq.client import HTTPClient
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from treq.client import HTTPClient
 from twisted.internet import task
 from twisted.internet.defer import (
     CancelledError, Deferred, DeferredList, DeferredSemaphore, FirstError, ensureDeferred,
@@ -55,6 +56,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from leafpds.blobs.store import MissingBlobFile, check_did
+from leafpds.config import Settings
 from leafpds.errors import XRPCError
 from leafpds.ipld.cid import CID, RAW_PREFIX
 
@@ -106,7 +108,7 @@ class S3Config:
     max_backoff: float = 5.0
 
     @classmethod
-    def from_settings(cls, settings: Any, environ: Mapping[str, str]) -> "S3Config":
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> "S3Config":
         """
         The store ``--blobstore s3://…`` names; credentials, region and
         endpoint fall back to the usual ``AWS_*`` variables.
