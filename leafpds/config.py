@@ -54,6 +54,19 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
     ),
     "max-json-body": ("1048576", "Largest JSON request body accepted, in bytes."),
     "max-blob-size": ("104857600", "Largest blob upload accepted, in bytes."),
+    "blobstore": (
+        "disk",
+        "Where blobs live: disk (<data-dir>/blobs) or s3://<bucket>[/<prefix>] "
+        "(any S3-compatible store; see the --s3-* options).",
+    ),
+    "s3-endpoint": (
+        None,
+        "S3 endpoint URL, e.g. http://127.0.0.1:9000 for MinIO "
+        "[default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS in --s3-region].",
+    ),
+    "s3-region": (None, "S3 region [default: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1]."),
+    "s3-access-key-id": (None, "S3 access key id [default: AWS_ACCESS_KEY_ID]."),
+    "s3-secret-access-key": (None, "S3 secret access key [default: AWS_SECRET_ACCESS_KEY]."),
     "blob-grace": (
         "3600",
         "Seconds an uploaded blob is kept while no record references it.",
@@ -139,6 +152,10 @@ FLAGS: dict[str, str] = {
     "no-password-signup": "Refuse createAccount: new accounts only through sign-in with GitHub or Google.",
     "allow-private-services": "Let atproto-proxy headers name services on loopback or private "
     "addresses (development and tests only: it opens the server's own network to its users).",
+    "s3-force-path-style": "Address the bucket as <endpoint>/<bucket>/ instead of "
+    "<bucket>.<endpoint host>/ (MinIO, Ceph and most self-hosted stores need it).",
+    "s3-presigned-get": "Answer getBlob with a redirect to a short-lived presigned S3 URL "
+    "instead of streaming the blob through leafpds.",
     "no-cpu-pairing": "Let the reactor and the database writer run on any CPU (by default they share one, "
     "which makes each commit's two hand-overs between them cheap).",
 }
@@ -200,6 +217,15 @@ class Settings:
     crawlers: tuple[str, ...] = ()
     max_blob_size: int = 104857600
     blob_grace: float = 3600.0
+    blobstore: str = "disk"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_force_path_style: bool = False
+    s3_presigned_get: bool = False
     firehose_window: float = 72.0
     firehose_buffer: int = 16777216
     record_cache: int = 33554432
@@ -262,6 +288,11 @@ class Settings:
         email_from = (values["email-from"] or "").strip() or f"noreply@{hostname}"
         if not _ADDRESS.match(email_from):
             raise ConfigError(f"--email-from must be an email address, not {email_from!r}")
+        blobstore = (values["blobstore"] or "disk").strip()
+        try:
+            s3_bucket, s3_prefix = parse_blobstore(blobstore) or (None, "")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
         service_did = (values["service-did"] or "").strip() or None
@@ -294,6 +325,15 @@ class Settings:
             crawlers=_comma_list(values["crawlers"]),
             max_blob_size=max_blob_size,
             blob_grace=blob_grace,
+            blobstore=blobstore,
+            s3_bucket=s3_bucket,
+            s3_prefix=s3_prefix,
+            s3_endpoint=(values["s3-endpoint"] or "").rstrip("/") or None,
+            s3_region=values["s3-region"] or None,
+            s3_access_key_id=values["s3-access-key-id"] or None,
+            s3_secret_access_key=values["s3-secret-access-key"] or None,
+            s3_force_path_style=values["s3-force-path-style"],
+            s3_presigned_get=values["s3-presigned-get"],
             firehose_window=firehose_window,
             firehose_buffer=firehose_buffer,
             record_cache=record_cache,
@@ -352,6 +392,25 @@ class Settings:
         if self.hostname == "localhost" and port is not None:
             return f"http://localhost:{port}"
         return f"https://{self.hostname}"
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_blobstore(value: str) -> tuple[str, str] | None:
+    """
+    ``s3://<bucket>[/<prefix>]`` -> (bucket, prefix ending in "/", or "");
+    ``disk`` -> None.  Raises ValueError for anything else.
+    """
+    if value == "disk":
+        return None
+    if not value.startswith("s3://"):
+        raise ValueError(f"--blobstore must be disk or s3://<bucket>[/<prefix>], not {value!r}")
+    bucket, _, prefix = value[len("s3://"):].partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(f"--blobstore: not an S3 bucket name: {bucket!r}")
+    prefix = prefix.strip("/")
+    return bucket, prefix + "/" if prefix else ""
 
 
 def _comma_list(value: str | None) -> tuple[str, ...]:

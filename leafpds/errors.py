@@ -70,6 +70,11 @@ class InternalServerError(XRPCError):
     name = "InternalServerError"
 
 
+class RangeNotSatisfiable(XRPCError):
+    status = 416
+    name = "RangeNotSatisfiable"
+
+
 class InvalidSwap(XRPCError):
     name = "InvalidSwap"
 

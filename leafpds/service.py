@@ -27,7 +27,7 @@ from leafpds.accounts.service_auth import ServiceAuth
 from leafpds.accounts.sessions import TokenIssuer, revoked_sessions
 from leafpds.app import AppContext
 from leafpds.blobs.blobs import Blobs
-from leafpds.blobs.store import DiskBlobStore
+from leafpds.blobs.store import BlobStore, DiskBlobStore
 from leafpds.config import ConfigError, Settings, load_master_secret
 from leafpds.db.pool import Database, connect
 from leafpds.identity.handles import HandleResolver
@@ -72,7 +72,9 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     tokens.revoke(still_revoked)
     transactor = RepoTransactor(db, keys)
     blob_root = settings.data_dir / "blobs"
-    blobs = Blobs(db, DiskBlobStore(blob_root, reactor), blob_root / "tmp", settings.blob_grace, reactor)
+    store = blob_store(settings, environ, reactor)
+    # Uploads spool to the local disk in either case (hashed as they arrive).
+    blobs = Blobs(db, store, blob_root / "tmp", settings.blob_grace, reactor)
     transactor.commit_hooks.append(blobs.commit_hook)
     app = AppContext(
         settings=settings,
@@ -125,6 +127,22 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     app.crawlers = CrawlerNotifier(list(settings.crawlers), lambda: settings.hostname, reactor)
     transactor.listeners.append(app.crawlers.committed)
     return app
+
+
+def blob_store(settings: Settings, environ: Mapping[str, str], reactor: Any) -> BlobStore:
+    """The store ``--blobstore`` names: the disk (default) or an S3 bucket."""
+    if settings.s3_bucket is None:
+        return DiskBlobStore(settings.data_dir / "blobs", reactor)
+    # botocore is imported only by servers that use S3.
+    from leafpds.blobs.s3 import S3BlobStore, S3Config
+
+    config = S3Config.from_settings(settings, environ)
+    try:
+        store = S3BlobStore(config, reactor)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    log.info("Blobs are kept in {where}", where=config.describe())
+    return store
 
 
 def raise_open_file_limit() -> None:
@@ -312,6 +330,7 @@ class PDSService(MultiService):
         await self.xrpc.proxy.stop()
         self.app.handle_resolver.stop()
         await self.app.plc.close()
+        await self.app.blobs.store.close()
 
     def _close_db(self, result):
         self.app.db.close()

@@ -1,3 +1,4 @@
+import pytest
 import pytest_twisted
 
 from tests.appview_standin import StandInAppView
@@ -19,3 +20,20 @@ async def appview(pds):
     standin = await StandInAppView.start(pds.service.app.plc.base_url)
     yield standin
     await standin.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """moto's S3 in server mode, on loopback, for the whole session (tests/s3_standin.py)."""
+    from tests.s3_standin import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server):
+    """The moto server with nothing but an empty test bucket and a user allowed to use it."""
+    moto_server.fresh()
+    return moto_server

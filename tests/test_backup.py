@@ -204,3 +204,26 @@ async def test_a_restore_checks_the_backup_and_wants_an_empty_folder(tmp_path):
     tampered = admin("restore", str(dest), "--data-dir", str(tmp_path / "new"))
     assert tampered.returncode == 1 and "does not match the manifest" in tampered.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_blobs_in_a_bucket_the_backup_names_it_and_copies_none(tmp_path):
+    data, dest = tmp_path / "data", tmp_path / "backup"
+    server = ServerProcess(data)
+    await server.start()
+    try:
+        did, token = await make_account(server, "dee")
+        blob = await upload(server, token, b"x" * 5000)
+        await server.call("com.atproto.repo.createRecord", {
+            "repo": did, "collection": COLLECTION, "record": {"file": blob}}, token)
+    finally:
+        server.kill()
+    taken = await threads.deferToThread(
+        admin, "--json", "backup", "--data-dir", str(data), str(dest), "--blobstore", "s3://bucket/pds")
+    assert taken.returncode == 0, taken.stderr
+    manifest = json.loads(taken.stdout)
+    assert manifest["blobstore"] == "s3://bucket/pds" and manifest["blobs"]["count"] == 1
+    assert not (dest / "blobs").exists()
+    put = await threads.deferToThread(admin, "restore", str(dest), "--data-dir", str(tmp_path / "new"))
+    assert put.returncode == 0, put.stderr
+    assert "s3://bucket/pds" in put.stdout and not (tmp_path / "new" / "blobs").exists()

@@ -16,10 +16,12 @@ from zope.interface import implementer
 from leafpds.blobs import sniff
 from leafpds.blobs.refs import BlobRef, find_blob_refs
 from leafpds.blobs.spool import UploadSpool
+from leafpds.blobs.s3 import S3BlobStore, S3Config
 from leafpds.blobs.store import DiskBlobStore, MissingBlobFile
 from leafpds.ipld import atjson
 from leafpds.ipld.cid import cid_for_raw, parse_cid
 from tests.harness import make_settings, start_pds
+from tests.s3_standin import BUCKET
 from tests.test_accounts import assert_error, bearer, create
 
 POST = "app.bsky.feed.post"
@@ -74,12 +76,79 @@ def test_find_blob_refs():
     assert find_blob_refs(atjson.loads(b'{"a": [1, "x", null]}')) == []
 
 
-# --- the disk store -------------------------------------------------------------
+# --- the stores: one suite for the disk and S3 ---------------------------------------
+
+
+class DiskOracle:
+    """The disk store, seen from outside: the files under <data-dir>/blobs."""
+
+    name = "disk"
+
+    def settings(self):
+        return {}
+
+    def store(self, tmp_path):
+        return DiskBlobStore(tmp_path / "blobs", reactor)
+
+    def held(self, data_dir):
+        """Every blob the store holds: name -> bytes."""
+        root = data_dir / "blobs"
+        return {
+            str(path.relative_to(root)): path.read_bytes()
+            for path in root.rglob("*") if path.is_file() and path.parent.name != "tmp"
+        }
+
+    def name_of(self, did, cid):
+        return f"{did}/{cid}"
+
+
+class S3Oracle:
+    """The S3 store, seen through boto3 against the moto server."""
+
+    name = "s3"
+
+    def __init__(self, s3):
+        self.s3 = s3
+
+    def settings(self):
+        return {
+            "blobstore": f"s3://{BUCKET}/pds", "s3_endpoint": self.s3.url,
+            "s3_force_path_style": True, "s3_access_key_id": self.s3.access_key_id,
+            "s3_secret_access_key": self.s3.secret_access_key,
+        }
+
+    def store(self, tmp_path):
+        return S3BlobStore(S3Config(
+            bucket=BUCKET, prefix="pds/", endpoint=self.s3.url, force_path_style=True,
+            access_key_id=self.s3.access_key_id, secret_access_key=self.s3.secret_access_key,
+        ), reactor)
+
+    def held(self, data_dir):
+        return self.s3.keys()
+
+    def name_of(self, did, cid):
+        return f"pds/blocks/{did}/{cid}"
+
+
+@pytest.fixture(params=["disk", "s3"])
+def blobstore(request):
+    """The blob store the test runs against, and how to look into it independently."""
+    if request.param == "disk":
+        return DiskOracle()
+    return S3Oracle(request.getfixturevalue("s3"))
+
+
+@pytest_twisted.async_yield_fixture
+async def pds(tmp_path, blobstore):
+    """A running leafpds keeping its blobs in ``blobstore``."""
+    running = await start_pds(make_settings(tmp_path / "data", **blobstore.settings()))
+    yield running
+    await running.service.stopService()
 
 
 @pytest_twisted.ensureDeferred
-async def test_disk_store_put_open_delete(tmp_path):
-    store = DiskBlobStore(tmp_path / "blobs", reactor)
+async def test_store_put_open_delete(tmp_path, blobstore):
+    store = blobstore.store(tmp_path)
     spool = UploadSpool(tmp_path)
     data = os.urandom(600_000)
     spool.write(data[:100])
@@ -87,27 +156,34 @@ async def test_disk_store_put_open_delete(tmp_path):
     spool.flush()
     did, cid = "did:plc:abc", spool.cid
     assert cid == cid_for_raw(data) and spool.size == len(data) and spool.head == data[:4096]
-    final = store.path(did, cid)
-    assert not final.exists()  # nothing under the final name while it is written
     assert not await store.exists(did, cid)
     await store.put(did, cid, spool.path)
-    assert final.read_bytes() == data and not spool.path.exists()
+    assert blobstore.held(tmp_path) == {blobstore.name_of(did, cid.encode()): data}
+    assert not spool.path.exists()  # consumed: moved into place, or uploaded and deleted
     spool.close()  # the store took the file: closing deletes nothing
 
     reader = await store.open(did, cid)
     chunks = []
     while chunk := await reader.read(100_000):
+        assert len(chunk) <= 100_000
         chunks.append(chunk)
     await reader.close()
     assert b"".join(chunks) == data and await store.exists(did, cid)
+    # A reader closed before the end lets go (of its file, of its connection).
+    reader = await store.open(did, cid)
+    assert await reader.read(10) == data[:10]
+    await reader.close()
 
     await store.delete(did, cid)
     await store.delete(did, cid)  # twice is fine
-    assert not final.exists()
+    assert blobstore.held(tmp_path) == {} and not await store.exists(did, cid)
     with pytest.raises(MissingBlobFile):
         await store.open(did, cid)
-    with pytest.raises(ValueError):
-        store.path("../etc", cid)
+    for bad in ("../etc", ".hidden", "did:plc:a/b"):
+        with pytest.raises(ValueError):
+            await store.put(bad, cid, spool.path)
+    assert store.redirect_url(did, cid, "image/png") is None  # streamed unless configured
+    await store.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -168,8 +244,14 @@ def blob_rows(pds):
     return pds.service.app.db.read(rows)
 
 
-def blob_file(pds, did, cid):
-    return pds.service.app.blobs.store.path(did, parse_cid(cid))
+def held(pds, blobstore):
+    """What the store holds, seen independently: {name: bytes}."""
+    return blobstore.held(pds.service.app.settings.data_dir)
+
+
+def stored(pds, blobstore, did, cid):
+    """The bytes the store holds as ``did``'s blob ``cid``; None if none."""
+    return held(pds, blobstore).get(blobstore.name_of(did, cid))
 
 
 def spool_files(pds):
@@ -177,7 +259,7 @@ def spool_files(pds):
 
 
 @pytest_twisted.ensureDeferred
-async def test_upload_reference_serve_list(pds, alice):
+async def test_upload_reference_serve_list(pds, alice, blobstore):
     did, auth = alice
     answer = await upload(pds, auth, PNG)
     assert answer.code == 200, answer.body
@@ -185,7 +267,11 @@ async def test_upload_reference_serve_list(pds, alice):
     cid = cid_for_raw(PNG).encode()
     assert blob == {"$type": "blob", "ref": {"$link": cid}, "mimeType": "image/png", "size": len(PNG)}
     assert await blob_rows(pds) == [(did, parse_cid(cid).cid_bytes, "image/png", len(PNG), 1)]
-    assert blob_file(pds, did, cid).read_bytes() == PNG and spool_files(pds) == []
+    assert held(pds, blobstore) == {blobstore.name_of(did, cid): PNG} and spool_files(pds) == []
+    if blobstore.name == "s3":
+        # Once S3 has it, the disk holds the database, not the blob.
+        data_dir = pds.service.app.settings.data_dir
+        assert not [path for path in data_dir.rglob("*") if path.is_file() and PNG in path.read_bytes()]
     # A temporary blob is not served (as the reference).
     assert_error(await pds.get("com.atproto.sync.getBlob", {"did": did, "cid": cid}), 400, "InvalidRequest")
 
@@ -255,7 +341,7 @@ async def test_missing_blobs_are_listed(pds, alice):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_blob_goes_when_no_record_references_it(pds, alice):
+async def test_a_blob_goes_when_no_record_references_it(pds, alice, blobstore):
     did, auth = alice
     blob = (await upload(pds, auth, PNG)).json()["blob"]
     cid = blob["ref"]["$link"]
@@ -263,11 +349,11 @@ async def test_a_blob_goes_when_no_record_references_it(pds, alice):
     second = (await create_record(pds, auth, did, image_post(blob, "two"))).json()
 
     await delete_record(pds, auth, did, first["uri"])
-    assert blob_file(pds, did, cid).exists() and len(await blob_rows(pds)) == 1
+    assert stored(pds, blobstore, did, cid) == PNG and len(await blob_rows(pds)) == 1
     assert (await pds.get("com.atproto.sync.getBlob", {"did": did, "cid": cid})).code == 200
 
     await delete_record(pds, auth, did, second["uri"])
-    assert await blob_rows(pds) == [] and not blob_file(pds, did, cid).exists()
+    assert await blob_rows(pds) == [] and held(pds, blobstore) == {}
     assert_error(await pds.get("com.atproto.sync.getBlob", {"did": did, "cid": cid}), 400, "InvalidRequest")
     assert (await pds.get("com.atproto.sync.listBlobs", {"did": did})).json() == {"cids": []}
 
@@ -280,7 +366,7 @@ async def test_a_blob_goes_when_no_record_references_it(pds, alice):
         "record": {"$type": POST, "text": "no picture", "createdAt": "2026-11-28T12:00:00.000Z"},
     }, headers=auth)
     assert put.code == 200, put.body
-    assert await blob_rows(pds) == [] and not blob_file(pds, did, cid).exists()
+    assert await blob_rows(pds) == [] and held(pds, blobstore) == {}
 
 
 @pytest_twisted.ensureDeferred
@@ -308,7 +394,7 @@ async def test_a_record_referencing_a_blob_not_uploaded_is_refused(pds, alice):
 
 
 @pytest_twisted.ensureDeferred
-async def test_temporary_blobs_are_collected_after_the_grace_period(pds, alice):
+async def test_temporary_blobs_are_collected_after_the_grace_period(pds, alice, blobstore):
     did, auth = alice
     blobs = pds.service.app.blobs
     kept = (await upload(pds, auth, PNG)).json()["blob"]
@@ -326,8 +412,8 @@ async def test_temporary_blobs_are_collected_after_the_grace_period(pds, alice):
     assert await blobs.collect_garbage() == 1
     rows = await blob_rows(pds)
     assert [row[1] for row in rows] == [parse_cid(kept["ref"]["$link"]).cid_bytes]
-    assert not blob_file(pds, did, temporary["ref"]["$link"]).exists()
-    assert blob_file(pds, did, kept["ref"]["$link"]).exists() and not leftover.exists()
+    assert held(pds, blobstore) == {blobstore.name_of(did, kept["ref"]["$link"]): PNG}
+    assert not leftover.exists()
     # Too late to reference it now.
     late = await create_record(pds, auth, did, {"file": temporary}, "com.example.thing")
     assert_error(late, 400, "BlobNotFound")
@@ -376,7 +462,7 @@ class SlowBody:
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_upload_in_flight_is_never_under_its_final_name(pds, alice):
+async def test_an_upload_in_flight_is_never_under_its_final_name(pds, alice, blobstore):
     did, auth = alice
     data = os.urandom(300_000)
     spools = capture_spools(pds)
@@ -387,11 +473,11 @@ async def test_an_upload_in_flight_is_never_under_its_final_name(pds, alice):
             break
         await task.deferLater(reactor, 0.01)
     assert spools[0].size == len(data) // 2 and spools[0].path.exists()
-    assert not blob_file(pds, did, cid_for_raw(data).encode()).parent.exists()
+    assert held(pds, blobstore) == {}
     body.release.callback(None)
     response = await answer
     assert response.code == 200 and (await response.json())["blob"]["size"] == len(data)
-    assert blob_file(pds, did, cid_for_raw(data).encode()).read_bytes() == data
+    assert held(pds, blobstore) == {blobstore.name_of(did, cid_for_raw(data).encode()): data}
     assert spool_files(pds) == []
 
 
@@ -419,8 +505,9 @@ async def test_a_large_upload_streams(pds, alice):
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversize_uploads_are_refused_and_store_nothing(tmp_path):
-    running = await start_pds(make_settings(tmp_path / "data", max_blob_size=100_000))
+async def test_oversize_uploads_are_refused_and_store_nothing(tmp_path, blobstore):
+    settings = make_settings(tmp_path / "data", max_blob_size=100_000, **blobstore.settings())
+    running = await start_pds(settings)
     try:
         created = (await create(running)).json()
         auth = bearer(created["accessJwt"])
@@ -430,6 +517,7 @@ async def test_oversize_uploads_are_refused_and_store_nothing(tmp_path):
         chunked = await upload(running, auth, FileBodyProducer(io.BytesIO(os.urandom(300_000))))
         assert_error(chunked, 413, "PayloadTooLarge")
         assert await blob_rows(running) == [] and spool_files(running) == []
+        assert held(running, blobstore) == {}
         assert (await running.get("_health")).code == 200
         fits = await upload(running, auth, os.urandom(100_000))
         assert fits.code == 200
@@ -456,7 +544,7 @@ async def test_upload_and_get_errors(pds, alice):
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_upload_whose_row_cannot_be_written_leaves_no_file(pds, alice, monkeypatch):
+async def test_an_upload_whose_row_cannot_be_written_leaves_no_file(pds, alice, monkeypatch, blobstore):
     did, auth = alice
     from leafpds.blobs import index
 
@@ -466,4 +554,61 @@ async def test_an_upload_whose_row_cannot_be_written_leaves_no_file(pds, alice, 
     monkeypatch.setattr(index, "track_upload", broken)
     answer = await upload(pds, auth, PNG)
     assert_error(answer, 500, "InternalServerError")
-    assert not blob_file(pds, did, cid_for_raw(PNG).encode()).exists() and spool_files(pds) == []
+    assert held(pds, blobstore) == {} and spool_files(pds) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_blob_serves_byte_ranges(pds, alice):
+    # One range, as video players and resumed downloads ask: the disk store
+    # reads only that span, the S3 store asks S3 for only that span.
+    did, auth = alice
+    blob = (await upload(pds, auth, PNG)).json()["blob"]
+    await create_record(pds, auth, did, image_post(blob))
+    params = {"did": did, "cid": blob["ref"]["$link"]}
+    size = len(PNG)
+
+    async def get(range_header, **more):
+        return await pds.get("com.atproto.sync.getBlob", params, headers={"Range": range_header, **more})
+
+    for header, start, end in [
+        ("bytes=0-9", 0, 9), ("bytes=100-", 100, size - 1), ("bytes=-10", size - 10, size - 1),
+        (f"bytes=2000-{size + 50}", 2000, size - 1), (f"bytes=-{size + 5}", 0, size - 1),
+        (f"bytes={size - 1}-{size - 1}", size - 1, size - 1),
+    ]:
+        got = await get(header)
+        assert got.code == 206, (header, got.body)
+        assert got.body == PNG[start:end + 1], header
+        assert got.header("content-range") == f"bytes {start}-{end}/{size}"
+        assert got.header("content-type") == "image/png" and got.header("x-content-type-options") == "nosniff"
+
+    for header in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"):
+        refused = await get(header)
+        assert_error(refused, 416, "RangeNotSatisfiable")
+        assert refused.header("content-range") == f"bytes */{size}"
+
+    # Several ranges, another unit, nonsense, or an If-Range: the whole blob (RFC 9110 allows it).
+    for header, more in [("bytes=0-1,5-6", {}), ("items=0-1", {}), ("bytes=9-2", {}), ("bytes=x", {}),
+                         ("bytes=0-9", {"If-Range": '"etag"'})]:
+        got = await get(header, **more)
+        assert got.code == 200 and got.body == PNG and got.header("content-range") is None, header
+    whole = await pds.get("com.atproto.sync.getBlob", params)
+    assert whole.code == 200 and whole.header("accept-ranges") == "bytes"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stores_read_a_span(tmp_path, blobstore):
+    store = blobstore.store(tmp_path)
+    spool = UploadSpool(tmp_path)
+    data = os.urandom(300_000)
+    spool.write(data)
+    spool.flush()
+    await store.put("did:plc:abc", spool.cid, spool.path)
+    spool.close()
+    for offset, length in [(0, 1), (1000, 250_000), (299_999, 1), (5, None)]:
+        reader = await store.open("did:plc:abc", spool.cid, offset, length)
+        chunks = []
+        while chunk := await reader.read(64 * 1024):
+            chunks.append(chunk)
+        await reader.close()
+        assert b"".join(chunks) == data[offset:None if length is None else offset + length]
+    await store.close()

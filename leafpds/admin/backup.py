@@ -48,12 +48,14 @@ def backup(
     dest: Path,
     *,
     master_secret_file: Path | None = None,
+    blobstore: str = "disk",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """
     Back ``data_dir`` up into ``dest`` (created, or a previous backup to
-    update); ``master_secret_file`` is copied only when given.  Returns the
-    manifest.
+    update); ``master_secret_file`` is copied only when given.  Blobs in an
+    S3 bucket (``blobstore`` ``s3://…``) are not copied: the manifest names
+    the bucket.  Returns the manifest.
     """
     source = data_dir / DATABASE
     if not source.is_file():
@@ -65,12 +67,17 @@ def backup(
         "leafpds": leafpds.__version__,
         "created_at": now_iso(),
         "database": database,
-        "blobstore": "disk",
+        "blobstore": blobstore,
     }
     if (data_dir / PLC_DATABASE).is_file():
         (dest / PLC_DATABASE).parent.mkdir(exist_ok=True)
         manifest["plc_database"] = _snapshot(data_dir / PLC_DATABASE, dest / PLC_DATABASE)
-    manifest["blobs"] = _copy_blobs(dest / DATABASE, data_dir / BLOBS, dest / BLOBS, progress)
+    if blobstore == "disk":
+        manifest["blobs"] = _copy_blobs(dest / DATABASE, data_dir / BLOBS, dest / BLOBS, progress)
+    else:
+        listed = _blob_list(dest / DATABASE)
+        manifest["blobs"] = {"count": len(listed), "bytes": sum(size for _, _, size in listed),
+                             "copied": 0, "kept": 0, "dropped": 0, "missing": [], "in_bucket": True}
     if master_secret_file is not None:
         _copy_file(master_secret_file, dest / MASTER_KEY, mode=0o600)
     else:
@@ -88,7 +95,8 @@ def restore(src: Path, data_dir: Path, *, progress: Progress | None = None) -> d
     _check_database(src / DATABASE, manifest["database"])
     if "plc_database" in manifest:
         _check_database(src / PLC_DATABASE, manifest["plc_database"])
-    blobs = _blob_list(src / DATABASE)
+    # Blobs in a bucket stay there: the restored server is pointed at it.
+    blobs = _blob_list(src / DATABASE) if manifest.get("blobstore", "disk") == "disk" else []
     missing = {(did, cid) for did, cid in manifest["blobs"]["missing"]}
     for n, (did, cid, _size) in enumerate(blobs):
         path = src / BLOBS / did / cid.encode()

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     take.add_argument("--include-master-secret", action="store_true",
                       help="copy the master secret too (then keep the backup as safe as the secret)")
     take.add_argument("--master-secret-file", type=Path, help="[default: <data-dir>/master.key]")
+    take.add_argument("--blobstore", default=os.environ.get(ENV_PREFIX + "BLOBSTORE", "disk"),
+                      help="the server's --blobstore: blobs in an s3:// bucket are named, not copied "
+                      "[default: LEAFPDS_BLOBSTORE, else disk]")
 
     put = commands.add_parser("restore", help="fill an empty data folder from a backup")
     put.add_argument("src", type=Path, help="the backup folder")
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise BackupError("the master secret comes from LEAFPDS_MASTER_SECRET: keep it yourself")
                 if not secret.is_file():
                     raise BackupError(f"no master secret at {secret}")
-            result = backup(args.data_dir, args.dest, master_secret_file=secret, progress=show)
+            result = backup(args.data_dir, args.dest, master_secret_file=secret,
+                            blobstore=args.blobstore.strip() or "disk", progress=show)
             summary = _backup_summary(args.dest, result)
         else:
             result = restore(args.src, args.data_dir, progress=show)
@@ -63,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _backup_summary(dest: Path, manifest: dict[str, Any]) -> str:
     blobs = manifest["blobs"]
+    if blobs.get("in_bucket"):
+        return (f"Backed up to {dest}: database {manifest['database']['bytes']:,} bytes; "
+                f"{blobs['count']} blobs stay in {manifest['blobstore']} (not copied)."
+                + ("" if manifest["master_secret_included"] else
+                   "\nThe master secret is not in the backup: keep it safe elsewhere."))
     lines = [
         f"Backed up to {dest}: database {manifest['database']['bytes']:,} bytes "
         f"(schema {manifest['database']['schema_version']}), "
@@ -78,6 +87,8 @@ def _backup_summary(dest: Path, manifest: dict[str, Any]) -> str:
 
 def _restore_summary(data_dir: Path, manifest: dict[str, Any]) -> str:
     lines = [f"Restored the backup of {manifest['created_at']} into {data_dir}."]
+    if manifest.get("blobstore", "disk") != "disk":
+        lines.append(f"Its blobs are in {manifest['blobstore']}: start the server with that --blobstore.")
     if not manifest["master_secret_included"]:
         lines.append("Give the server the master secret (master.key in the data folder, "
                      "--master-secret-file or LEAFPDS_MASTER_SECRET) before starting it.")

@@ -118,7 +118,12 @@ class Blobs:
 
     async def _delete_files(self, blobs: Sequence[tuple[str, CID]]) -> None:
         for did, cid in blobs:
-            await self.locks.run(_key(did, cid), lambda: self._delete_unless_held(did, cid))
+            try:
+                await self.locks.run(_key(did, cid), lambda: self._delete_unless_held(did, cid))
+            except Exception:
+                # The row is gone already: one blob the store would not
+                # delete (S3 down) must not keep the others.
+                log.failure("Could not delete blob {cid} of {did}", did=did, cid=cid.encode())
 
     async def _delete_unless_held(self, did: str, cid: CID) -> None:
         # The same bytes may have been uploaded again since the row went.

@@ -2,11 +2,14 @@
 Where blob bytes live.
 
 A :class:`BlobStore` holds each account's blobs by CID.  Every method is
-asynchronous and reading is streamed, so a store on the network (S3) fits
-the same interface as the disk store here.  Whether a blob is temporary or
-permanent is the database's business (the ``blobs`` table): the store only
-ever holds complete blobs under their final names, so making a blob
-permanent moves nothing.
+asynchronous and reading is streamed, so a store on the network fits the
+same interface as the disk store here (:mod:`leafpds.blobs.s3`).  Whether a
+blob is temporary or permanent is the database's business (the ``blobs``
+table): the store only ever holds complete blobs under their final names, so
+making a blob permanent moves nothing.  That holds on S3 too: an upload is
+whole and hashed in the local spool before the store sees it, so it goes
+straight to its final key (see :mod:`leafpds.blobs.s3` for why that beats
+the official PDS's ``tmp/`` then copy).
 """
 
 import os
@@ -37,13 +40,34 @@ class BlobStore(Protocol):
         name before all of it is durably written.
         """
 
-    async def open(self, did: str, cid: CID) -> BlobReader:
-        """Start reading a blob; raises :class:`MissingBlobFile`."""
+    async def open(
+        self, did: str, cid: CID, offset: int = 0, length: int | None = None
+    ) -> BlobReader:
+        """
+        Start reading a blob, from ``offset`` for ``length`` bytes (to the
+        end if None; the caller checks the span against the blob's size);
+        raises :class:`MissingBlobFile`.
+        """
 
     async def delete(self, did: str, cid: CID) -> None:
         """Delete a blob; deleting one that is not there is not an error."""
 
     async def exists(self, did: str, cid: CID) -> bool: ...
+
+    def redirect_url(self, did: str, cid: CID, mime_type: str) -> str | None:
+        """A URL getBlob may redirect to instead of streaming the blob; None: stream it."""
+
+    async def close(self) -> None:
+        """Let go of connections (at shutdown)."""
+
+
+def check_did(did: str) -> None:
+    """
+    DIDs have no "/" and never start with "."; refuse anything that could
+    step out of the store's folder or key prefix all the same.
+    """
+    if "/" in did or did.startswith(".") or "\x00" in did:
+        raise ValueError(f"not a DID: {did!r}")
 
 
 class DiskBlobStore:
@@ -62,10 +86,7 @@ class DiskBlobStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, did: str, cid: CID) -> Path:
-        # DIDs have no "/" and never start with "."; refuse anything that
-        # could step out of the root all the same.
-        if "/" in did or did.startswith(".") or "\x00" in did:
-            raise ValueError(f"not a DID: {did!r}")
+        check_did(did)
         return self.root / did / cid.encode()
 
     def _in_thread(self, fn: Any, *args: Any) -> Any:
@@ -84,12 +105,14 @@ class DiskBlobStore:
         os.replace(source, target)
         _fsync_dir(folder)
 
-    async def open(self, did: str, cid: CID) -> "DiskBlobReader":
+    async def open(
+        self, did: str, cid: CID, offset: int = 0, length: int | None = None
+    ) -> "DiskBlobReader":
         try:
-            f = await self._in_thread(open, self.path(did, cid), "rb")
+            f = await self._in_thread(_open_at, self.path(did, cid), offset)
         except FileNotFoundError:
             raise MissingBlobFile(f"{did} {cid.encode()}") from None
-        return DiskBlobReader(f, self)
+        return DiskBlobReader(f, self, length)
 
     async def delete(self, did: str, cid: CID) -> None:
         await self._in_thread(self.path(did, cid).unlink, True)
@@ -97,17 +120,38 @@ class DiskBlobStore:
     async def exists(self, did: str, cid: CID) -> bool:
         return await self._in_thread(self.path(did, cid).is_file)
 
+    def redirect_url(self, did: str, cid: CID, mime_type: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        pass
+
 
 class DiskBlobReader:
-    def __init__(self, f: BinaryIO, store: DiskBlobStore) -> None:
+    def __init__(self, f: BinaryIO, store: DiskBlobStore, length: int | None = None) -> None:
         self._file = f
         self._store = store
+        self._left = length  # None: to the end
 
     async def read(self, size: int) -> bytes:
-        return await self._store._in_thread(self._file.read, size)
+        if self._left is not None:
+            size = min(size, self._left)
+            if size <= 0:
+                return b""
+        chunk = await self._store._in_thread(self._file.read, size)
+        if self._left is not None:
+            self._left -= len(chunk)
+        return chunk
 
     async def close(self) -> None:
         self._file.close()
+
+
+def _open_at(path: Path, offset: int) -> BinaryIO:
+    f = open(path, "rb")
+    if offset:
+        f.seek(offset)
+    return f
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,17 +1,18 @@
 """Blobs over XRPC: uploading, serving, listing."""
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from leafpds.blobs import index
 from leafpds.blobs.spool import UploadSpool
 from leafpds.blobs.store import MissingBlobFile
-from leafpds.errors import InternalServerError, InvalidRequest
+from leafpds.errors import InternalServerError, InvalidRequest, RangeNotSatisfiable
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.repo import reads
 from leafpds.web import incoming
 from leafpds.xrpc.auth import access
-from leafpds.xrpc.registry import XRPCContext, XRPCStream, xrpc
+from leafpds.xrpc.registry import ANSWERED, Answered, XRPCContext, XRPCStream, xrpc
 
 #: Bytes read from the store per write to the client.
 CHUNK = 256 * 1024
@@ -50,15 +51,37 @@ def _find_blob(conn: Any, did: str, cid: CID) -> tuple[str, int]:
 
 
 @xrpc.query("com.atproto.sync.getBlob")
-async def get_blob(ctx: XRPCContext) -> XRPCStream:
+async def get_blob(ctx: XRPCContext) -> XRPCStream | Answered:
     did, cid = ctx.params["did"], _cid(ctx.params["cid"], "cid")
     mime_type, size = await ctx.app.db.read(_find_blob, did, cid)
+    store = ctx.app.blobs.store
+    url = store.redirect_url(did, cid, mime_type)
+    if url is not None:
+        # --s3-presigned-get: the client fetches the bytes from S3 itself.
+        request = ctx.request
+        request.setResponseCode(302)
+        request.setHeader("location", url.encode("ascii"))
+        request.setHeader("content-length", "0")
+        # The URL expires; the blob does not.
+        request.setHeader("cache-control", "private, no-store")
+        return ANSWERED
+    request = ctx.request
     try:
-        reader = await ctx.app.blobs.store.open(did, cid)
+        span = byte_range(incoming.header(request, "range"), incoming.header(request, "if-range"), size)
+    except RangeNotSatisfiable:
+        request.setHeader("content-range", f"bytes */{size}")
+        raise
+    offset, length = span if span is not None else (0, size)
+    try:
+        # The store reads only the span: from S3, a GET with the same Range.
+        reader = await store.open(did, cid, offset, length if span is not None else None)
     except MissingBlobFile:
         raise InvalidRequest("Blob not found") from None
-    request = ctx.request
-    request.setHeader("content-length", str(size))
+    if span is not None:
+        request.setResponseCode(206)
+        request.setHeader("content-range", f"bytes {offset}-{offset + length - 1}/{size}")
+    request.setHeader("accept-ranges", "bytes")
+    request.setHeader("content-length", str(length))
     request.setHeader("x-content-type-options", "nosniff")
     request.setHeader("content-security-policy", "default-src 'none'; sandbox")
 
@@ -72,6 +95,41 @@ async def get_blob(ctx: XRPCContext) -> XRPCStream:
             await reader.close()
 
     return XRPCStream(mime_type, produce)
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def byte_range(value: str | None, if_range: str | None, size: int) -> tuple[int, int] | None:
+    """
+    The (offset, length) a ``Range`` header asks for, or None for the whole
+    blob: no header, one that is not a single byte range (several ranges,
+    another unit, malformed: ignoring it is allowed, RFC 9110 14.2), an
+    ``If-Range`` (leafpds sends no validators for it to match), an empty
+    blob.  Raises 416 ``RangeNotSatisfiable`` for a range past the end.
+    """
+    if value is None or if_range is not None or size == 0:
+        return None
+    match = _RANGE.fullmatch(value.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # the last N bytes
+        wanted = int(last)
+        if wanted == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - wanted), min(wanted, size)
+    start = int(first)
+    if last and int(last) < start:
+        return None  # invalid: ignored
+    if start >= size:
+        raise _unsatisfiable(size)
+    end = min(int(last), size - 1) if last else size - 1
+    return start, end - start + 1
+
+
+def _unsatisfiable(size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(f"Range not satisfiable: the blob has {size} bytes")
 
 
 def _list_blobs(conn: Any, did: str, since: str | None, limit: int, cursor: CID | None) -> list[CID]:
