@@ -1,0 +1,234 @@
+"""
+The admin API (com.atproto.admin.*) end to end: a running leafpds with its
+embedded PLC directory, driven over HTTP with HTTP Basic ``admin``; the
+firehose read over a real WebSocket; the effects checked on every read path.
+"""
+
+import base64
+import json
+
+import pytest_twisted
+import treq
+
+from leafpds import crypto
+from leafpds.lexicon import validate_output
+from tests.harness import make_settings, start_pds
+from tests.test_firehose import Reader, decode
+
+PASSWORD = "correct horse battery"
+ADMIN_PASSWORD = "admin secret"
+ADMIN = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()}
+POST = "app.bsky.feed.post"
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(answer, status, name):
+    assert (answer.code, answer.json()["error"]) == (status, name), answer.body
+    assert answer.json()["message"]
+
+
+@pytest_twisted.async_yield_fixture
+async def pds(tmp_path):
+    running = await start_pds(make_settings(tmp_path / "data", admin_password=ADMIN_PASSWORD))
+    yield running
+    await running.service.stopService()
+
+
+async def create(pds, name, **extra):
+    body = {"handle": f"{name}.test", "email": f"{name}@example.com", "password": PASSWORD, **extra}
+    answer = await pds.post("com.atproto.server.createAccount", body)
+    assert answer.code == 200, answer.body
+    return answer.json()
+
+
+async def admin_get(pds, nsid, params=None):
+    answer = await pds.get(nsid, params, headers=ADMIN)
+    if answer.code == 200:
+        validate_output(pds.service.app.lexicons, nsid, answer.json())
+    return answer
+
+
+async def admin_post(pds, nsid, body):
+    answer = await pds.post(nsid, body, headers=ADMIN)
+    if answer.code == 200 and answer.body:
+        validate_output(pds.service.app.lexicons, nsid, answer.json())
+    return answer
+
+
+async def login(pds, identifier, password=PASSWORD):
+    return await pds.post("com.atproto.server.createSession", {"identifier": identifier, "password": password})
+
+
+async def firehose_from(pds, cursor):
+    """The frames (header, body) after seq ``cursor`` up to the newest, over a WebSocket."""
+    newest = await pds.service.app.db.read(
+        lambda conn: conn.execute("SELECT max(seq) FROM repo_seq").fetchone()[0]
+    )
+    reader = Reader(pds, f"?cursor={cursor}")
+    reader.target = newest
+    await reader.done
+    return [decode(frame) for frame in reader.frames]
+
+
+async def newest_seq(pds):
+    return await pds.service.app.db.read(lambda conn: conn.execute("SELECT max(seq) FROM repo_seq").fetchone()[0])
+
+
+# -- auth --------------------------------------------------------------------------
+
+ADMIN_QUERIES = {
+    "com.atproto.admin.getAccountInfo": {"did": "did:plc:abc"},
+    "com.atproto.admin.getAccountInfos": {"dids": "did:plc:abc"},
+    "com.atproto.admin.searchAccounts": {},
+    "com.atproto.admin.getInviteCodes": {},
+    "com.atproto.admin.getSubjectStatus": {"did": "did:plc:abc"},
+}
+ADMIN_PROCEDURES = {
+    "com.atproto.admin.updateAccountHandle": {"did": "did:plc:abc", "handle": "x.test"},
+    "com.atproto.admin.updateAccountEmail": {"account": "did:plc:abc", "email": "x@example.com"},
+    "com.atproto.admin.updateAccountPassword": {"did": "did:plc:abc", "password": "x" * 10},
+    "com.atproto.admin.updateAccountSigningKey": {"did": "did:plc:abc", "signingKey": "did:key:z"},
+    "com.atproto.admin.deleteAccount": {"did": "did:plc:abc"},
+    "com.atproto.admin.disableInviteCodes": {"codes": ["x"]},
+    "com.atproto.admin.enableAccountInvites": {"account": "did:plc:abc"},
+    "com.atproto.admin.disableAccountInvites": {"account": "did:plc:abc"},
+    "com.atproto.admin.sendEmail": {"recipientDid": "did:plc:abc", "content": "hi", "senderDid": "did:plc:abc"},
+    "com.atproto.admin.updateSubjectStatus": {
+        "subject": {"$type": "com.atproto.admin.defs#repoRef", "did": "did:plc:abc"},
+        "takedown": {"applied": True},
+    },
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_admin_method_needs_the_admin_password(pds):
+    alice = await create(pds, "alice")
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:nope").decode()}
+    for nsid, params in ADMIN_QUERIES.items():
+        assert_error(await pds.get(nsid, params), 401, "AuthMissing")
+        assert_error(await pds.get(nsid, params, headers=wrong), 401, "AuthenticationRequired")
+        assert_error(await pds.get(nsid, params, headers=bearer(alice["accessJwt"])), 400, "InvalidToken")
+    for nsid, body in ADMIN_PROCEDURES.items():
+        assert_error(await pds.post(nsid, body), 401, "AuthMissing")
+        assert_error(await pds.post(nsid, body, headers=wrong), 401, "AuthenticationRequired")
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_inputs_are_checked_by_the_lexicons(pds):
+    assert_error(await admin_get(pds, "com.atproto.admin.getAccountInfo", {"did": "nope"}), 400, "InvalidRequest")
+    assert_error(await admin_post(pds, "com.atproto.admin.deleteAccount", {}), 400, "InvalidRequest")
+    assert_error(await admin_get(pds, "com.atproto.admin.getInviteCodes", {"limit": "0"}), 400, "InvalidRequest")
+    bad_subject = {"subject": {"$type": "com.atproto.admin.defs#repoRef", "did": "not a did"}}
+    assert_error(await admin_post(pds, "com.atproto.admin.updateSubjectStatus", bad_subject), 400, "InvalidRequest")
+
+
+# -- account views --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_info_infos_and_search(pds):
+    alice = await create(pds, "alice")
+    bob = await create(pds, "bob", email="bob@elsewhere.org")
+    carol = await create(pds, "carol", email="ALIce2@Example.com")
+
+    info = (await admin_get(pds, "com.atproto.admin.getAccountInfo", {"did": alice["did"]})).json()
+    assert info["did"] == alice["did"] and info["handle"] == "alice.test"
+    assert info["email"] == "alice@example.com"
+    assert info["invites"] == [] and info["invitesDisabled"] is False and info["indexedAt"]
+
+    missing = await admin_get(pds, "com.atproto.admin.getAccountInfo", {"did": "did:plc:nobodynobodynobodynobo"})
+    assert_error(missing, 400, "NotFound")
+
+    infos = await admin_get(pds, "com.atproto.admin.getAccountInfos",
+                            [("dids", bob["did"]), ("dids", "did:plc:nobodynobodynobodynobo"), ("dids", alice["did"])])
+    assert [i["handle"] for i in infos.json()["infos"]] == ["bob.test", "alice.test"]
+
+    found = (await admin_get(pds, "com.atproto.admin.searchAccounts", {"email": "alice"})).json()
+    assert sorted(a["handle"] for a in found["accounts"]) == ["alice.test", "carol.test"]
+    assert "cursor" not in found
+    # A LIKE wildcard in the query is a plain character.
+    assert (await admin_get(pds, "com.atproto.admin.searchAccounts", {"email": "%"})).json()["accounts"] == []
+
+    # Every account, one per page, each once.
+    seen, cursor = [], None
+    for _ in range(5):
+        params = {"limit": "1", **({"cursor": cursor} if cursor else {})}
+        page = (await admin_get(pds, "com.atproto.admin.searchAccounts", params)).json()
+        seen += [a["did"] for a in page["accounts"]]
+        cursor = page.get("cursor")
+        if not cursor:
+            break
+    assert sorted(seen) == sorted([alice["did"], bob["did"], carol["did"]])
+
+
+# -- invite codes ------------------------------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def invite_pds(tmp_path):
+    running = await start_pds(make_settings(tmp_path / "inv", admin_password=ADMIN_PASSWORD, invite_required=True))
+    yield running
+    await running.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_invite_codes_listed_sorted_paged_and_disabled(invite_pds):
+    pds = invite_pds
+    made = await admin_post(pds, "com.atproto.server.createInviteCodes", {"codeCount": 3, "useCount": 2})
+    first, second, third = made.json()["codes"][0]["codes"]
+    alice = await create(pds, "alice", inviteCode=second)
+    await create(pds, "bob", inviteCode=second)
+    await create(pds, "carol", inviteCode=third)
+    for_alice = (await admin_post(pds, "com.atproto.server.createInviteCode",
+                                  {"useCount": 1, "forAccount": alice["did"]})).json()["code"]
+
+    by_usage = (await admin_get(pds, "com.atproto.admin.getInviteCodes", {"sort": "usage"})).json()
+    assert [c["code"] for c in by_usage["codes"]][:2] == [second, third]
+    assert {u["usedBy"] for u in by_usage["codes"][0]["uses"]} == {alice["did"], (await pds.service.app.accounts.did_for_handle("bob.test"))}
+    recent = (await admin_get(pds, "com.atproto.admin.getInviteCodes")).json()
+    assert recent["codes"][0]["code"] == for_alice and len(recent["codes"]) == 4
+
+    for sort in ("recent", "usage"):
+        seen, cursor = [], None
+        for _ in range(6):
+            params = {"sort": sort, "limit": "1", **({"cursor": cursor} if cursor else {})}
+            page = (await admin_get(pds, "com.atproto.admin.getInviteCodes", params)).json()
+            seen += [c["code"] for c in page["codes"]]
+            cursor = page.get("cursor")
+            if not cursor:
+                break
+        assert sorted(seen) == sorted([first, second, third, for_alice]) and len(seen) == 4, sort
+    assert_error(await admin_get(pds, "com.atproto.admin.getInviteCodes", {"sort": "usage", "cursor": "x::y"}), 400, "InvalidRequest")
+    assert_error(await admin_get(pds, "com.atproto.admin.getInviteCodes", {"sort": "oldest"}), 400, "InvalidRequest")
+
+    # The account's view lists its codes and the code it was invited with.
+    info = (await admin_get(pds, "com.atproto.admin.getAccountInfo", {"did": alice["did"]})).json()
+    assert [c["code"] for c in info["invites"]] == [for_alice]
+    assert info["invitedBy"]["code"] == second
+
+    # Disabling: by code, by account; 'admin' is refused and changes nothing.
+    assert_error(await admin_post(pds, "com.atproto.admin.disableInviteCodes", {"codes": [first], "accounts": ["admin"]}), 400, "InvalidRequest")
+    assert (await create(pds, "dave", inviteCode=first))["handle"] == "dave.test"
+    assert (await admin_post(pds, "com.atproto.admin.disableInviteCodes", {"codes": [first]})).code == 200
+    assert (await admin_post(pds, "com.atproto.admin.disableInviteCodes", {"accounts": [alice["did"]]})).code == 200
+    for code in (first, for_alice):
+        refused = await pds.post("com.atproto.server.createAccount",
+                                 {"handle": "erin.test", "email": "erin@example.com", "password": PASSWORD, "inviteCode": code})
+        assert_error(refused, 400, "InvalidInviteCode")
+    codes = {c["code"]: c["disabled"] for c in (await admin_get(pds, "com.atproto.admin.getInviteCodes")).json()["codes"]}
+    assert codes == {first: True, second: False, third: False, for_alice: True}
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_invites_switch(pds):
+    alice = await create(pds, "alice")
+    info = lambda: admin_get(pds, "com.atproto.admin.getAccountInfo", {"did": alice["did"]})  # noqa: E731
+    assert (await admin_post(pds, "com.atproto.admin.disableAccountInvites", {"account": alice["did"], "note": "spam"})).code == 200
+    assert (await info()).json()["invitesDisabled"] is True
+    assert (await admin_post(pds, "com.atproto.admin.enableAccountInvites", {"account": alice["did"]})).code == 200
+    assert (await info()).json()["invitesDisabled"] is False
+    nobody = await admin_post(pds, "com.atproto.admin.disableAccountInvites", {"account": "did:plc:nobodynobodynobodynobo"})
+    assert_error(nobody, 400, "InvalidRequest")
