@@ -232,3 +232,201 @@ async def test_account_invites_switch(pds):
     assert (await info()).json()["invitesDisabled"] is False
     nobody = await admin_post(pds, "com.atproto.admin.disableAccountInvites", {"account": "did:plc:nobodynobodynobodynobo"})
     assert_error(nobody, 400, "InvalidRequest")
+
+
+# -- takedowns ----------------------------------------------------------------------------
+
+REPO_REF = "com.atproto.admin.defs#repoRef"
+STATUS = "com.atproto.admin.updateSubjectStatus"
+
+
+def image_post(blob, text="look"):
+    return {
+        "$type": POST, "text": text, "createdAt": "2026-11-28T12:00:00.000Z",
+        "embed": {"$type": "app.bsky.embed.images", "images": [{"alt": "", "image": blob}]},
+    }
+
+
+def plain_post(text):
+    return {"$type": POST, "text": text, "createdAt": "2026-11-28T12:00:00.000Z"}
+
+
+async def account_with_a_post_and_blob(pds, name):
+    created = await create(pds, name)
+    did, auth = created["did"], bearer(created["accessJwt"])
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    upload = await pds.request("POST", "/xrpc/com.atproto.repo.uploadBlob", data=png,
+                               headers={**auth, "Content-Type": "image/png"})
+    assert upload.code == 200, upload.body
+    blob = upload.json()["blob"]
+    made = await pds.post("com.atproto.repo.createRecord",
+                          {"repo": did, "collection": POST, "record": image_post(blob)}, headers=auth)
+    assert made.code == 200, made.body
+    return created, made.json(), blob["ref"]["$link"]
+
+
+def sync_reads(did, rkey, blob_cid, commit_cid):
+    """Every com.atproto.sync read of one repo: (nsid, params)."""
+    return [
+        ("com.atproto.sync.getRepo", {"did": did}),
+        ("com.atproto.sync.getCheckout", {"did": did}),
+        ("com.atproto.sync.getLatestCommit", {"did": did}),
+        ("com.atproto.sync.getHead", {"did": did}),
+        ("com.atproto.sync.getRecord", {"did": did, "collection": POST, "rkey": rkey}),
+        ("com.atproto.sync.getBlocks", {"did": did, "cids": commit_cid}),
+        ("com.atproto.sync.listBlobs", {"did": did}),
+        ("com.atproto.sync.getBlob", {"did": did, "cid": blob_cid}),
+    ]
+
+
+def repo_reads(did, handle, rkey):
+    """Every com.atproto.repo read of one repo, by DID and by handle."""
+    reads = []
+    for name in (did, handle):
+        reads += [
+            ("com.atproto.repo.getRecord", {"repo": name, "collection": POST, "rkey": rkey}),
+            ("com.atproto.repo.listRecords", {"repo": name, "collection": POST}),
+            ("com.atproto.repo.describeRepo", {"repo": name}),
+        ]
+    return reads
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_takedown_on_every_read_path_login_and_firehose_and_its_reversal(pds):
+    alice, post, blob_cid = await account_with_a_post_and_blob(pds, "alice")
+    bob, bob_post, bob_blob = await account_with_a_post_and_blob(pds, "bob")
+    did, rkey = alice["did"], post["uri"].split("/")[-1]
+    app_password = (await pds.post("com.atproto.server.createAppPassword", {"name": "app"},
+                                   headers=bearer(alice["accessJwt"]))).json()["password"]
+    sync = sync_reads(did, rkey, blob_cid, post["commit"]["cid"])
+    repo = repo_reads(did, "alice.test", rkey)
+    for nsid, params in sync + repo:
+        assert (await pds.get(nsid, params)).code == 200, nsid  # (getRecord by DID is now cached)
+    before = await newest_seq(pds)
+
+    subject = {"$type": REPO_REF, "did": did}
+    answer = await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": True, "ref": "TICKET-1"}})
+    assert answer.json() == {"subject": subject, "takedown": {"applied": True, "ref": "TICKET-1"}}
+    status = (await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"did": did})).json()
+    assert status == {"subject": subject, "takedown": {"applied": True, "ref": "TICKET-1"}}
+
+    for nsid, params in sync:
+        assert_error(await pds.get(nsid, params), 400, "RepoTakendown")
+    for nsid, params in repo:
+        assert_error(await pds.get(nsid, params), 400, "RepoNotFound")
+    repo_status = (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()
+    assert repo_status == {"did": did, "active": False, "status": "takendown"}
+    listed = {r["did"]: r for r in (await pds.get("com.atproto.sync.listRepos")).json()["repos"]}
+    assert (listed[did]["active"], listed[did]["status"]) == (False, "takendown")
+    assert listed[bob["did"]]["active"] is True and "status" not in listed[bob["did"]]
+
+    # Login refused (the right password only learns it), sessions ended, writes refused.
+    assert_error(await login(pds, "alice.test"), 401, "AccountTakedown")
+    assert_error(await login(pds, "alice.test", app_password), 401, "AccountTakedown")
+    assert_error(await login(pds, "alice.test", "wrong password"), 401, "AuthenticationRequired")
+    write = await pds.post("com.atproto.repo.createRecord",
+                           {"repo": did, "collection": POST, "record": plain_post("x")},
+                           headers=bearer(alice["accessJwt"]))
+    assert_error(write, 400, "ExpiredToken")
+    assert_error(await pds.post("com.atproto.server.refreshSession", headers=bearer(alice["refreshJwt"])), 400, "ExpiredToken")
+
+    # Bob is untouched.
+    for nsid, params in sync_reads(bob["did"], bob_post["uri"].split("/")[-1], bob_blob, bob_post["commit"]["cid"]):
+        assert (await pds.get(nsid, params)).code == 200, nsid
+    assert (await login(pds, "bob.test")).code == 200
+
+    # Applying it again with a new ref changes the ref, not the firehose.
+    await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": True, "ref": "TICKET-2"}})
+    status = (await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"did": did})).json()
+    assert status["takedown"] == {"applied": True, "ref": "TICKET-2"}
+    middle = await newest_seq(pds)
+
+    # Reversal.
+    assert (await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": False}})).code == 200
+    status = (await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"did": did})).json()
+    assert status["takedown"] == {"applied": False}
+    for nsid, params in sync + repo:
+        assert (await pds.get(nsid, params)).code == 200, nsid
+    assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is True
+    assert (await login(pds, "alice.test")).code == 200
+
+    frames = [(h["t"], b) for h, b in await firehose_from(pds, before)]
+    assert [(t, b["did"], b["active"], b.get("status")) for t, b in frames] == [
+        ("#account", did, False, "takendown"),
+        ("#account", did, True, None),
+    ]
+    assert frames[0][1]["seq"] <= middle < frames[1][1]["seq"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_takedown_hides_it_from_repo_reads_until_reversed(pds):
+    alice, post, _ = await account_with_a_post_and_blob(pds, "alice")
+    did, rkey = alice["did"], post["uri"].split("/")[-1]
+    auth = bearer(alice["accessJwt"])
+    other = (await pds.post("com.atproto.repo.createRecord",
+                            {"repo": did, "collection": POST, "record": plain_post("other")},
+                            headers=auth)).json()
+    get = {"repo": did, "collection": POST, "rkey": rkey}
+    assert (await pds.get("com.atproto.repo.getRecord", get)).code == 200  # cached now
+
+    def listed():
+        return pds.get("com.atproto.repo.listRecords", {"repo": did, "collection": POST})
+
+    subject = {"$type": "com.atproto.repo.strongRef", "uri": post["uri"], "cid": post["cid"]}
+    before = await newest_seq(pds)
+    assert (await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": True}})).code == 200
+    status = (await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"uri": post["uri"]})).json()
+    assert status["subject"] == subject and status["takedown"]["applied"] is True and status["takedown"]["ref"]
+
+    for params in (get, {**get, "repo": "alice.test"}, {**get, "cid": post["cid"]}):
+        assert_error(await pds.get("com.atproto.repo.getRecord", params), 400, "RecordNotFound")
+    assert [r["uri"] for r in (await listed()).json()["records"]] == [other["uri"]]
+    # Paging skips it as well.
+    page = (await pds.get("com.atproto.repo.listRecords", {"repo": did, "collection": POST, "limit": "1"})).json()
+    assert [r["uri"] for r in page["records"]] == [other["uri"]]
+    # The owner's edit does not lift it; the repo still has it, the firehose is told nothing.
+    edited = await pds.post("com.atproto.repo.putRecord",
+                            {"repo": did, "collection": POST, "rkey": rkey, "record": plain_post("edited")},
+                            headers=auth)
+    assert edited.code == 200, edited.body
+    assert_error(await pds.get("com.atproto.repo.getRecord", get), 400, "RecordNotFound")
+    assert (await pds.get("com.atproto.sync.getRecord", {"did": did, "collection": POST, "rkey": rkey})).code == 200
+    assert [h["t"] for h, _ in await firehose_from(pds, before)] == ["#commit"]
+
+    assert (await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": False}})).code == 200
+    served = await pds.get("com.atproto.repo.getRecord", get)
+    assert served.code == 200 and served.json()["value"]["text"] == "edited"
+    assert len((await listed()).json()["records"]) == 2
+
+    # A record that is not there: an error, and nothing stored.
+    gone = {**subject, "uri": f"at://{did}/{POST}/3kaaaaaaaaaaa"}
+    assert_error(await admin_post(pds, STATUS, {"subject": gone, "takedown": {"applied": True}}), 400, "InvalidRequest")
+    assert_error(await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"uri": gone["uri"]}), 400, "NotFound")
+    assert await pds.service.app.db.read(lambda c: c.execute("SELECT count(*) FROM record_takedowns").fetchone()[0]) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_takedown_stops_serving_it_until_reversed(pds):
+    alice, post, blob_cid = await account_with_a_post_and_blob(pds, "alice")
+    did = alice["did"]
+    get = {"did": did, "cid": blob_cid}
+    assert (await pds.get("com.atproto.sync.getBlob", get)).code == 200
+    subject = {"$type": "com.atproto.admin.defs#repoBlobRef", "did": did, "cid": blob_cid}
+    assert (await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": True, "ref": "dmca"}})).code == 200
+    status = (await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"did": did, "blob": blob_cid})).json()
+    assert status == {"subject": subject, "takedown": {"applied": True, "ref": "dmca"}}
+    assert_error(await pds.get("com.atproto.sync.getBlob", get), 400, "InvalidRequest")
+    # The record that embeds it is still served.
+    assert (await pds.get("com.atproto.repo.getRecord", {"repo": did, "collection": POST, "rkey": post["uri"].split("/")[-1]})).code == 200
+
+    assert (await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": False}})).code == 200
+    served = await pds.get("com.atproto.sync.getBlob", get)
+    assert served.code == 200 and served.body.startswith(b"\x89PNG")
+
+    assert_error(await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"blob": blob_cid}), 400, "InvalidRequest")
+    unknown = {**subject, "cid": "bafkreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}
+    assert_error(await admin_post(pds, STATUS, {"subject": unknown, "takedown": {"applied": True}}), 400, "InvalidRequest")
+    nobody = {"$type": REPO_REF, "did": "did:plc:nobodynobodynobodynobo"}
+    assert_error(await admin_post(pds, STATUS, {"subject": nobody, "takedown": {"applied": True}}), 400, "InvalidRequest")
+    assert_error(await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"did": nobody["did"]}), 400, "NotFound")
+    assert_error(await admin_get(pds, "com.atproto.admin.getSubjectStatus"), 400, "InvalidRequest")
