@@ -430,3 +430,107 @@ async def test_blob_takedown_stops_serving_it_until_reversed(pds):
     assert_error(await admin_post(pds, STATUS, {"subject": nobody, "takedown": {"applied": True}}), 400, "InvalidRequest")
     assert_error(await admin_get(pds, "com.atproto.admin.getSubjectStatus", {"did": nobody["did"]}), 400, "NotFound")
     assert_error(await admin_get(pds, "com.atproto.admin.getSubjectStatus"), 400, "InvalidRequest")
+
+
+# -- account changes -------------------------------------------------------------------------
+
+
+async def plc_document(pds, did):
+    response = await treq.get(f"{pds.service.app.plc.base_url}/{did}")
+    assert response.code == 200
+    return json.loads(await response.content())
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_account_handle(pds):
+    alice = await create(pds, "alice")
+    await create(pds, "bob")
+    did = alice["did"]
+    before = await newest_seq(pds)
+    for handle, name in [("b", "InvalidRequest"), ("ab.test", "InvalidHandle"), ("bob.test", "InvalidRequest"), ("admin.test", "HandleNotAvailable"),
+                         ("alice.example.org", "UnsupportedDomain")]:
+        assert_error(await admin_post(pds, "com.atproto.admin.updateAccountHandle", {"did": did, "handle": handle}), 400, name)
+    nobody = {"did": "did:plc:nobodynobodynobodynobo", "handle": "carol.test"}
+    assert_error(await admin_post(pds, "com.atproto.admin.updateAccountHandle", nobody), 400, "InvalidRequest")
+    assert (await plc_document(pds, did))["alsoKnownAs"] == ["at://alice.test"]
+    assert await newest_seq(pds) == before
+
+    assert (await admin_post(pds, "com.atproto.admin.updateAccountHandle", {"did": did, "handle": "Alicia.test"})).code == 200
+    assert (await plc_document(pds, did))["alsoKnownAs"] == ["at://alicia.test"]
+    assert (await admin_get(pds, "com.atproto.admin.getAccountInfo", {"did": did})).json()["handle"] == "alicia.test"
+    frames = await firehose_from(pds, before)
+    assert [(h["t"], b["did"], b["handle"]) for h, b in frames] == [("#identity", did, "alicia.test")]
+    # The old handle is free again.
+    assert (await create(pds, "alice", email="another@example.com"))["did"] != did
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_account_email(pds):
+    alice = await create(pds, "alice")
+    await create(pds, "bob")
+    did = alice["did"]
+    email = lambda: admin_get(pds, "com.atproto.admin.getAccountInfo", {"did": did})  # noqa: E731
+    for account, address in [(did, "bob@example.com"), (did, "not an email"), ("nobody.test", "n@example.com")]:
+        answer = await admin_post(pds, "com.atproto.admin.updateAccountEmail", {"account": account, "email": address})
+        assert_error(answer, 400, "InvalidRequest")
+    assert (await email()).json()["email"] == "alice@example.com"
+    assert (await admin_post(pds, "com.atproto.admin.updateAccountEmail", {"account": "alice.test", "email": "New@Example.com"})).code == 200
+    assert (await email()).json()["email"] == "new@example.com"
+    assert (await login(pds, "new@example.com")).code == 200
+    assert (await admin_post(pds, "com.atproto.admin.updateAccountEmail", {"account": did, "email": "alice@example.com"})).code == 200
+    assert (await email()).json()["email"] == "alice@example.com"
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_account_password_ends_every_session(pds):
+    alice = await create(pds, "alice")
+    did = alice["did"]
+    app_password = (await pds.post("com.atproto.server.createAppPassword", {"name": "app"},
+                                   headers=bearer(alice["accessJwt"]))).json()["password"]
+    app_session = (await login(pds, "alice.test", app_password)).json()
+    short = await admin_post(pds, "com.atproto.admin.updateAccountPassword", {"did": did, "password": "short"})
+    assert_error(short, 400, "InvalidPassword")
+    nobody = {"did": "did:plc:nobodynobodynobodynobo", "password": "long enough password"}
+    assert_error(await admin_post(pds, "com.atproto.admin.updateAccountPassword", nobody), 400, "InvalidRequest")
+    assert (await login(pds, "alice.test")).code == 200
+
+    answer = await admin_post(pds, "com.atproto.admin.updateAccountPassword", {"did": did, "password": "brand new password"})
+    assert answer.code == 200, answer.body
+    for session in (alice, app_session):
+        assert_error(await pds.get("com.atproto.server.getSession", headers=bearer(session["accessJwt"])), 400, "ExpiredToken")
+        assert_error(await pds.post("com.atproto.server.refreshSession", headers=bearer(session["refreshJwt"])), 400, "ExpiredToken")
+    assert_error(await login(pds, "alice.test"), 401, "AuthenticationRequired")
+    assert (await login(pds, "alice.test", "brand new password")).code == 200
+    assert (await login(pds, "alice.test", app_password)).code == 200  # app passwords stay, their sessions went
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_account_signing_key_names_it_in_the_did_document(pds):
+    alice = await create(pds, "alice")
+    did = alice["did"]
+    new_key = crypto.K256Keypair.generate().did()
+    for key in ("did:key:zNotAKey", "did:plc:abcdefghijklmnopqrstuvwx"):
+        answer = await admin_post(pds, "com.atproto.admin.updateAccountSigningKey", {"did": did, "signingKey": key})
+        assert_error(answer, 400, "InvalidRequest")
+    nobody = {"did": "did:plc:nobodynobodynobodynobo", "signingKey": new_key}
+    assert_error(await admin_post(pds, "com.atproto.admin.updateAccountSigningKey", nobody), 400, "InvalidRequest")
+    old_key = "did:key:" + (await plc_document(pds, did))["verificationMethod"][0]["publicKeyMultibase"]
+    assert old_key != new_key
+
+    before = await newest_seq(pds)
+    answer = await admin_post(pds, "com.atproto.admin.updateAccountSigningKey", {"did": did, "signingKey": new_key})
+    assert answer.code == 200, answer.body
+    doc = await plc_document(pds, did)
+    assert "did:key:" + doc["verificationMethod"][0]["publicKeyMultibase"] == new_key
+    assert doc["alsoKnownAs"] == ["at://alice.test"]
+    assert [(h["t"], b["did"]) for h, b in await firehose_from(pds, before)] == [("#identity", did)]
+    # A later handle change keeps the key the admin named.
+    assert (await admin_post(pds, "com.atproto.admin.updateAccountHandle", {"did": did, "handle": "alicia.test"})).code == 200
+    doc = await plc_document(pds, did)
+    assert "did:key:" + doc["verificationMethod"][0]["publicKeyMultibase"] == new_key
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_email_is_not_implemented_yet(pds):
+    body = {"recipientDid": "did:plc:abcdefghijklmnopqrstuvwx", "content": "hi", "senderDid": "did:plc:abcdefghijklmnopqrstuvwx"}
+    assert_error(await admin_post(pds, "com.atproto.admin.sendEmail", body), 501, "MethodNotImplemented")
