@@ -534,3 +534,72 @@ async def test_update_account_signing_key_names_it_in_the_did_document(pds):
 async def test_send_email_is_not_implemented_yet(pds):
     body = {"recipientDid": "did:plc:abcdefghijklmnopqrstuvwx", "content": "hi", "senderDid": "did:plc:abcdefghijklmnopqrstuvwx"}
     assert_error(await admin_post(pds, "com.atproto.admin.sendEmail", body), 501, "MethodNotImplemented")
+
+
+# -- deleting an account ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_account_leaves_nothing_of_it(pds, tmp_path):
+    alice, post, blob_cid = await account_with_a_post_and_blob(pds, "alice")
+    bob, _, bob_blob = await account_with_a_post_and_blob(pds, "bob")
+    did, auth = alice["did"], bearer(alice["accessJwt"])
+    app = pds.service.app
+    # Everything an account can have here: an app password and its session,
+    # preferences, a linked sign-in, a record taken down, a blob taken down.
+    app_password = (await pds.post("com.atproto.server.createAppPassword", {"name": "app"}, headers=auth)).json()["password"]
+    assert (await login(pds, "alice.test", app_password)).code == 200
+    prefs = {"preferences": [{"$type": "app.bsky.actor.defs#adultContentPref", "enabled": False}]}
+    assert (await pds.post("app.bsky.actor.putPreferences", prefs, headers=auth)).code == 200
+    await app.accounts.link_identity(did, "github", "12345")
+    await admin_post(pds, STATUS, {"subject": {"$type": "com.atproto.repo.strongRef", "uri": post["uri"], "cid": post["cid"]},
+                                   "takedown": {"applied": True}})
+    await admin_post(pds, STATUS, {"subject": {"$type": "com.atproto.admin.defs#repoBlobRef", "did": did, "cid": blob_cid},
+                                   "takedown": {"applied": True}})
+    blob_folder = tmp_path / "data" / "blobs" / did
+    assert [p.name for p in blob_folder.iterdir()] == [blob_cid]
+
+    def rows_of(conn, did):
+        counts = {}
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"):
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for column in ("did", "used_by", "for_account"):
+                if column in columns:
+                    counts[f"{table}.{column}"] = conn.execute(
+                        f"SELECT count(*) FROM {table} WHERE {column} = ?", (did,)).fetchone()[0]
+        return counts
+
+    had = await app.db.read(rows_of, did)
+    for table in ("accounts", "signing_keys", "repo_roots", "records", "app_passwords", "refresh_tokens",
+                  "oauth_identities", "blobs", "record_blobs", "account_prefs", "record_takedowns", "repo_seq"):
+        assert had[f"{table}.did"] > 0, table
+    assert had["blocks.did"] + had["fresh_blocks.did"] > 0
+    bob_had = await app.db.read(rows_of, bob["did"])
+    before = await newest_seq(pds)
+
+    nobody = {"did": "did:plc:nobodynobodynobodynobo"}
+    assert_error(await admin_post(pds, "com.atproto.admin.deleteAccount", nobody), 400, "InvalidRequest")
+    assert (await admin_post(pds, "com.atproto.admin.deleteAccount", {"did": did})).code == 200
+
+    left = await app.db.read(rows_of, did)
+    assert {name: n for name, n in left.items() if n} == {"repo_seq.did": 1}
+    assert await app.db.read(rows_of, bob["did"]) == bob_had
+    assert list(blob_folder.iterdir()) == []
+    assert [p.name for p in (tmp_path / "data" / "blobs" / bob["did"]).iterdir()] == [bob_blob]
+
+    # The firehose keeps one event of the account: its deletion.
+    frames = await firehose_from(pds, 0)
+    mine = [(h["t"], b) for h, b in frames if b.get("did", b.get("repo")) == did]
+    assert [(t, b["active"], b["status"]) for t, b in mine] == [("#account", False, "deleted")]
+    assert mine[0][1]["seq"] > before
+
+    # Nothing answers for it; its sessions are gone; its handle and email are free.
+    assert_error(await pds.get("com.atproto.sync.getRepoStatus", {"did": did}), 400, "RepoNotFound")
+    assert_error(await pds.get("com.atproto.sync.getLatestCommit", {"did": did}), 400, "RepoNotFound")
+    assert_error(await pds.get("com.atproto.repo.getRecord", {"repo": did, "collection": POST, "rkey": post["uri"].split("/")[-1]}), 400, "RepoNotFound")
+    assert_error(await pds.get("com.atproto.server.getSession", headers=auth), 400, "ExpiredToken")
+    assert_error(await login(pds, "alice.test"), 401, "AuthenticationRequired")
+    assert did not in {r["did"] for r in (await pds.get("com.atproto.sync.listRepos")).json()["repos"]}
+    again = await create(pds, "alice")
+    assert again["did"] != did
+    assert await app.accounts.did_for_identity("github", "12345") is None
