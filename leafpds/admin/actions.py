@@ -72,8 +72,9 @@ async def update_email(app: "AppContext", account: str, email: str) -> None:
 
 
 def _update_email_unit(conn: Any, account: str, email: str) -> None:
-    column = "did" if account.startswith("did:") else "handle"
-    row = conn.execute(f"SELECT did, email FROM accounts WHERE {column} = ?", (account.lower() if column == "handle" else account,)).fetchone()
+    # Named by DID or by handle (handles are stored lower-cased).
+    column, value = ("did", account) if account.startswith("did:") else ("handle", account.lower())
+    row = conn.execute(f"SELECT did, email FROM accounts WHERE {column} = ?", (value,)).fetchone()
     if row is None:
         raise InvalidRequest(f"Account does not exist: {account}")
     did, current = row

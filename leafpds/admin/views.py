@@ -9,8 +9,9 @@ from typing import Any
 
 from leafpds.errors import InvalidRequest, XRPCError
 
-#: getAccountInfo's answer for a DID with no account here (the official PDS's).
 class AccountNotFound(XRPCError):
+    """getAccountInfo's answer for a DID with no account here (the official PDS's)."""
+
     name = "NotFound"
 
 
