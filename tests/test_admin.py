@@ -7,10 +7,13 @@ firehose read over a real WebSocket; the effects checked on every read path.
 import base64
 import json
 
+import pytest
 import pytest_twisted
 import treq
 
 from leafpds import crypto
+from leafpds.accounts import accounts as accounts_module
+from leafpds.errors import XRPCError
 from leafpds.lexicon import validate_output
 from tests.harness import make_settings, start_pds
 from tests.test_firehose import Reader, decode
@@ -329,6 +332,11 @@ async def test_account_takedown_on_every_read_path_login_and_firehose_and_its_re
                            headers=bearer(alice["accessJwt"]))
     assert_error(write, 400, "ExpiredToken")
     assert_error(await pds.post("com.atproto.server.refreshSession", headers=bearer(alice["refreshJwt"])), 400, "ExpiredToken")
+
+    # A login whose password check began before the takedown gets no session either.
+    with pytest.raises(XRPCError) as refused:
+        await pds.service.app.db.write(accounts_module._start_session, did, 0.0, None, False)
+    assert refused.value.name == "AccountTakedown"
 
     # Bob is untouched.
     for nsid, params in sync_reads(bob["did"], bob_post["uri"].split("/")[-1], bob_blob, bob_post["commit"]["cid"]):

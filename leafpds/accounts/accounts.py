@@ -500,6 +500,11 @@ def _match_password(
 def _start_session(
     conn: Any, did: str, now: float, app_password_name: str | None, privileged: bool
 ) -> Session:
+    # Checked again in the writer: an admin may have taken the account down
+    # while its password was being checked.
+    row = conn.execute("SELECT status FROM accounts WHERE did = ?", (did,)).fetchone()
+    if row is not None and row[0] == "takendown":
+        raise AuthenticationRequired("Account has been taken down", name="AccountTakedown")
     return sessions.start_session_unit(conn, did, now, app_password_name, privileged)
 
 
