@@ -439,3 +439,27 @@ def test_a_wal_past_its_bound_is_restarted(tmp_path):
     assert checkpointer.runs == 1
     conn.close()
     writer.close()
+
+
+def test_admin_state_is_added_to_existing_accounts_and_blobs_and_goes_with_the_account(tmp_path):
+    conn = connect(tmp_path / "db.sqlite")
+    assert migrations.migrate(conn, migrations.MIGRATIONS[:6]) == 6
+    for did in ("did:a", "did:b"):
+        _insert_account(conn, did)
+    conn.execute(
+        "INSERT INTO blobs (did, cid, mime_type, size, created_at) VALUES ('did:a', x'01', 'image/png', 1, 't')"
+    )
+    migrations.migrate(conn)
+    assert conn.execute("SELECT did, takedown_ref, invites_disabled FROM accounts ORDER BY did").fetchall() == [
+        ("did:a", None, 0), ("did:b", None, 0)
+    ]
+    assert conn.execute("SELECT takedown_ref FROM blobs").fetchall() == [(None,)]
+    for did in ("did:a", "did:b"):
+        conn.execute("INSERT INTO record_takedowns (did, collection, rkey, ref) VALUES (?, 'c', 'k', 'T-1')", (did,))
+    with pytest.raises(sqlite3.IntegrityError):  # one per record
+        conn.execute("INSERT INTO record_takedowns (did, collection, rkey, ref) VALUES ('did:a', 'c', 'k', 'T-2')")
+    with pytest.raises(sqlite3.IntegrityError):  # only for accounts that exist
+        conn.execute("INSERT INTO record_takedowns (did, collection, rkey, ref) VALUES ('did:c', 'c', 'k', 'T-1')")
+    assert "STRICT" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'record_takedowns'").fetchone()[0]
+    conn.execute("DELETE FROM accounts WHERE did = 'did:a'")
+    assert conn.execute("SELECT did FROM record_takedowns").fetchall() == [("did:b",)]

@@ -4,6 +4,8 @@ client to a real SMTP server on loopback (aiosmtpd); the codes are read from
 the mails it receives.
 """
 
+import base64
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
@@ -436,3 +438,49 @@ async def test_later_purposes_are_one_call_each(world):
     with pytest.raises(InvalidToken):
         await account_email.use_code(did, email_tokens.PLC_OPERATION, mail.code)
     await account_email.use_code(did, email_tokens.DELETE_ACCOUNT, deletion.code.lower())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_admin_sends_an_account_a_message(tmp_path):
+    inbox = Inbox().start()
+    pds = await start_pds(make_settings(
+        tmp_path / "data", smtp_url=f"smtp://127.0.0.1:{inbox.port}", email_from="pds@example.com",
+        admin_password="admin secret",
+    ))
+    try:
+        did, _auth = await sign_up(pds)
+        admin = {"Authorization": "Basic " + base64.b64encode(b"admin:admin secret").decode()}
+        body = {"recipientDid": did, "senderDid": did, "content": "Your account is fine.\nThe operator",
+                "subject": "About your account"}
+        answer = await pds.post("com.atproto.admin.sendEmail", body, headers=admin)
+        assert (answer.code, answer.json()) == (200, {"sent": True})
+        (mail,) = await inbox.wait(1)
+        assert mail.recipients == ["alice@example.com"] and mail.subject == "About your account"
+        assert "Your account is fine." in mail.body
+        # Without a subject, the official default; an unknown recipient is refused, nothing queued.
+        body.pop("subject")
+        assert (await pds.post("com.atproto.admin.sendEmail", body, headers=admin)).code == 200
+        _, second = await inbox.wait(2)
+        assert second.subject == "Message via your account provider"
+        unknown = {**body, "recipientDid": "did:plc:abcdefghijklmnopqrstuvwx"}
+        assert_error(await pds.post("com.atproto.admin.sendEmail", unknown, headers=admin), 400, "InvalidRequest")
+        assert (await pds.post("com.atproto.admin.sendEmail", body)).code == 401
+        await queue_emptied(pds)
+        assert len(inbox.received) == 2
+
+        # The admin's view of the account says when its address was confirmed.
+        info = await pds.get("com.atproto.admin.getAccountInfo", {"did": did}, headers=admin)
+        assert "emailConfirmedAt" not in info.json()
+        await pds.service.app.db.write(lambda c: c.execute(
+            "UPDATE accounts SET email_confirmed_at = '2026-12-06T00:00:00.000Z' WHERE did = ?", (did,)))
+        info = await pds.get("com.atproto.admin.getAccountInfo", {"did": did}, headers=admin)
+        assert info.json()["emailConfirmedAt"] == "2026-12-06T00:00:00.000Z"
+        # An address the admin sets is unconfirmed again.
+        changed = await pds.post("com.atproto.admin.updateAccountEmail", {"account": did, "email": "new@example.com"},
+                                 headers=admin)
+        assert changed.code == 200, changed.body
+        info = await pds.get("com.atproto.admin.getAccountInfo", {"did": did}, headers=admin)
+        assert info.json()["email"] == "new@example.com" and "emailConfirmedAt" not in info.json()
+    finally:
+        await pds.service.stopService()
+        inbox.stop()

@@ -72,6 +72,21 @@ class AccountEmail:
             lifetime=email_tokens.LIFETIME, did=account.did, purpose=purpose,
         )
 
+    # -- com.atproto.admin.sendEmail -------------------------------------------
+
+    async def send_message(self, did: str, subject: str, content: str) -> None:
+        """An operator's message to the account's address (queued, like every mail)."""
+        await self.db.write(self._send_message_unit, did, subject, content, self.now())
+        self.mail.wake()
+
+    def _send_message_unit(self, conn: Any, did: str, subject: str, content: str, now: float) -> None:
+        account = account_by(conn, "did", did)
+        if account is None:
+            raise InvalidRequest("Recipient not found")
+        if not account.email:
+            raise InvalidRequest("account does not have an email address")
+        queue.enqueue_unit(conn, account.email, subject, content, now)
+
     # -- com.atproto.server.requestEmailConfirmation / confirmEmail --------------
 
     async def request_confirmation(self, did: str) -> None:

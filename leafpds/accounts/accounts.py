@@ -27,6 +27,7 @@ from leafpds.db.pool import Database
 from leafpds.errors import AuthenticationRequired, InvalidRequest, XRPCError
 from leafpds.identity.handles import validate_new_handle
 from leafpds.identity.plc import (
+    ATPROTO_KEY,
     PLCClient,
     PLCError,
     build_operation,
@@ -218,6 +219,10 @@ class Accounts:
         matched = await deferToThread(_match_password, password, password_hash, app_passwords)
         if matched is None:
             raise AuthenticationRequired("Invalid identifier or password")
+        if account.status == "takendown":
+            # After the password check, as the official PDS: a wrong
+            # password learns nothing about the account.
+            raise AuthenticationRequired("Account has been taken down", name="AccountTakedown")
         app_password_name, privileged = matched
         session = await self.db.write(
             _start_session, account.did, self.now(), app_password_name, privileged
@@ -319,15 +324,44 @@ class Accounts:
         owner = await self.did_for_handle(handle)
         if owner is not None:
             raise InvalidRequest("Handle already taken")
+        await self._update_did(did, handle)
+        appended = await self.db.write(_change_handle, did, handle, iso_from_epoch(self.now()))
+        self.transactor.notify(appended)
+
+    async def update_signing_key(self, did: str, signing_key: str) -> None:
+        """
+        Name ``signing_key`` (a did:key) as the account's atproto key in its
+        DID document (the admin's updateAccountSigningKey: the key this PDS
+        signs commits with stays, as on the official PDS), then announce the
+        new document with ``#identity``.
+        """
+        account = await self.get(did)
+        await self._update_did(did, account.handle, signing_key)
+        now = iso_from_epoch(self.now())
+        body = {"did": did, "handle": account.handle, "time": now}
+        appended = await self.db.write(
+            lambda conn: [events.append_event(conn, did, "#identity", body, now)]
+        )
+        self.transactor.notify(appended)
+
+    async def _update_did(self, did: str, handle: str, signing_key: str | None = None) -> None:
+        """
+        A PLC operation after the DID's last one naming ``handle``, this PDS,
+        and ``signing_key`` (by default the atproto key the last operation
+        named, so a handle change keeps an admin's key change).
+        """
         try:
             last = await self.plc.last_operation(did)
         except PLCError as e:
             raise UpstreamFailure(f"Could not read the DID from the PLC directory: {e}") from None
-        signing = await self.keys.signing_key(did)
+        if signing_key is None:
+            signing_key = (last.get("verificationMethods") or {}).get(ATPROTO_KEY)
+        if signing_key is None:
+            signing_key = (await self.keys.signing_key(did)).did()
         op = sign_operation(
             build_operation(
                 rotation_keys=last.get("rotationKeys") or [self.rotation_key.did()],
-                signing_key=signing.did(),
+                signing_key=signing_key,
                 handle=handle,
                 pds_endpoint=self.public_url(),
                 prev=operation_cid(last).encode(),
@@ -337,11 +371,9 @@ class Accounts:
         try:
             await self.plc.submit(did, op)
         except PLCError as e:
-            raise UpstreamFailure(f"The PLC directory refused the handle change: {e}") from None
+            raise UpstreamFailure(f"The PLC directory refused the change: {e}") from None
         finally:
             self.plc.forget(did)
-        appended = await self.db.write(_change_handle, did, handle, iso_from_epoch(self.now()))
-        self.transactor.notify(appended)
 
 
 def check_email(email: str) -> str:
@@ -478,6 +510,11 @@ def _match_password(
 def _start_session(
     conn: Any, did: str, now: float, app_password_name: str | None, privileged: bool
 ) -> Session:
+    # Checked again in the writer: an admin may have taken the account down
+    # while its password was being checked.
+    row = conn.execute("SELECT status FROM accounts WHERE did = ?", (did,)).fetchone()
+    if row is not None and row[0] == "takendown":
+        raise AuthenticationRequired("Account has been taken down", name="AccountTakedown")
     return sessions.start_session_unit(conn, did, now, app_password_name, privileged)
 
 

@@ -110,9 +110,13 @@ def _make_permanent(conn: Any, did: str, ref: BlobRef) -> None:
 
 
 def served_blob(conn: Any, did: str, cid: CID) -> tuple[str, int] | None:
-    """(MIME type, size) of a permanent blob; temporary ones are not served."""
+    """
+    (MIME type, size) of a permanent blob; temporary ones are not served,
+    nor those an admin took down.
+    """
     return conn.execute(
-        "SELECT mime_type, size FROM blobs WHERE did = ? AND cid = ? AND temp_key IS NULL",
+        "SELECT mime_type, size FROM blobs"
+        " WHERE did = ? AND cid = ? AND temp_key IS NULL AND takedown_ref IS NULL",
         (did, cid.cid_bytes),
     ).fetchone()
 

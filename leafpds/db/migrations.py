@@ -337,6 +337,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX mail_queue_by_next_attempt ON mail_queue (next_attempt_at);
     CREATE INDEX mail_queue_by_purpose ON mail_queue (did, purpose);
     """,
+    # 8: the admin API's state (issue #17).  A takedown keeps the operator's
+    # reference (`ref`, e.g. a ticket number) so getSubjectStatus can give
+    # it back; an account's is beside its status ('takendown' while it
+    # holds), a blob's on its row.  A record's takedown has a table of its
+    # own, keyed by the record's path: the records index is rewritten by
+    # every commit that touches the record, and a takedown must outlive the
+    # owner's edits (as the official PDS's does) without the write path
+    # knowing about it.  `invites_disabled`: enable/disableAccountInvites.
+    """
+    ALTER TABLE accounts ADD COLUMN takedown_ref TEXT;
+    ALTER TABLE accounts ADD COLUMN invites_disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE blobs ADD COLUMN takedown_ref TEXT;
+    CREATE TABLE record_takedowns (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        collection TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        PRIMARY KEY (did, collection, rkey)
+    ) STRICT, WITHOUT ROWID;
+    """,
 ]
 
 

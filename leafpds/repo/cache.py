@@ -18,9 +18,9 @@ Between a commit reaching the database and the reactor hearing of it, a
 read may still get the previous record from the cache: the write has not
 been acknowledged yet, so that read simply ran before it.
 
-Anything else that changes the records index must call
-:meth:`RecordCache.forget` too; there is no such path today (repo import is
-not served; accounts are never deleted or taken down).
+Anything else that changes what getRecord answers must call
+:meth:`RecordCache.forget` or :meth:`RecordCache.forget_repo` too: the
+admin's takedowns and account deletion (leafpds/admin/actions.py) do.
 
 Only touch it from the reactor thread; the commit hook itself runs in the
 writer's thread and returns the forgetting as an action for the reactor.
@@ -93,6 +93,10 @@ class RecordCache:
             entry = self._entries.pop(key, None)
             if entry is not None:
                 self.size -= len(entry[1]) + ENTRY_OVERHEAD
+
+    def forget_repo(self, did: str) -> None:
+        """Drop every record of ``did`` (a scan: only for rare admin changes)."""
+        self.forget([key for key in [*self._entries, *self._loading] if key[0] == did])
 
     def commit_hook(
         self, conn: Any, did: str, rev: str, ops: Sequence[Any], writes: Sequence[Any]

@@ -47,22 +47,33 @@ def find_active_repo(conn: Any, did: str) -> RepoInfo:
     return repo
 
 
+def find_served_repo(conn: Any, identifier: str) -> RepoInfo:
+    """
+    For com.atproto.repo reads: a taken-down repo is not found, as the
+    official PDS answers (its actor lookup leaves taken-down accounts out).
+    """
+    repo = find_repo(conn, identifier)
+    if repo.status == "takendown":
+        raise RepoNotFound(f"Could not find repo: {identifier}")
+    return repo
+
+
 def get_record(
     conn: Any, identifier: str, collection: str, rkey: str
 ) -> tuple[RepoInfo, tuple[CID, bytes] | None]:
-    repo = find_repo(conn, identifier)
-    return repo, storage.get_record(conn, repo.did, collection, rkey)
+    repo = find_served_repo(conn, identifier)
+    return repo, storage.served_record(conn, repo.did, collection, rkey)
 
 
 def list_records(
     conn: Any, identifier: str, collection: str, limit: int, cursor: str | None, reverse: bool
 ) -> tuple[RepoInfo, list[tuple[str, CID, bytes]]]:
-    repo = find_repo(conn, identifier)
+    repo = find_served_repo(conn, identifier)
     return repo, storage.list_records(conn, repo.did, collection, limit, cursor, reverse)
 
 
 def describe(conn: Any, identifier: str) -> tuple[RepoInfo, list[str]]:
-    repo = find_repo(conn, identifier)
+    repo = find_served_repo(conn, identifier)
     return repo, storage.collections(conn, repo.did)
 
 

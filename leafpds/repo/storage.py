@@ -154,6 +154,25 @@ def get_record(conn: Any, did: str, collection: str, rkey: str) -> tuple[CID, by
     return (CID(row[0]), row[1]) if row else None
 
 
+# A record taken down by an admin (leafpds/admin/takedowns.py) is left out of
+# the com.atproto.repo reads; the table is nearly always empty, so the probe
+# costs a lookup in one small B-tree.
+_NOT_TAKEN_DOWN = (
+    "NOT EXISTS (SELECT 1 FROM record_takedowns t"
+    " WHERE t.did = r.did AND t.collection = r.collection AND t.rkey = r.rkey)"
+)
+
+
+def served_record(conn: Any, did: str, collection: str, rkey: str) -> tuple[CID, bytes] | None:
+    """A record as com.atproto.repo.getRecord serves it: not if an admin took it down."""
+    row = conn.execute(
+        "SELECT cid, data FROM records r WHERE did = ? AND collection = ? AND rkey = ?"
+        f" AND {_NOT_TAKEN_DOWN}",
+        (did, collection, rkey),
+    ).fetchone()
+    return (CID(row[0]), row[1]) if row else None
+
+
 def list_records(
     conn: Any,
     did: str,
@@ -165,18 +184,19 @@ def list_records(
     """
     (rkey, CID, block) of a collection's records: newest (highest rkey) first,
     or oldest first with ``reverse``; ``cursor`` is the last rkey seen.
+    Records an admin took down are left out.
     """
     if reverse:
         order, compare = "ASC", ">"
     else:
         order, compare = "DESC", "<"
-    where = "did = ? AND collection = ?"
+    where = f"did = ? AND collection = ? AND {_NOT_TAKEN_DOWN}"
     args: list[Any] = [did, collection]
     if cursor is not None:
         where += f" AND rkey {compare} ?"
         args.append(cursor)
     rows = conn.execute(
-        f"SELECT rkey, cid, data FROM records WHERE {where} ORDER BY rkey {order} LIMIT ?",
+        f"SELECT rkey, cid, data FROM records r WHERE {where} ORDER BY rkey {order} LIMIT ?",
         (*args, limit),
     ).fetchall()
     return [(rkey, CID(cid), data) for rkey, cid, data in rows]

@@ -184,6 +184,10 @@ class RepoTransactor:
         self._settle_mark = 0
         self._settling = False
 
+    def forget(self, did: str) -> None:
+        """Drop what is remembered of a repo that is gone (an admin deleted the account)."""
+        self._heads.pop(did, None)
+
     def notify(self, appended: list[tuple[int, bytes]]) -> None:
         """
         Tell the listeners about events that have just been committed.  The

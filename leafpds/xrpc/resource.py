@@ -44,6 +44,7 @@ from leafpds.web.layout import send_redirect
 # Importing the namespace modules declares their methods on `xrpc`.
 from leafpds.xrpc import identity as _identity, repo as _repo, server as _server, sync as _sync  # noqa: F401
 from leafpds.xrpc import actor as _actor, blobs as _blobs, feed as _feed  # noqa: F401
+from leafpds.xrpc import admin as _admin  # noqa: F401
 
 log = Logger()
 

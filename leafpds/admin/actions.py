@@ -1,0 +1,138 @@
+"""
+The admin's changes to accounts, each with the work it needs outside the
+database transaction: ending sessions' access tokens, forgetting cached
+records, keys and repo heads, deleting blob files, waking firehose
+subscribers.  The units themselves are in this module's siblings or below.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.threads import deferToThread
+
+from leafpds import crypto
+from leafpds.accounts import sessions
+from leafpds.accounts.accounts import check_email, check_password
+from leafpds.accounts.passwords import hash_password
+from leafpds.admin import takedowns
+from leafpds.errors import InvalidRequest
+from leafpds.ipld.cid import CID
+from leafpds.repo import events
+from leafpds.timestamps import iso_from_epoch
+
+if TYPE_CHECKING:
+    from leafpds.app import AppContext
+
+
+async def update_subject_status(
+    app: "AppContext", subject: takedowns.Subject, applied: bool, ref: str | None
+) -> None:
+    """Apply or reverse a takedown (see :mod:`leafpds.admin.takedowns`)."""
+    change = await app.db.write(takedowns.update_unit, subject, applied, ref, app.reactor.seconds())
+    app.tokens.revoke(change.ended_sessions)
+    if subject.kind == takedowns.REPO_REF:
+        app.record_cache.forget_repo(subject.did)
+    elif subject.kind == takedowns.STRONG_REF:
+        app.record_cache.forget([(subject.did, subject.collection, subject.rkey)])
+    app.transactor.notify(change.events)
+
+
+async def update_password(app: "AppContext", did: str, password: str) -> None:
+    """
+    Set an account's password and end every session it has, app passwords'
+    too, as the official PDS revokes all the account's refresh tokens.
+    """
+    check_password(password)
+    await app.db.read(_existing, did)
+    password_hash = await deferToThread(hash_password, password)
+    ended = await app.db.write(_set_password_unit, did, password_hash, app.reactor.seconds())
+    app.tokens.revoke(ended)
+
+
+def _existing(conn: Any, did: str) -> None:
+    if conn.execute("SELECT 1 FROM accounts WHERE did = ?", (did,)).fetchone() is None:
+        raise InvalidRequest(f"Account not found: {did}")
+
+
+def _set_password_unit(conn: Any, did: str, password_hash: bytes, now: float) -> list[str]:
+    _existing(conn, did)
+    conn.execute("UPDATE accounts SET password_hash = ? WHERE did = ?", (password_hash, did))
+    return _end_all_sessions(conn, did, now)
+
+
+def _end_all_sessions(conn: Any, did: str, now: float) -> list[str]:
+    ended = [r[0] for r in conn.execute("SELECT DISTINCT session_id FROM refresh_tokens WHERE did = ?", (did,))]
+    sessions.end_sessions_unit(conn, did, ended, now)
+    return ended
+
+
+async def update_email(app: "AppContext", account: str, email: str) -> None:
+    """Change the email of the account named by DID or handle."""
+    email = check_email(email)
+    await app.db.write(_update_email_unit, account, email)
+
+
+def _update_email_unit(conn: Any, account: str, email: str) -> None:
+    # Named by DID or by handle (handles are stored lower-cased).
+    column, value = ("did", account) if account.startswith("did:") else ("handle", account.lower())
+    row = conn.execute(f"SELECT did, email FROM accounts WHERE {column} = ?", (value,)).fetchone()
+    if row is None:
+        raise InvalidRequest(f"Account does not exist: {account}")
+    did, current = row
+    if current == email:
+        return
+    if conn.execute("SELECT 1 FROM accounts WHERE email = ?", (email,)).fetchone():
+        raise InvalidRequest("This email address is already in use, please use a different email.")
+    # A new address is not confirmed yet, whoever set it.
+    conn.execute("UPDATE accounts SET email = ?, email_confirmed_at = NULL WHERE did = ?", (email, did))
+
+
+async def update_handle(app: "AppContext", did: str, handle: str) -> None:
+    """The same rules and effects as the account's own updateHandle (PLC operation, ``#identity``)."""
+    await app.db.read(_existing, did)
+    await app.accounts.update_handle(did, handle)
+
+
+async def update_signing_key(app: "AppContext", did: str, signing_key: str) -> None:
+    """Name ``signing_key`` (a did:key) in the account's DID document; see Accounts.update_signing_key."""
+    try:
+        crypto.parse_did_key(signing_key)
+    except crypto.InvalidKey as e:
+        raise InvalidRequest(f"Invalid signing key: {e}") from None
+    await app.db.read(_existing, did)
+    await app.accounts.update_signing_key(did, signing_key)
+
+
+async def delete_account(app: "AppContext", did: str) -> None:
+    """
+    Delete an account and everything it has here: repo, records, blocks,
+    blobs (rows and files), sessions, app passwords, linked GitHub/Google
+    identities, keys, preferences, takedowns.  Its earlier firehose events
+    go too and one ``#account`` event (``active: false, status: "deleted"``)
+    stays, as on the official PDS; the handle and email are free again.
+    Runs under the DID's write lock, so no commit of its own is half-way.
+    """
+
+    async def locked() -> tuple[list[CID], list[str], list[tuple[int, bytes]]]:
+        return await app.db.write(_delete_unit, did, app.reactor.seconds())
+
+    blobs, ended, appended = await app.transactor.locks.run(did, locked)
+    app.tokens.revoke(ended)
+    app.keys.forget(did)
+    app.transactor.forget(did)
+    app.record_cache.forget_repo(did)
+    app.transactor.notify(appended)
+    for cid in blobs:
+        await app.blobs.store.delete(did, cid)
+
+
+def _delete_unit(conn: Any, did: str, now: float) -> tuple[list[CID], list[str], list[tuple[int, bytes]]]:
+    _existing(conn, did)
+    blobs = [CID(row[0]) for row in conn.execute("SELECT cid FROM blobs WHERE did = ?", (did,))]
+    ended = _end_all_sessions(conn, did, now)
+    # Every table with the account's rows references accounts(did) with ON
+    # DELETE CASCADE (record_blobs through records).
+    conn.execute("DELETE FROM accounts WHERE did = ?", (did,))
+    conn.execute("DELETE FROM repo_seq WHERE did = ?", (did,))
+    time = iso_from_epoch(now)
+    body = {"did": did, "active": False, "status": "deleted", "time": time}
+    return blobs, ended, [events.append_event(conn, did, "#account", body, time)]
