@@ -1,12 +1,18 @@
 """
 ``leafpds-admin``: the operator's console tool.
 
+    leafpds-admin account list|create EMAIL HANDLE|delete DID|takedown DID|untakedown DID|reset-password DID
+    leafpds-admin create-invite-code [--uses N]
+    leafpds-admin request-crawl [RELAY] [--hostname NAME]
     leafpds-admin backup --data-dir DATA DEST [--include-master-secret]
     leafpds-admin restore SRC --data-dir NEWDATA
 
-Human output by default; ``--json`` prints one JSON document on stdout.
-Exit status 0 on success, 1 when the work cannot be done (the reason on
-stderr), 2 for a usage error.
+The account, invite and crawl commands talk to a running server's admin API
+(``--url``, default http://localhost:2583; the password from
+``--admin-password`` or ``LEAFPDS_ADMIN_PASSWORD``); backup and restore work
+on the data folder beside it.  Human output by default; ``--json`` prints one
+JSON document on stdout.  Exit status 0 on success, 1 when the work cannot be
+done (the reason on stderr), 2 for a usage error.
 """
 
 import argparse
@@ -16,7 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+
 from leafpds.admin.backup import BackupError, backup, restore
+from leafpds.admin.client import AdminClient, AdminError
 from leafpds.config import ENV_PREFIX
 
 
@@ -39,7 +49,34 @@ def main(argv: list[str] | None = None) -> int:
     put.add_argument("src", type=Path, help="the backup folder")
     put.add_argument("--data-dir", type=Path, required=True, help="the new, empty data folder")
 
+    parser.add_argument("--url", default=os.environ.get(ENV_PREFIX + "URL", "http://localhost:2583"),
+                        help="the running server [default: LEAFPDS_URL, else http://localhost:2583]")
+    parser.add_argument("--admin-password", default=None,
+                        help="its --admin-password [default: LEAFPDS_ADMIN_PASSWORD]")
+
+    account = commands.add_parser("account", help="list, create, delete, take down accounts")
+    actions = account.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every account: handle, DID, email")
+    create = actions.add_parser("create", help="a new account with a fresh password")
+    create.add_argument("email")
+    create.add_argument("handle")
+    for name, text in [("delete", "delete the account and everything of it"),
+                       ("takedown", "take the account down (reversible)"),
+                       ("untakedown", "lift its takedown"),
+                       ("reset-password", "give the account a fresh password")]:
+        actions.add_parser(name, help=text).add_argument("did")
+    invite = commands.add_parser("create-invite-code", help="an invite code for --invite-required")
+    invite.add_argument("--uses", type=int, default=1)
+    crawl = commands.add_parser("request-crawl", help="ask a relay to crawl this server")
+    crawl.add_argument("relay", nargs="?", default="https://bsky.network")
+    crawl.add_argument("--hostname", help="this server's public hostname [default: the --url's host]")
+
     args = parser.parse_args(argv)
+    if args.command not in ("backup", "restore"):
+        password = args.admin_password or os.environ.get(ENV_PREFIX + "ADMIN_PASSWORD")
+        if not password:
+            parser.error("the server's admin password is needed: --admin-password or LEAFPDS_ADMIN_PASSWORD")
+        task.react(lambda reactor: Deferred.fromCoroutine(_on_server(reactor, args, password)))
     show = _Progress(enabled=not args.json and sys.stderr.isatty())
     try:
         if args.command == "backup":
@@ -63,6 +100,42 @@ def main(argv: list[str] | None = None) -> int:
     show.done()
     print(json.dumps(result) if args.json else summary)
     return 0
+
+
+async def _on_server(reactor: Any, args: argparse.Namespace, password: str) -> None:
+    client = AdminClient(args.url, password, reactor)
+    try:
+        result, summary = await _server_command(client, args)
+    except AdminError as e:
+        print(f"leafpds-admin: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(result) if args.json else summary)
+
+
+async def _server_command(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+    """The command's result (for --json) and its human summary."""
+    if args.command == "create-invite-code":
+        code = await client.create_invite_code(args.uses)
+        return {"code": code}, code
+    if args.command == "request-crawl":
+        hostname = await client.request_crawl(args.relay, args.hostname)
+        return {"relay": args.relay, "hostname": hostname}, f"Asked {args.relay} to crawl {hostname}."
+    if args.action == "list":
+        accounts = await client.list_accounts()
+        rows = [f"{a['handle']:<30} {a['did']:<34} {a.get('email', '')}" for a in accounts]
+        return accounts, "\n".join(rows) or "No accounts."
+    if args.action == "create":
+        made = await client.create_account(args.email, args.handle)
+        return made, (f"Account created: {made['handle']} ({made['did']})\n"
+                      f"Password: {made['password']}  (give it to its owner; it is not shown again)")
+    if args.action == "delete":
+        await client.delete_account(args.did)
+        return {"did": args.did, "deleted": True}, f"Deleted {args.did} and everything of it."
+    if args.action in ("takedown", "untakedown"):
+        status = await client.takedown(args.did, args.action == "takedown")
+        return status, f"{args.did}: {'taken down' if args.action == 'takedown' else 'takedown lifted'}."
+    password = await client.reset_password(args.did)
+    return {"did": args.did, "password": password}, f"New password for {args.did}: {password}"
 
 
 def _backup_summary(dest: Path, manifest: dict[str, Any]) -> str:
