@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from leafpds.blobs.blobs import Blobs
     from leafpds.identity.handles import HandleResolver
     from leafpds.identity.plc import PLCClient
+    from leafpds.metrics import Metrics
     from leafpds.repo.transactor import RepoTransactor
     from leafpds.sequencer.crawlers import CrawlerNotifier
     from leafpds.sequencer.fanout import Sequencer
@@ -47,6 +48,8 @@ class AppContext:
     accounts: "Accounts" = field(init=False)
     sequencer: "Sequencer" = field(init=False)
     crawlers: "CrawlerNotifier" = field(init=False)
+    #: This server's Prometheus metrics (see :mod:`leafpds.metrics`).
+    metrics: "Metrics" = field(init=False)
     #: Forwards calls to other services (set by the XRPC server).
     proxy: "Proxy" = field(init=False)
     public_url: str = ""

@@ -106,6 +106,16 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "did:plc:ar7c4by46qjdydhdevvrndac",
         "Service DID of --report-service-url.",
     ),
+    "metrics-listen": (
+        None,
+        "Twisted endpoint to serve Prometheus metrics on, at /metrics, e.g. "
+        "tcp:9090:interface=127.0.0.1 [default: none, no metrics endpoint].",
+    ),
+    "log-format": (
+        None,
+        "text or json (one JSON object per line) [default: the runner's: twistd writes text, "
+        "twist JSON unless to a terminal].",
+    ),
     "contact-email": (None, "Contact address shown by describeServer."),
     "privacy-policy-url": (None, "Privacy policy link shown by describeServer."),
     "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
@@ -197,6 +207,8 @@ class Settings:
     report_service_url: str = "https://mod.bsky.app"
     report_service_did: str = "did:plc:ar7c4by46qjdydhdevvrndac"
     allow_private_services: bool = False
+    metrics_listen: str | None = None
+    log_format: str | None = None
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -227,6 +239,9 @@ class Settings:
             record_cache = int(values["record-cache"] or "")
         except ValueError:
             raise ConfigError("--record-cache must be a number of bytes") from None
+        log_format = (values["log-format"] or "").strip().lower() or None
+        if log_format not in (None, "text", "json"):
+            raise ConfigError("--log-format must be text or json")
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
         return cls(
@@ -269,6 +284,8 @@ class Settings:
             report_service_url=(values["report-service-url"] or "").rstrip("/"),
             report_service_did=values["report-service-did"] or "",
             allow_private_services=values["allow-private-services"],
+            metrics_listen=values["metrics-listen"] or None,
+            log_format=log_format,
         )
 
     @classmethod
