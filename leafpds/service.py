@@ -326,6 +326,7 @@ class LeafPDSService(PDSService):
         root.putChild(b"metrics", self.metrics_resource())
         site = Site(root)
         site.log = lambda request: None  # scrapes are no news for the access log
+        site.noisy = False
         endpoint = serverFromString(self.app.reactor, description)
 
         def listening(port: IListeningPort) -> IListeningPort:
