@@ -74,22 +74,26 @@ class BodyLimitedRequest(Request):
             super().gotLength(0)  # an empty buffer, never written to
             self._refuse(PayloadTooLarge("request entity too large"))
             return
-        if self._upload:
-            # A full disk would take nothing of the body: say so at once.
-            if site.space is not None and site.space.full:
-                super().gotLength(0)
-                self._refuse(refusal())
-                return
-            try:
-                self.content = site.spool()
-            except OSError as e:
-                if not is_disk_full(e):
-                    raise
-                site.space.filled(e)
-                super().gotLength(0)
-                self._refuse(refusal())
+        spool = self._open_spool(site) if self._upload else None
+        if spool is not None:
+            self.content = spool
+        elif self._upload:
+            super().gotLength(0)
+            self._refuse(refusal())
         else:
             super().gotLength(length)
+
+    def _open_spool(self, site: "XRPCSite") -> Any:
+        """The upload's spool; None if the disk is full (nothing of the body would fit)."""
+        if site.space is not None and site.space.full:
+            return None
+        try:
+            return site.spool()
+        except OSError as e:
+            if not is_disk_full(e) or site.space is None:
+                raise
+            site.space.filled(e)
+            return None
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
