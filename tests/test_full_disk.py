@@ -10,11 +10,14 @@ by themselves once there is room, with nothing acknowledged lost.
 import errno
 import subprocess
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
+from leafpds.db.pool import Database
+from leafpds.errors import InsufficientStorage
 from leafpds.repo.archive import verify_repo_car
 from tests.harness import make_settings, start_pds
 from tests.test_accounts import bearer, create
@@ -156,3 +159,36 @@ async def test_a_full_disk_refuses_writes_by_name_and_recovers_by_itself(small_d
         )
     finally:
         await pds.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_batched_together_all_fail_by_name_and_the_writer_goes_on(tmp_path):
+    # SQLite's page limit makes the database answer SQLITE_FULL as a full
+    # disk does, here for units that share one transaction.
+    db = Database(tmp_path / "db.sqlite")
+    db.migrate()
+    db.start()
+    try:
+        def cap(conn, pages):
+            conn.execute("CREATE TABLE IF NOT EXISTS filler (data BLOB)")
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+
+        await db.write(cap, 1_000_000)
+        pages = await db.read(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+        await db.write(cap, pages + 2)
+
+        def big(conn):
+            conn.execute("INSERT INTO filler VALUES (zeroblob(100000))")
+
+        # They wait for the writer, and go together in one transaction.
+        writes = [db.write(big) for _ in range(4)]
+        assert db.pending_writes >= 2
+        for d in writes:
+            with pytest.raises(InsufficientStorage):
+                await d
+        assert db.space.full
+        await db.write(cap, 1_000_000)
+        await db.write(big)
+        assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM filler").fetchone()[0]) == 1
+    finally:
+        db.close()
