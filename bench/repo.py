@@ -9,7 +9,10 @@ Repository engine benchmark, through the real transactor and SQLite:
 - import of that CAR into a fresh database (s)
 - single-record deletes spread over that 10,000-record repo (commits/s)
 
-    .venv/bin/python bench/repo.py [--records 10000] [--commits 3000] [--rounds 3] [--no-cpu-pairing]
+    .venv/bin/python bench/repo.py [--records 10000] [--commits 3000] [--rounds 3] [--no-cpu-pairing] [--metrics]
+
+``--metrics`` attaches the commit and write-batch histograms as the service
+does (leafpds.metrics), to measure what they cost.
 
 As the service does, the reactor and the writer share a CPU (leafpds.db.affinity)
 unless ``--no-cpu-pairing``.
@@ -24,6 +27,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Histogram
 from twisted.internet import defer, task
 
 from leafpds import crypto
@@ -82,6 +86,10 @@ async def main(reactor, args) -> None:
         db.share_cpu_with_caller()
     keys = Keys()
     transactor = RepoTransactor(db, keys)
+    if args.metrics:
+        registry = CollectorRegistry()
+        transactor.observe_commit = Histogram("commit", "", registry=registry).observe
+        db.observe_write_batches(Histogram("batch", "", registry=registry).observe)
     rkeys = TIDClock()
     gc.freeze()  # as the service does after start-up (leafpds.tap)
 
@@ -156,5 +164,6 @@ if __name__ == "__main__":
     parser.add_argument("--commits", type=int, default=3_000)
     parser.add_argument("--rounds", type=int, default=3, help="repeat each throughput run")
     parser.add_argument("--no-cpu-pairing", action="store_true")
+    parser.add_argument("--metrics", action="store_true", help="with the service's commit metrics")
     arguments = parser.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))

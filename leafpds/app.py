@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from leafpds.identity.handles import HandleResolver
     from leafpds.identity.plc import PLCClient
     from leafpds.mail.queue import MailQueue
+    from leafpds.metrics import Metrics
     from leafpds.repo.transactor import RepoTransactor
     from leafpds.sequencer.crawlers import CrawlerNotifier
     from leafpds.sequencer.fanout import Sequencer
@@ -54,6 +55,8 @@ class AppContext:
     mail: "MailQueue" = field(init=False)
     account_email: "AccountEmail" = field(init=False)
     crawlers: "CrawlerNotifier" = field(init=False)
+    #: This server's Prometheus metrics (see :mod:`leafpds.metrics`).
+    metrics: "Metrics" = field(init=False)
     #: Forwards calls to other services (set by the XRPC server).
     proxy: "Proxy" = field(init=False)
     public_url: str = ""

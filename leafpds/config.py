@@ -136,6 +136,16 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "or smtps://... [default: none; mails are written to the log, for development only].",
     ),
     "email-from": (None, "Sender address of account mails [default: noreply@<hostname>]."),
+    "metrics-listen": (
+        None,
+        "Twisted endpoint to serve Prometheus metrics on, at /metrics, e.g. "
+        "tcp:9090:interface=127.0.0.1 [default: none, no metrics endpoint].",
+    ),
+    "log-format": (
+        None,
+        "text or json (one JSON object per line) [default: the runner's: twistd writes text, "
+        "twist JSON unless to a terminal].",
+    ),
     "contact-email": (None, "Contact address shown by describeServer."),
     "privacy-policy-url": (None, "Privacy policy link shown by describeServer."),
     "terms-of-service-url": (None, "Terms of service link shown by describeServer."),
@@ -248,6 +258,8 @@ class Settings:
     # The URL holds the SMTP password: never shown.
     smtp_url: str | None = field(default=None, repr=False)
     email_from: str = ""
+    metrics_listen: str | None = None
+    log_format: str | None = None
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> "Settings":
@@ -293,6 +305,9 @@ class Settings:
             s3_bucket, s3_prefix = parse_blobstore(blobstore) or (None, "")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        log_format = (values["log-format"] or "").strip().lower() or None
+        if log_format not in (None, "text", "json"):
+            raise ConfigError("--log-format must be text or json")
         secret_file = values["master-secret-file"]
         public_url = values["public-url"]
         service_did = (values["service-did"] or "").strip() or None
@@ -353,6 +368,8 @@ class Settings:
             explicit_service_did=service_did,
             smtp_url=smtp_url,
             email_from=email_from,
+            metrics_listen=values["metrics-listen"] or None,
+            log_format=log_format,
         )
 
     @classmethod

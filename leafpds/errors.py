@@ -104,3 +104,14 @@ class UpstreamFailure(XRPCError):
 
     status = 502
     name = "UpstreamFailure"
+
+
+class InsufficientStorage(XRPCError):
+    """
+    The data folder's disk is full: the write is refused, nothing of it is
+    stored.  XRPC names no error for this; the name is HTTP 507's reason
+    phrase, as XRPC names its other status errors (docs/operating.md).
+    """
+
+    status = 507
+    name = "InsufficientStorage"

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, mayb
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 import leafpds
@@ -40,6 +40,7 @@ from leafpds.xrpc.ratelimit import METHOD_LIMITS, Limit, RateLimiter
 from leafpds.lexicon import Lexicons
 from leafpds.mail.queue import MailQueue
 from leafpds.mail.smtp import LogSender, MailSender, SMTPSender, SMTPServer
+from leafpds.metrics import Metrics
 from leafpds.xrpc.resource import XRPCServer
 from leafpds.xrpc.site import SharedSite, XRPCSite
 
@@ -126,6 +127,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     transactor.listeners.append(app.sequencer.committed)
     app.crawlers = CrawlerNotifier(list(settings.crawlers), lambda: settings.hostname, reactor)
     transactor.listeners.append(app.crawlers.committed)
+    app.metrics = Metrics(app)
     return app
 
 
@@ -218,6 +220,20 @@ class PDSService(MultiService):
         app.mail.setServiceParent(self)
 
     @property
+    def metrics(self) -> Metrics:
+        """This server's metrics; ``metrics.registry`` is its Prometheus registry."""
+        return self.app.metrics
+
+    def metrics_resource(self) -> IResource:
+        """
+        A ``twisted.web`` resource that answers GET with this server's
+        metrics in Prometheus's text format, wherever the application mounts
+        it (best on a port of its own, as ``--metrics-listen`` does: they are
+        for the operator, not the public).
+        """
+        return self.app.metrics.resource()
+
+    @property
     def public_url(self) -> str:
         """The URL clients and DID documents use ("" until :meth:`serving`)."""
         return self.app.public_url
@@ -237,6 +253,7 @@ class PDSService(MultiService):
             max_body_size=settings.max_json_body,
             max_blob_size=settings.max_blob_size,
             spool=self.app.blobs.new_spool,
+            space=self.app.db.space,
         )
         if host is None:
             return XRPCSite(self.resource, **limits)
@@ -341,6 +358,8 @@ class LeafPDSService(PDSService):
     """``twistd leafpds``: a :class:`PDSService` on a site of its own, listening on ``--listen``."""
 
     port: IListeningPort | None = None
+    #: Where the metrics are served (with ``--metrics-listen``).
+    metrics_port: IListeningPort | None = None
 
     def __init__(self, app: AppContext) -> None:
         super().__init__(app)
@@ -349,10 +368,31 @@ class LeafPDSService(PDSService):
 
     def startService(self) -> None:
         super().startService()
-        site_ready = self.listen(self.app.settings.listen, self.site).addCallback(self._keep_port)
-        self.listening = gatherResults([site_ready, self.ready], consumeErrors=True).addCallbacks(
+        settings = self.app.settings
+        site_ready = self.listen(settings.listen, self.site).addCallback(self._keep_port)
+        waits = [site_ready, self.ready]
+        if settings.metrics_listen:
+            waits.append(self._listen_metrics(settings.metrics_listen))
+        self.listening = gatherResults(waits, consumeErrors=True).addCallbacks(
             lambda results: results[0], self._cannot_listen
         )
+
+    def _listen_metrics(self, description: str) -> "Deferred[IListeningPort]":
+        root = Resource()
+        root.putChild(b"metrics", self.metrics_resource())
+        site = Site(root)
+        site.log = lambda request: None  # scrapes are no news for the access log
+        site.noisy = False
+        endpoint = serverFromString(self.app.reactor, description)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.ports.append(port)
+            self.metrics_port = port
+            address = port.getHost()
+            log.info("Metrics at http://{host}:{port}/metrics", host=address.host, port=address.port)
+            return port
+
+        return endpoint.listen(site).addCallback(listening)
 
     def _keep_port(self, port: IListeningPort) -> IListeningPort:
         self.port = port

@@ -7,6 +7,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from leafpds.config import FLAGS, LIST_OPTIONS, OPTIONS, ConfigError, Settings, env_name, resolve
+from leafpds.logs import use_log_format
 from leafpds.service import LeafPDSService, open_app, raise_open_file_limit
 
 
@@ -60,6 +61,9 @@ class Options(usage.Options):
             self.settings = Settings.from_options(values)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        # The runner (twistd, twist) starts logging after this, as its
+        # options now say.
+        use_log_format(getattr(self, "parent", None), self.settings.log_format)
 
 
 def makeService(options: Options) -> IService:

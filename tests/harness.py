@@ -92,12 +92,23 @@ class ServerProcess:
     """
     ``twistd leafpds`` as its own process (with ``options`` added), started
     with its soft limit on open files lowered to ``soft_open_files`` if given.
+    ``runner``: ``twist`` (``python -m twisted``) or ``twistd`` (``-n``);
+    either writes its log to ``server.log`` beside the data folder.
     """
 
-    def __init__(self, data_dir: Path, *options: str, soft_open_files: int | None = None) -> None:
+    RUNNERS = {
+        "twist": ["-m", "twisted"],
+        # In the foreground, without a pid file in the working directory.
+        "twistd": ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile", ""],
+    }
+
+    def __init__(
+        self, data_dir: Path, *options: str, soft_open_files: int | None = None, runner: str = "twist"
+    ) -> None:
         self.data_dir = data_dir
         self.options = options
         self.soft_open_files = soft_open_files
+        self.runner = self.RUNNERS[runner]
         self.port = free_port()
         self.plc_port = free_port()
         self.process: subprocess.Popen | None = None
@@ -113,7 +124,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [
                 *(limited if self.soft_open_files else []),
-                sys.executable, "-m", "twisted", "leafpds",
+                sys.executable, *self.runner, "leafpds",
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--plc-listen", f"tcp:{self.plc_port}:interface=127.0.0.1",
                 "--data-dir", str(self.data_dir),

@@ -30,6 +30,8 @@ from leafpds.blobs import index, sniff
 from leafpds.blobs.spool import SUFFIX, UploadSpool
 from leafpds.blobs.store import BlobStore
 from leafpds.db.pool import Database
+from leafpds.db.space import is_disk_full, refusal
+from leafpds.errors import InsufficientStorage
 from leafpds.ipld.cid import CID
 from leafpds.repo.transactor import DIDLocks
 from leafpds.timestamps import iso_from_epoch
@@ -61,11 +63,20 @@ class Blobs:
     async def upload(self, did: str, spool: UploadSpool, content_type: str | None) -> dict[str, Any]:
         """Store a finished upload as a temporary blob of ``did``; its blob reference."""
         spool.flush()
+        if spool.no_room is not None:
+            self.db.space.filled(spool.no_room)
+            raise refusal()
         cid, size = spool.cid, spool.size
         mime_type = sniff.mime_type(spool.head, content_type)
 
         async def locked() -> str:
-            await self.store.put(did, cid, spool.path)
+            try:
+                await self.store.put(did, cid, spool.path)
+            except OSError as e:  # a new account's folder, on a full disk
+                if not is_disk_full(e):
+                    raise
+                self.db.space.filled(e)
+                raise refusal() from None
             try:
                 return await self.db.write(
                     index.track_upload, did, cid, mime_type, size, spool.name,
@@ -112,9 +123,11 @@ class Blobs:
 
     def _collect_logged(self) -> Deferred:
         # A failure must not stop the TimerService's loop for good.
-        return ensureDeferred(self.collect_garbage()).addErrback(
-            lambda failure: log.failure("Collecting temporary blobs failed", failure)
-        )
+        return ensureDeferred(self.collect_garbage()).addErrback(self._collect_failed)
+
+    def _collect_failed(self, failure: Any) -> None:
+        if not failure.check(InsufficientStorage):  # a full disk is logged once, elsewhere
+            log.failure("Collecting temporary blobs failed", failure)
 
     async def _delete_files(self, blobs: Sequence[tuple[str, CID]]) -> None:
         for did, cid in blobs:

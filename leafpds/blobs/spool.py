@@ -13,6 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
+from leafpds.db.space import is_disk_full
 from leafpds.ipld.cid import CID, RAW_PREFIX
 
 #: How much of the start of a blob is kept for recognising its type.
@@ -39,13 +40,26 @@ class UploadSpool:
         self._sha256 = hashlib.sha256()
         self.size = 0
         self.head = b""
+        #: The error that stopped the writing when the disk filled up: the
+        #: rest of the body is then only counted, and the upload refused.
+        self.no_room: OSError | None = None
 
     def write(self, data: bytes) -> None:
         self._sha256.update(data)
         self.size += len(data)
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
-        self._file.write(data)
+        if self.no_room is None:
+            self._guard(self._file.write, data)
+
+    def _guard(self, fn, *args) -> None:
+        # Raising here would drop the connection unanswered.
+        try:
+            fn(*args)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self.no_room = e
 
     @property
     def cid(self) -> CID:
@@ -53,7 +67,8 @@ class UploadSpool:
         return CID(RAW_PREFIX + self._sha256.digest())
 
     def flush(self) -> None:
-        self._file.flush()
+        if self.no_room is None:
+            self._guard(self._file.flush)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._file.seek(offset, whence)
@@ -65,5 +80,9 @@ class UploadSpool:
         return self._file.read(size)
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as e:  # what was still buffered did not fit
+            if not is_disk_full(e):
+                raise
         self.path.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from leafpds.db import affinity, migrations
+from leafpds.db.space import DiskSpace, is_disk_full, refusal
 
 T = TypeVar("T")
 I = TypeVar("I")
@@ -104,7 +105,9 @@ class Database:
         # Started by the reactor, which may be pinned to one CPU (see affinity).
         self._readers.threadpool.threadFactory = affinity.FreeThread
         self._writer = WriterThread(self.path, reactor, self.checkpointer.wrote)
-        self._writes: Coalescer[tuple[Callable, tuple], Any] = Coalescer(self._writer.submit)
+        self._writes: Coalescer[tuple[Callable, tuple], Any] = Coalescer(self._submit)
+        #: The data folder's disk (a write that does not fit marks it full).
+        self.space = DiskSpace(self.path.parent, reactor)
         self.closed = False
 
     def migrate(self, steps: Sequence[str] | None = None) -> int:
@@ -137,6 +140,36 @@ class Database:
     def read(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
         return self._readers.runWithConnection(_in_transaction, "BEGIN", fn, args)
 
+    @property
+    def pending_writes(self) -> int:
+        """Units of work waiting for the writer (not counting those it is running)."""
+        return len(self._writes.pending)
+
+    def observe_write_batches(self, observe: Callable[[int], None]) -> None:
+        """Have ``observe(units)`` called with the size of each write transaction."""
+        self._writes.observe = observe
+
+    def _submit(self, units: list[tuple[Callable, tuple]], done: Callable[[Any], None]) -> None:
+        self._writer.submit(units, lambda outcome: done(self._no_room(outcome)))
+
+    def _no_room(self, outcome: Any) -> Any:
+        """
+        The outcome with each "disk full" failure made the named error
+        writers answer (:class:`~leafpds.errors.InsufficientStorage`, 507,
+        never a 500), and the disk marked full.
+        """
+        if isinstance(outcome, Failure):
+            return self._no_room_failure(outcome)
+        if all(ok for ok, _ in outcome):
+            return outcome
+        return [(ok, result if ok else self._no_room_failure(result)) for ok, result in outcome]
+
+    def _no_room_failure(self, failure: Failure) -> Failure:
+        if not is_disk_full(failure.value):
+            return failure
+        self.space.filled(failure.value)
+        return Failure(refusal())
+
     def start(self) -> None:
         self.checkpointer.start()
         self._writer.start()
@@ -159,6 +192,7 @@ class Database:
         self._writer.stop()
         self._readers.close()
         self.checkpointer.stop()
+        self.space.stop()
         self.closed = True
 
 
@@ -180,6 +214,13 @@ class Coalescer(Generic[I, T]):
         self._max_batch = max_batch
         self._pending: list[tuple[I, Deferred[T]]] = []
         self._busy = False
+        #: Called with the number of items of each trip, if set.
+        self.observe: Callable[[int], None] | None = None
+
+    @property
+    def pending(self) -> list[tuple[I, "Deferred[T]"]]:
+        """The items waiting for the next trip."""
+        return self._pending
 
     def add(self, item: I) -> "Deferred[T]":
         d: Deferred[T] = Deferred()
@@ -192,6 +233,8 @@ class Coalescer(Generic[I, T]):
         cut = self._max_batch or len(self._pending)
         batch, self._pending = self._pending[:cut], self._pending[cut:]
         self._busy = True
+        if self.observe is not None:
+            self.observe(len(batch))
         waiting = [d for _, d in batch]
         self._send([item for item, _ in batch], lambda outcome: self._done(outcome, waiting))
 
@@ -324,8 +367,10 @@ class Checkpointer:
                 self._wake.clear()
                 try:
                     self.checkpoint(conn)
-                except sqlite3.Error:
-                    log.failure("WAL checkpoint failed; will try again after the next write")
+                except sqlite3.Error as e:
+                    # A full disk is said once, by the writes that meet it.
+                    if not is_disk_full(e):
+                        log.failure("WAL checkpoint failed; will try again after the next write")
                 # Let commits accumulate: one checkpoint copies each page once.
                 self._stopping.wait(self.interval)
         finally:
@@ -359,7 +404,9 @@ def _run_batch(
         # the whole batch runs again, each unit in its own savepoint.
         try:
             outcomes = [(True, fn(conn, *args)) for fn, args in units]
-        except Exception:
+        except Exception as e:
+            if is_disk_full(e):
+                raise  # no unit fits alone either (SQLite may have rolled back already)
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             outcomes = _run_isolated(conn, units)
@@ -376,7 +423,9 @@ def _run_isolated(
         conn.execute("SAVEPOINT unit")
         try:
             result = fn(conn, *args)
-        except Exception:
+        except Exception as e:
+            if is_disk_full(e):
+                raise  # the transaction may be gone: the whole batch fails
             outcomes.append((False, Failure()))
             conn.execute("ROLLBACK TO unit")
         else:

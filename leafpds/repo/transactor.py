@@ -25,6 +25,7 @@ sees — the same code, the same result.
 """
 
 import inspect
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from twisted.logger import Logger
 
 from leafpds import crypto, syntax
 from leafpds.db.pool import Database
-from leafpds.errors import InvalidRequest, InvalidSwap, RecordNotFound, RepoNotFound, XRPCError
+from leafpds.errors import InsufficientStorage, InvalidRequest, InvalidSwap, RecordNotFound, RepoNotFound, XRPCError
 from leafpds.ipld import codec
 from leafpds.ipld.car import encode_car
 from leafpds.ipld.cid import CID
@@ -176,6 +177,8 @@ class RepoTransactor:
         self.revs = TIDClock()
         self.listeners: list[Callable[[list[tuple[int, bytes]]], None]] = []
         self.commit_hooks: list[CommitHook] = []
+        #: Called with each apply_writes commit's seconds, from arrival to durable (metrics).
+        self.observe_commit: Callable[[float], None] | None = None
         # DID -> (commit CID, MST root, rev) after its last commit through us,
         # least recently used first.  Only ever a hint: units check it.
         self._heads: OrderedDict[str, tuple[CID, CID, str]] = OrderedDict()
@@ -248,6 +251,7 @@ class RepoTransactor:
     ) -> CommitResult:
         if not writes:
             raise InvalidRequest("No writes given")
+        started = time.perf_counter()
         if len(writes) > events.MAX_COMMIT_OPS:
             raise InvalidRequest(f"Too many writes. Max: {events.MAX_COMMIT_OPS}")
         if len({w.path for w in writes}) != len(writes):
@@ -286,6 +290,8 @@ class RepoTransactor:
             return result
 
         result = await self.locks.run(did, locked)
+        if self.observe_commit is not None:
+            self.observe_commit(time.perf_counter() - started)
         self._settle_now_and_then(len(writes))
         self.notify(result.events)
         await _run_after_commit(result.after_commit)
@@ -319,7 +325,8 @@ class RepoTransactor:
     def _settle_failed(self, failure: Any) -> None:
         # Nothing is lost: the blocks stay fresh until the next settling.
         self._settling = False
-        log.failure("Settling fresh blocks failed", failure)
+        if not failure.check(InsufficientStorage):  # a full disk is logged once, elsewhere
+            log.failure("Settling fresh blocks failed", failure)
 
     def _build_inline(
         self,

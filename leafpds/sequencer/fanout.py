@@ -12,6 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from leafpds.db.pool import Database
+from leafpds.errors import InsufficientStorage
 from leafpds.sequencer import log as seqlog
 from leafpds.sequencer.outbox import FrameConsumer, Outbox
 from leafpds.timestamps import iso_from_epoch
@@ -45,6 +46,9 @@ class Sequencer:
         self.page_frames = page_frames
         self.page_bytes = page_bytes
         self.outboxes: set[Outbox] = set()
+        #: Frames handed to subscribers, and subscribers dropped as too slow (metrics).
+        self.frames_sent = 0
+        self.dropped = 0
 
     def committed(self, appended: list[tuple[int, bytes]]) -> None:
         """A transactor listener: events that have just been committed."""
@@ -100,9 +104,11 @@ class FirehoseService(Service):
 
     def _prune_logged(self) -> Deferred:
         # A failure must not stop the loop for good.
-        return ensureDeferred(self.sequencer.prune()).addErrback(
-            lambda failure: log.failure("Pruning the firehose log failed", failure)
-        )
+        return ensureDeferred(self.sequencer.prune()).addErrback(self._prune_failed)
+
+    def _prune_failed(self, failure) -> None:
+        if not failure.check(InsufficientStorage):  # a full disk is logged once, elsewhere
+            log.failure("Pruning the firehose log failed", failure)
 
     def stopService(self) -> Deferred:
         super().stopService()

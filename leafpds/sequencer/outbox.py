@@ -115,6 +115,7 @@ class Outbox:
                 continue
             waits = self._paused or self._queue
             if waits and self._queued_bytes + len(frame) > limit:
+                self._sequencer.dropped += 1
                 self.fail("ConsumerTooSlow", "Stream consumer too slow")
                 return
             self._last = seq
@@ -171,6 +172,7 @@ class Outbox:
         """
         try:
             self._consumer.send(frame)
+            self._sequencer.frames_sent += 1
         except Exception:
             _log.failure("A firehose subscriber could not take a frame; dropping it")
             self._close()

@@ -18,6 +18,7 @@ endpoint are reached only on vetted public addresses
 """
 
 import json
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -263,18 +264,33 @@ class Proxy:
     async def _send(
         self, target: Target, url: str, method: bytes, headers: Headers, body: FileBodyProducer | None
     ) -> IResponse:
+        metrics = self.app.metrics
+        service = self._service_label(target)
         try:
             agent = await self._agent(target, url)
+            started = time.perf_counter()
             sent = agent.request(method, url.encode("ascii"), headers, body)
             sent.addTimeout(self.headers_timeout, self.reactor)
-            return await sent
+            response = await sent
         except XRPCError:
             raise
         except CancelledError:
             raise  # the client went away
         except Exception as e:
+            metrics.upstream_failures.labels(service).inc()
             log.info("Upstream {url} failed: {reason}", url=target.url, reason=f"{type(e).__name__}: {e}")
             raise UpstreamFailure("Upstream service unreachable") from None
+        metrics.upstream_seconds.labels(service).observe(time.perf_counter() - started)
+        return response
+
+    def _service_label(self, target: Target) -> str:
+        # The configured services by role; any other (named by a header) as
+        # one: their number has no bound.
+        if target is self.appview:
+            return "appview"
+        if target is self.reports:
+            return "report"
+        return "other"
 
     async def _agent(self, target: Target, url: str) -> Agent:
         if not target.untrusted:

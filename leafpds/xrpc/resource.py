@@ -4,6 +4,7 @@ the few plain pages around it, wrapped in CORS handling.
 """
 
 import json
+import time
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -169,13 +170,20 @@ class XRPCServer:
 
     @app.route("/xrpc/_health", methods=["GET", "HEAD"])
     async def health(self, request: IRequest) -> bytes:
-        status = {"version": leafpds.__version__}
+        status: dict[str, Any] = {"version": leafpds.__version__}
         try:
             await self.ctx.db.read(_probe)
         except Exception:
             log.failure("Health check: the database cannot be read")
             request.setResponseCode(503)
             status["error"] = "Service Unavailable"
+            return body(request, JSON, json_body(status))
+        space = self.ctx.db.space
+        if space.full:
+            request.setResponseCode(503)
+            status["error"] = "InsufficientStorage"
+            status["message"] = "The data folder's disk is full: writes are refused, reads go on"
+            status["freeBytes"] = space.free_bytes()
         return body(request, JSON, json_body(status))
 
     @app.route("/xrpc/com.atproto.sync.subscribeRepos")
@@ -191,6 +199,13 @@ class XRPCServer:
         methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
     )
     async def dispatch(self, request: IRequest, nsid: str) -> bytes:
+        started = time.perf_counter()
+        try:
+            return await self._dispatch(request, nsid)
+        finally:
+            self.ctx.metrics.request(nsid, request.code, time.perf_counter() - started)
+
+    async def _dispatch(self, request: IRequest, nsid: str) -> bytes:
         try:
             method = self._lookup(request, nsid)
             self.ctx.request_limits.consume(_client_ip(request), 1, request)

@@ -18,6 +18,7 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import Request, Site
 
+from leafpds.db.space import DiskSpace, is_disk_full, refusal
 from leafpds.errors import InvalidRequest, PayloadTooLarge, XRPCError
 
 #: The one method whose body is a blob.
@@ -71,19 +72,35 @@ class BodyLimitedRequest(Request):
         self._max = site.body_limit(path)
         if length is not None and length > self._max:
             super().gotLength(0)  # an empty buffer, never written to
-            self._refuse()
+            self._refuse(PayloadTooLarge("request entity too large"))
             return
-        if self._upload:
-            self.content = site.spool()
+        spool = self._open_spool(site) if self._upload else None
+        if spool is not None:
+            self.content = spool
+        elif self._upload:
+            super().gotLength(0)
+            self._refuse(refusal())
         else:
             super().gotLength(length)
+
+    def _open_spool(self, site: "XRPCSite") -> Any:
+        """The upload's spool; None if the disk is full (nothing of the body would fit)."""
+        if site.space is not None and site.space.full:
+            return None
+        try:
+            return site.spool()
+        except OSError as e:
+            if not is_disk_full(e) or site.space is None:
+                raise
+            site.space.filled(e)
+            return None
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
         self._received += len(data)
         if self._received > self._max:
-            self._refuse()
+            self._refuse(PayloadTooLarge("request entity too large"))
             return
         super().handleContentChunk(data)
 
@@ -91,11 +108,11 @@ class BodyLimitedRequest(Request):
         if not self._refused:
             super().requestReceived(command, path, version)
 
-    def _refuse(self) -> None:
+    def _refuse(self, error: XRPCError) -> None:
         # The request has not been dispatched yet, so answer on the raw
         # transport and close: nothing more of the body is read.
         self._refused = True
-        self.channel.transport.write(raw_answer(PayloadTooLarge("request entity too large")))
+        self.channel.transport.write(raw_answer(error))
         self.channel.transport.loseConnection()
 
 
@@ -117,7 +134,8 @@ class XRPCChannel(HTTPChannel):
 class XRPCSite(Site):
     """
     ``spool()`` makes the file an upload's body streams into (closing it
-    must discard it); without one, uploads are ordinary bodies.
+    must discard it); without one, uploads are ordinary bodies.  While
+    ``space`` is full, uploads are refused (507) before their body is read.
     """
 
     requestFactory = BodyLimitedRequest
@@ -132,6 +150,7 @@ class XRPCSite(Site):
         max_body_size: int,
         max_blob_size: int | None = None,
         spool: Callable[[], Any] | None = None,
+        space: DiskSpace | None = None,
     ) -> None:
         # XRPC parameters come from the query string only: never merge a
         # form-encoded body into request.args (nor read it all to do so).
@@ -139,6 +158,7 @@ class XRPCSite(Site):
         self.max_body_size = max_body_size
         self.max_blob_size = max_body_size if max_blob_size is None else max_blob_size
         self.spool = spool
+        self.space = space
         self._access_lines: list[str] = []
         self._access_flush: IDelayedCall | None = None
 
@@ -190,8 +210,9 @@ class SharedSite(XRPCSite):
         max_blob_size: int | None = None,
         spool: Callable[[], Any] | None = None,
         host_max_body_size: int | None = None,
+        space: DiskSpace | None = None,
     ) -> None:
-        super().__init__(resource, max_body_size, max_blob_size, spool)
+        super().__init__(resource, max_body_size, max_blob_size, spool, space)
         self.host = host
         self.serves = serves
         self.host_max_body_size = max_body_size if host_max_body_size is None else host_max_body_size
