@@ -113,3 +113,73 @@ async def test_refusals_name_the_reason(tmp_path):
         server.kill()
     down = await deferToThread(cli, server, "account", "list")
     assert down.returncode == 1 and "cannot reach" in down.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_blobs_migrate_to_s3_then_the_server_serves_them_from_there(tmp_path, s3):
+    import os
+
+    import treq
+
+    from tests.s3_standin import BUCKET
+    from tests.test_backup import make_account, upload
+
+    server = ServerProcess(tmp_path / "data")
+    await server.start()
+    try:
+        did, token = await make_account(server, "hal")
+        payloads = [os.urandom(3000), os.urandom(70_000)]
+        cids = []
+        for data in payloads:
+            blob = await upload(server, token, data)
+            cids.append(blob["ref"]["$link"])
+            code, _ = await server.call("com.atproto.repo.createRecord", {
+                "repo": did, "collection": "com.example.file", "record": {"file": blob}}, token)
+            assert code == 200
+        environ = {"AWS_ACCESS_KEY_ID": s3.access_key_id, "AWS_SECRET_ACCESS_KEY": s3.secret_access_key}
+
+        def migrate(*extra):
+            import subprocess
+            import sys
+
+            from tests.test_backup import ROOT
+
+            return subprocess.run(
+                [sys.executable, "-m", "leafpds.admin.cli", "--json", "blobs", "migrate",
+                 "--to", f"s3://{BUCKET}/moved", "--data-dir", str(tmp_path / "data"),
+                 "--s3-endpoint", s3.url, "--s3-force-path-style", *extra],
+                capture_output=True, text=True, cwd=ROOT, timeout=120,
+                env={**os.environ, **environ, "PYTHONPATH": str(ROOT)},
+            )
+
+        # A damaged file stops it, naming the blob; nothing of it reaches the bucket.
+        damaged = tmp_path / "data" / "blobs" / did / cids[1]
+        good = damaged.read_bytes()
+        damaged.write_bytes(b"not the blob")
+        stopped = await deferToThread(migrate)
+        assert stopped.returncode == 1 and cids[1] in stopped.stderr
+        assert f"moved/blocks/{did}/{cids[1]}" not in s3.keys()
+        damaged.write_bytes(good)
+
+        moved = await deferToThread(migrate)  # runs on: what is there stays
+        assert moved.returncode == 0, moved.stderr
+        report = json.loads(moved.stdout)
+        assert report["count"] == 2 and report["uploaded"] + report["already_there"] == 2
+        assert s3.keys() == {f"moved/blocks/{did}/{cid}": data for cid, data in zip(cids, payloads)}
+        again = json.loads((await deferToThread(migrate)).stdout)
+        assert (again["uploaded"], again["already_there"]) == (0, 2)
+        # The disk copies stay until the operator switches.
+        assert damaged.read_bytes() == good
+    finally:
+        server.kill()
+
+    switched = ServerProcess(tmp_path / "data", "--blobstore", f"s3://{BUCKET}/moved",
+                             "--s3-endpoint", s3.url, "--s3-force-path-style",
+                             "--s3-access-key-id", s3.access_key_id, "--s3-secret-access-key", s3.secret_access_key)
+    await switched.start()
+    try:
+        for cid, data in zip(cids, payloads):
+            response = await treq.get(f"{switched.url}/xrpc/com.atproto.sync.getBlob", params={"did": did, "cid": cid})
+            assert response.code == 200 and await response.content() == data
+    finally:
+        switched.kill()

@@ -4,6 +4,7 @@
     leafpds-admin account list|create EMAIL HANDLE|delete DID|takedown DID|untakedown DID|reset-password DID
     leafpds-admin create-invite-code [--uses N]
     leafpds-admin request-crawl [RELAY] [--hostname NAME]
+    leafpds-admin blobs migrate --to s3://BUCKET[/PREFIX] --data-dir DATA [--s3-…]
     leafpds-admin backup --data-dir DATA DEST [--include-master-secret]
     leafpds-admin restore SRC --data-dir NEWDATA
 
@@ -71,7 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     crawl.add_argument("relay", nargs="?", default="https://bsky.network")
     crawl.add_argument("--hostname", help="this server's public hostname [default: the --url's host]")
 
+    blobs = commands.add_parser("blobs", help="move the blobs to S3")
+    blob_actions = blobs.add_subparsers(dest="action", required=True)
+    moving = blob_actions.add_parser(
+        "migrate", help="copy every blob of a data folder into an S3 bucket (resumable); then restart "
+        "the server with that --blobstore")
+    moving.add_argument("--to", required=True, metavar="s3://BUCKET[/PREFIX]")
+    moving.add_argument("--data-dir", type=Path, default=Path("./leafpds-data"))
+    for option in ("s3-endpoint", "s3-region", "s3-access-key-id", "s3-secret-access-key"):
+        moving.add_argument(f"--{option}", help="as the server's (default: LEAFPDS_* or AWS_* variables)")
+    moving.add_argument("--s3-force-path-style", action="store_true")
+
     args = parser.parse_args(argv)
+    if args.command == "blobs":
+        task.react(lambda reactor: Deferred.fromCoroutine(_migrate_blobs(reactor, args)))
     if args.command not in ("backup", "restore"):
         password = args.admin_password or os.environ.get(ENV_PREFIX + "ADMIN_PASSWORD")
         if not password:
@@ -100,6 +114,41 @@ def main(argv: list[str] | None = None) -> int:
     show.done()
     print(json.dumps(result) if args.json else summary)
     return 0
+
+
+async def _migrate_blobs(reactor: Any, args: argparse.Namespace) -> None:
+    from leafpds.admin.migrate_blobs import MigrationError, migrate
+    from leafpds.blobs.s3 import S3Config
+    from leafpds.config import ConfigError, Settings
+
+    show = _Progress(enabled=not args.json and sys.stderr.isatty())
+    options = {"data_dir": str(args.data_dir), "blobstore": args.to,
+               "s3_force_path_style": args.s3_force_path_style or None}
+    for name in ("s3_endpoint", "s3_region", "s3_access_key_id", "s3_secret_access_key"):
+        if getattr(args, name):
+            options[name] = getattr(args, name)
+    try:
+        settings = Settings.from_keywords(**{k: v for k, v in options.items() if v is not None})
+        if settings.s3_bucket is None:
+            raise MigrationError(f"--to must name an s3:// bucket, not {args.to!r}")
+        config = S3Config.from_settings(settings, os.environ)
+        report = await migrate(args.data_dir, config, reactor, progress=show)
+    except (ConfigError, MigrationError, ValueError) as e:
+        show.done()
+        print(f"leafpds-admin blobs migrate: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as e:  # S3 refused or could not be reached, after its retries
+        show.done()
+        print(f"leafpds-admin blobs migrate: stopped ({type(e).__name__}: {e}); run it again to go on",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+    show.done()
+    summary = (f"{report['count']} blobs: {report['uploaded']} copied to {report['to']} "
+               f"({report['bytes_uploaded']:,} bytes), {report['already_there']} were already there.")
+    if report["missing"]:
+        summary += f"\n{len(report['missing'])} were deleted meanwhile."
+    summary += "\nRestart the server with --blobstore " + args.to + " to use them."
+    print(json.dumps(report) if args.json else summary)
 
 
 async def _on_server(reactor: Any, args: argparse.Namespace, password: str) -> None:
