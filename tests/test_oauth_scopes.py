@@ -6,7 +6,7 @@ from leafpds.oauth.errors import InvalidScope
 from leafpds.oauth.scopes import (
     AccountPermission,
     BlobPermission,
-    Grant,
+    Permissions,
     IdentityPermission,
     RepoPermission,
     RpcPermission,
@@ -75,7 +75,7 @@ def test_the_static_scopes_are_known():
 
 
 def test_atproto_alone_grants_nothing():
-    grant = Grant("atproto")
+    grant = Permissions("atproto")
     assert not grant.allows_repo("app.bsky.feed.post", "create")
     assert not grant.allows_rpc("app.bsky.feed.getTimeline", APPVIEW)
     assert not grant.allows_blob("image/png")
@@ -84,7 +84,7 @@ def test_atproto_alone_grants_nothing():
 
 
 def test_transition_generic_grants_what_an_app_password_does_except_chat():
-    grant = Grant("atproto transition:generic")
+    grant = Permissions("atproto transition:generic")
     assert grant.allows_repo("any.collection.here", "delete")
     assert grant.allows_blob("video/mp4")
     assert grant.allows_rpc("app.bsky.feed.getTimeline", APPVIEW)
@@ -94,52 +94,52 @@ def test_transition_generic_grants_what_an_app_password_does_except_chat():
 
 
 def test_transition_chat_grants_chat_methods_only():
-    grant = Grant("atproto transition:chat.bsky")
+    grant = Permissions("atproto transition:chat.bsky")
     assert grant.allows_rpc("chat.bsky.convo.listConvos", "did:web:api.bsky.chat#bsky_chat")
     assert not grant.allows_rpc("app.bsky.feed.getTimeline", APPVIEW)
     assert not grant.allows_repo("app.bsky.feed.post", "create")
 
 
 def test_transition_email_grants_reading_the_email_only():
-    grant = Grant("atproto transition:email")
+    grant = Permissions("atproto transition:email")
     assert grant.allows_account("email", "read")
     assert not grant.allows_account("email", "manage")
 
 
 def test_repo_permissions_check_collection_and_action():
-    grant = Grant("atproto repo:app.bsky.feed.post?action=create repo:app.bsky.feed.like")
+    grant = Permissions("atproto repo:app.bsky.feed.post?action=create repo:app.bsky.feed.like")
     assert grant.allows_repo("app.bsky.feed.post", "create")
     assert not grant.allows_repo("app.bsky.feed.post", "update")
     assert not grant.allows_repo("app.bsky.feed.post", "delete")
     assert grant.allows_repo("app.bsky.feed.like", "delete")
     assert not grant.allows_repo("app.bsky.graph.follow", "create")
-    assert Grant("atproto repo:*?action=update").allows_repo("x.y.z", "update")
+    assert Permissions("atproto repo:*?action=update").allows_repo("x.y.z", "update")
 
 
 def test_rpc_permissions_check_method_and_audience():
-    grant = Grant(f"atproto rpc:app.bsky.feed.getTimeline?aud={APPVIEW} rpc:com.atproto.moderation.createReport?aud=*")
+    grant = Permissions(f"atproto rpc:app.bsky.feed.getTimeline?aud={APPVIEW} rpc:com.atproto.moderation.createReport?aud=*")
     assert grant.allows_rpc("app.bsky.feed.getTimeline", APPVIEW)
     assert not grant.allows_rpc("app.bsky.feed.getTimeline", "did:web:evil.test#bsky_appview")
     assert not grant.allows_rpc("app.bsky.feed.getFeed", APPVIEW)
     assert grant.allows_rpc("com.atproto.moderation.createReport", "did:web:mod.test#atproto_labeler")
-    assert Grant(f"atproto rpc:*?aud={APPVIEW}").allows_rpc("app.bsky.feed.getFeed", APPVIEW)
+    assert Permissions(f"atproto rpc:*?aud={APPVIEW}").allows_rpc("app.bsky.feed.getFeed", APPVIEW)
 
 
 def test_blob_permissions_match_mime_patterns():
-    grant = Grant("atproto blob:image/* blob?accept=video/mp4")
+    grant = Permissions("atproto blob:image/* blob?accept=video/mp4")
     assert grant.allows_blob("image/png") and grant.allows_blob("IMAGE/JPEG")
     assert grant.allows_blob("video/mp4")
     assert not grant.allows_blob("video/webm")
     assert not grant.allows_blob("application/json")
-    assert Grant("atproto blob:*/*").allows_blob("application/octet-stream")
+    assert Permissions("atproto blob:*/*").allows_blob("application/octet-stream")
 
 
 def test_account_manage_includes_read_and_identity_star_includes_handle():
-    grant = Grant("atproto account:email?action=manage identity:*")
+    grant = Permissions("atproto account:email?action=manage identity:*")
     assert grant.allows_account("email", "read") and grant.allows_account("email", "manage")
     assert not grant.allows_account("status", "read")
     assert grant.allows_identity("handle") and grant.allows_identity("*")
-    assert not Grant("atproto identity:handle").allows_identity("*")
+    assert not Permissions("atproto identity:handle").allows_identity("*")
 
 
 def test_a_request_must_include_atproto_and_only_declared_known_scopes():

@@ -247,7 +247,7 @@ def check_request(requested: str | None, declared: str | None) -> str:
     return " ".join(values)
 
 
-class Grant:
+class Permissions:
     """What a granted ``scope`` allows: the questions every call asks."""
 
     def __init__(self, scope: str) -> None:
@@ -258,7 +258,7 @@ class Grant:
         self._chat = TRANSITION_CHAT in self.values
 
     def __repr__(self) -> str:
-        return f"<Grant {self.scope!r}>"
+        return f"<Permissions {self.scope!r}>"
 
     def _granted(self, kind: type) -> list:
         return [p for p in self.permissions if isinstance(p, kind)]
