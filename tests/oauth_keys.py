@@ -7,6 +7,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+from twisted.internet.task import Clock
 
 from leafpds.oauth.dpop import access_token_hash
 
@@ -49,3 +50,13 @@ class ClientKey:
         if access_token is not None:
             claims["ath"] = access_token_hash(access_token)
         return self.sign(claims, typ=typ, jwk=self.jwk if jwk is None else jwk)
+
+
+# The time the OAuth unit tests run at (a Clock's), and such a Clock.
+NOW = 1_760_000_000
+
+
+def clock_at(now: float = NOW) -> Clock:
+    clock = Clock()
+    clock.advance(now)
+    return clock

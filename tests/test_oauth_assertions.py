@@ -5,25 +5,21 @@ import secrets
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.task import Clock
 
 from leafpds.oauth.assertions import ASSERTION_TYPE, authenticate, verify_assertion
 from leafpds.oauth.clients import Client, ClientStore
 from leafpds.oauth.errors import InvalidClient
 from leafpds.oauth.replay import ReplayCache
 from tests.documents_server import DocumentsServer
-from tests.oauth_keys import ClientKey
+from tests.oauth_keys import NOW, ClientKey, clock_at
 
-NOW = 1_760_000_000
 ISSUER = "https://pds.test"
 CLIENT_ID = "https://app.example.com/client-metadata.json"
 
 
 @pytest.fixture
 def clock():
-    c = Clock()
-    c.advance(NOW)
-    return c
+    return clock_at(NOW)
 
 
 @pytest.fixture

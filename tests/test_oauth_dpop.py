@@ -1,24 +1,20 @@
 """DPoP proofs (RFC 9449), nonces, the replay cache and JWK thumbprints (leafpds.oauth)."""
 
 import pytest
-from twisted.internet.task import Clock
 
 from leafpds.oauth.dpop import DpopVerifier, normalize_htu
 from leafpds.oauth.errors import InvalidDpopProof, UseDpopNonce
 from leafpds.oauth.jwk import BadKey, public_key, thumbprint
 from leafpds.oauth.nonces import DpopNonces
 from leafpds.oauth.replay import ReplayCache
-from tests.oauth_keys import ClientKey
+from tests.oauth_keys import NOW, ClientKey, clock_at
 
-NOW = 1_760_000_000
 TOKEN_URL = "https://pds.test/oauth/token"
 
 
 @pytest.fixture
 def clock():
-    c = Clock()
-    c.advance(NOW)
-    return c
+    return clock_at(NOW)
 
 
 @pytest.fixture

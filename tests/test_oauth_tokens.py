@@ -4,7 +4,6 @@ import base64
 import hashlib
 
 import pytest
-from twisted.internet.task import Clock
 
 from leafpds.db import migrations
 from leafpds.db.pool import connect
@@ -28,8 +27,8 @@ from leafpds.oauth.tokens import (
     revoke_token_unit,
     token_hash,
 )
+from tests.oauth_keys import NOW, clock_at
 
-NOW = 1_760_000_000.0
 DID = "did:plc:alice234567890abcdefghij"
 CLIENT = "https://app.example.com/client-metadata.json"
 REDIRECT = "https://app.example.com/callback"
@@ -233,9 +232,7 @@ def test_remembered_consent_covers_the_same_or_a_smaller_scope(db):
 
 @pytest.fixture
 def clock():
-    c = Clock()
-    c.advance(NOW)
-    return c
+    return clock_at(NOW)
 
 
 def test_access_tokens_carry_the_grant_and_are_checked_without_the_database(db, clock):
