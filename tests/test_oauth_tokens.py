@@ -16,6 +16,7 @@ from leafpds.oauth.tokens import (
     AccessTokens,
     Consent,
     Issued,
+    Refusal,
     consented_unit,
     exchange_code_unit,
     grants_of_unit,
@@ -77,10 +78,12 @@ def refresh(db, token, *, client=CLIENT, auth="none", jkt=JKT, scope=None, now=N
     return db(refresh_unit, token, client, auth, jkt, scope, now)
 
 
-def refused(result, kind=InvalidGrant, reason=""):
-    assert isinstance(result, kind), result
-    assert reason in result.message
-    return result
+def refused(result, kind=InvalidGrant, reason="", revoked=None):
+    assert isinstance(result, Refusal), result
+    assert isinstance(result.error, kind), result.error
+    assert reason in result.error.message
+    assert result.revoked == revoked
+    return result.error
 
 
 def test_pkce_s256():
@@ -141,7 +144,7 @@ def test_unknown_codes_are_refused(db):
 def test_a_replayed_code_revokes_the_grant_it_gave(db):
     the_code = code(db)
     issued = exchange(db, the_code)
-    result = refused(exchange(db, the_code), InvalidGrant, "replayed")
+    result = refused(exchange(db, the_code), InvalidGrant, "replayed", revoked=issued.grant.id)
     assert result.name == "invalid_grant" and result.status == 400
     assert db.count("oauth_grants") == 0 and db.count("oauth_refresh_tokens") == 0
     refused(refresh(db, issued.refresh_token), InvalidGrant, "Invalid refresh token")
@@ -155,7 +158,7 @@ def test_refresh_always_rotates_and_a_replayed_token_kills_the_family(db):
     assert second.grant.id == first.grant.id
     third = refresh(db, second.refresh_token, now=NOW + 20)
     assert isinstance(third, Issued)
-    refused(refresh(db, first.refresh_token, now=NOW + 30), InvalidGrant, "replayed")
+    refused(refresh(db, first.refresh_token, now=NOW + 30), InvalidGrant, "replayed", revoked=first.grant.id)
     # The thief's (or the owner's) newest token died with the family.
     refused(refresh(db, third.refresh_token, now=NOW + 40), InvalidGrant, "Invalid refresh token")
     assert db.count("oauth_grants") == 0
@@ -188,9 +191,10 @@ def test_refresh_tokens_expire_after_their_idle_lifetime_public_shorter(db):
     public = exchange(db, code(db))
     assert isinstance(refresh(db, public.refresh_token, now=NOW + REFRESH_LIFETIME_PUBLIC - 1), Issued)
     later = refresh(db, public.refresh_token, now=NOW + 1)  # replay of the rotated one
-    refused(later, InvalidGrant, "replayed")
+    refused(later, InvalidGrant, "replayed", revoked=public.grant.id)
     again = exchange(db, code(db))
-    refused(refresh(db, again.refresh_token, now=NOW + REFRESH_LIFETIME_PUBLIC), InvalidGrant, "expired")
+    refused(refresh(db, again.refresh_token, now=NOW + REFRESH_LIFETIME_PUBLIC), InvalidGrant, "expired",
+            revoked=again.grant.id)
     confidential = exchange(db, code(db), auth="private_key_jwt")
     assert isinstance(refresh(db, confidential.refresh_token, auth="private_key_jwt",
                               now=NOW + REFRESH_LIFETIME_PUBLIC + 1), Issued)
@@ -199,11 +203,12 @@ def test_refresh_tokens_expire_after_their_idle_lifetime_public_shorter(db):
 
 def test_revoking_a_refresh_token_or_an_access_tokens_grant(db):
     issued = exchange(db, code(db))
-    assert db(revoke_token_unit, issued.refresh_token, NOW) == issued.grant.id
-    assert db(revoke_token_unit, issued.refresh_token, NOW) is None  # unknown now: not an error
+    assert db(revoke_token_unit, issued.refresh_token, "https://evil.example.com/m.json", NOW) is None
+    assert db(revoke_token_unit, issued.refresh_token, CLIENT, NOW) == issued.grant.id
+    assert db(revoke_token_unit, issued.refresh_token, CLIENT, NOW) is None  # unknown now: not an error
     other = exchange(db, code(db))
-    assert db(revoke_token_unit, "an-access-token", NOW, other.grant.id) == other.grant.id
-    assert db(revoke_token_unit, "garbage", NOW) is None
+    assert db(revoke_token_unit, "an-access-token", CLIENT, NOW, other.grant.id) == other.grant.id
+    assert db(revoke_token_unit, "garbage", CLIENT, NOW) is None
     assert db.count("oauth_grants") == 0
 
 
@@ -278,6 +283,6 @@ def test_access_tokens_of_another_secret_issuer_or_kind_are_refused(db, clock):
 
 
 def test_refusals_are_oauth_errors_with_rfc_names(db):
-    result = exchange(db, "cod-nothing")
+    result = exchange(db, "cod-nothing").error
     assert isinstance(result, OAuthError) and result.to_oauth_json() == {
         "error": "invalid_grant", "error_description": "Invalid code"}

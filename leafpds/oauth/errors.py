@@ -39,6 +39,10 @@ class InvalidScope(OAuthError):
     name = "invalid_scope"
 
 
+class UnsupportedGrantType(OAuthError):
+    name = "unsupported_grant_type"
+
+
 class UnauthorizedClient(OAuthError):
     name = "unauthorized_client"
 

@@ -22,9 +22,9 @@ the official PDS hands them out.
 
 Codes and refresh tokens are random; only their SHA-256 is stored.  The
 ``*_unit`` functions run in one database transaction each.  Those that
-must both write and refuse (a replay revokes, then refuses) *return* the
-refusal instead of raising it, so that the revocation commits; callers
-raise what they get.
+must both write and refuse (a replay revokes, then refuses) *return* a
+:class:`Refusal` instead of raising, so that the revocation commits; callers
+tell the in-memory revoked set, then raise its error.
 """
 
 import base64
@@ -104,6 +104,13 @@ class Issued:
     scope: str
 
 
+@dataclass(frozen=True)
+class Refusal:
+    error: OAuthError
+    # The grant a replay revoked, if any.
+    revoked: str | None = None
+
+
 def issue_code_unit(conn: Any, consent: Consent, now: float) -> str:
     """A new code for ``consent``."""
     code = _new("cod-")
@@ -121,7 +128,7 @@ def issue_code_unit(conn: Any, consent: Consent, now: float) -> str:
 def exchange_code_unit(
     conn: Any, code: str, client_id: str, client_auth: str, redirect_uri: str | None,
     code_verifier: str | None, dpop_jkt: str, now: float,
-) -> Issued | OAuthError:
+) -> Issued | Refusal:
     """Trade ``code`` for a new grant, or the refusal (see the module's note)."""
     row = conn.execute(
         "SELECT did, client_id, scope, redirect_uri, code_challenge, dpop_jkt, expires_at, used, grant_id"
@@ -129,23 +136,23 @@ def exchange_code_unit(
         (token_hash(code),),
     ).fetchone()
     if row is None:
-        return InvalidGrant("Invalid code")
+        return Refusal(InvalidGrant("Invalid code"))
     did, code_client, scope, code_redirect, challenge, code_jkt, expires_at, used, grant_id = row
     if used:
         if grant_id is not None:
             revoke_grant_unit(conn, grant_id, now)
-        return InvalidGrant("Code replayed")
+        return Refusal(InvalidGrant("Code replayed"), grant_id)
     conn.execute("UPDATE oauth_codes SET used = 1 WHERE code_hash = ?", (token_hash(code),))
     if expires_at <= iso_from_epoch(now):
-        return InvalidGrant("Code expired")
+        return Refusal(InvalidGrant("Code expired"))
     if code_client != client_id:
-        return InvalidGrant("Code was issued to another client")
+        return Refusal(InvalidGrant("Code was issued to another client"))
     if redirect_uri != code_redirect:
-        return InvalidGrant("redirect_uri does not match the authorization request")
+        return Refusal(InvalidGrant("redirect_uri does not match the authorization request"))
     if code_verifier is None or not pkce_matches(code_verifier, challenge):
-        return InvalidGrant("Invalid PKCE code_verifier")
+        return Refusal(InvalidGrant("Invalid PKCE code_verifier"))
     if code_jkt is not None and code_jkt != dpop_jkt:
-        return InvalidGrant("DPoP key does not match the authorization request's")
+        return Refusal(InvalidGrant("DPoP key does not match the authorization request's"))
     grant = Grant(_new("grt-"), did, client_id, client_auth, scope, dpop_jkt)
     conn.execute(
         "INSERT INTO oauth_grants (id, did, client_id, client_auth, scope, dpop_jkt, created_at, refreshed_at)"
@@ -168,7 +175,7 @@ def _store_refresh_token(conn: Any, grant: Grant, now: float) -> str:
 def refresh_unit(
     conn: Any, refresh_token: str, client_id: str, client_auth: str, dpop_jkt: str,
     scope: str | None, now: float,
-) -> Issued | OAuthError:
+) -> Issued | Refusal:
     """Rotate ``refresh_token``, or the refusal (see the module's note)."""
     row = conn.execute(
         "SELECT t.expires_at, t.rotated, g.id, g.did, g.client_id, g.client_auth, g.scope, g.dpop_jkt"
@@ -176,26 +183,26 @@ def refresh_unit(
         (token_hash(refresh_token),),
     ).fetchone()
     if row is None:
-        return InvalidGrant("Invalid refresh token")
+        return Refusal(InvalidGrant("Invalid refresh token"))
     expires_at, rotated, *fields = row
     grant = Grant(*fields)
     if rotated:
         revoke_grant_unit(conn, grant.id, now)
-        return InvalidGrant("Refresh token replayed")
+        return Refusal(InvalidGrant("Refresh token replayed"), grant.id)
     if expires_at <= iso_from_epoch(now):
         revoke_grant_unit(conn, grant.id, now)
-        return InvalidGrant("Refresh token expired")
+        return Refusal(InvalidGrant("Refresh token expired"), grant.id)
     if grant.client_id != client_id:
-        return InvalidGrant("Refresh token was issued to another client")
+        return Refusal(InvalidGrant("Refresh token was issued to another client"))
     if grant.client_auth != client_auth:
-        return InvalidGrant("Client authentication method changed")
+        return Refusal(InvalidGrant("Client authentication method changed"))
     if grant.dpop_jkt != dpop_jkt:
-        return InvalidGrant("Refresh token is bound to another DPoP key")
+        return Refusal(InvalidGrant("Refresh token is bound to another DPoP key"))
     granted = split_scope(grant.scope)
     if scope is not None:
         requested = split_scope(scope)
         if not set(requested) <= set(granted):
-            return InvalidScope("Refresh cannot widen the granted scope")
+            return Refusal(InvalidScope("Refresh cannot widen the granted scope"))
         granted = [s for s in granted if s in requested]
     conn.execute("UPDATE oauth_refresh_tokens SET rotated = 1 WHERE token_hash = ?", (token_hash(refresh_token),))
     conn.execute("UPDATE oauth_grants SET refreshed_at = ? WHERE id = ?", (iso_from_epoch(now), grant.id))
@@ -216,11 +223,14 @@ def revoke_grant_unit(conn: Any, grant_id: str, now: float) -> None:
     )
 
 
-def revoke_token_unit(conn: Any, token: str, now: float, access_grant_id: str | None = None) -> str | None:
+def revoke_token_unit(
+    conn: Any, token: str, client_id: str, now: float, access_grant_id: str | None = None
+) -> str | None:
     """
     RFC 7009: revoke the grant of a refresh token, or of an access token
-    whose grant id the caller read from it (``access_grant_id``); the id
-    revoked, or None for an unknown token (which is not an error).
+    whose grant id the caller read from it (``access_grant_id``), if the
+    grant is ``client_id``'s; the id revoked, or None for an unknown token
+    or another client's (neither is an error).
     """
     row = conn.execute(
         "SELECT grant_id FROM oauth_refresh_tokens WHERE token_hash = ?", (token_hash(token),)
@@ -228,7 +238,9 @@ def revoke_token_unit(conn: Any, token: str, now: float, access_grant_id: str | 
     grant_id = row[0] if row is not None else access_grant_id
     if grant_id is None:
         return None
-    if not conn.execute("SELECT 1 FROM oauth_grants WHERE id = ?", (grant_id,)).fetchone():
+    if not conn.execute(
+        "SELECT 1 FROM oauth_grants WHERE id = ? AND client_id = ?", (grant_id, client_id)
+    ).fetchone():
         return None
     revoke_grant_unit(conn, grant_id, now)
     return grant_id
@@ -323,8 +335,8 @@ class AccessTokens:
         }
         return jwt.encode(claims, self._secret, algorithm="HS256", headers={"typ": "at+jwt"}), ACCESS_LIFETIME
 
-    def verify(self, token: str) -> OAuthAccess:
-        """The token's content; :class:`InvalidToken` if it is not a live one of ours."""
+    def _claims(self, token: str) -> dict[str, Any]:
+        """The claims of one of our access tokens, expired or not; :class:`InvalidToken` otherwise."""
         try:
             if jwt.get_unverified_header(token).get("typ") != "at+jwt":
                 raise InvalidToken("Not an access token")
@@ -336,8 +348,22 @@ class AccessTokens:
         except jwt.PyJWTError:
             raise InvalidToken("Invalid access token") from None
         cnf = claims["cnf"]
-        if not isinstance(cnf, dict) or not isinstance(cnf.get("jkt"), str):
+        if not isinstance(cnf, dict) or not isinstance(cnf.get("jkt"), str) or not isinstance(claims["sid"], str):
             raise InvalidToken("Access token is not DPoP-bound")
+        return claims
+
+    def grant_of(self, token: str) -> tuple[str, str] | None:
+        """The (grant id, client id) an access token of ours names, live or not: for revocation."""
+        try:
+            claims = self._claims(token)
+        except InvalidToken:
+            return None
+        return claims["sid"], str(claims.get("client_id", ""))
+
+    def verify(self, token: str) -> OAuthAccess:
+        """The token's content; :class:`InvalidToken` if it is not a live one of ours."""
+        claims = self._claims(token)
+        cnf = claims["cnf"]
         if claims["exp"] <= self._clock.seconds():
             raise InvalidToken("Access token expired")
         if claims["sid"] in self._revoked:
