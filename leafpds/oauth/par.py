@@ -53,7 +53,8 @@ class AuthorizationRequest:
     dpop_jkt: str | None = None
 
 
-def _single(params: dict[str, list[str]], name: str) -> str | None:
+def single(params: dict[str, list[str]], name: str) -> str | None:
+    """The one value of form parameter ``name`` (RFC 6749 section 3.1: never repeated), or None."""
     values = params.get(name)
     if not values:
         return None
@@ -73,38 +74,38 @@ def parse_request(params: dict[str, list[str]], client: Client, dpop_jkt: str | 
             raise InvalidRequest(f'Parameter "{name}" is not supported')
     # RFC 6749 section 3.1: no parameter twice (unknown ones are ignored).
     for name in params:
-        _single(params, name)
-    if _single(params, "client_id") != client.client_id:
+        single(params, name)
+    if single(params, "client_id") != client.client_id:
         raise InvalidRequest("client_id does not match the authenticated client")
-    if _single(params, "response_type") != "code":
+    if single(params, "response_type") != "code":
         raise InvalidRequest('"response_type" must be "code"')
-    challenge = _single(params, "code_challenge")
-    method = _single(params, "code_challenge_method")
+    challenge = single(params, "code_challenge")
+    method = single(params, "code_challenge_method")
     if challenge is None:
         raise InvalidRequest("PKCE code_challenge is required")
     if method != "S256":
         raise InvalidRequest('PKCE "code_challenge_method" must be "S256"')
     if not _CHALLENGE.fullmatch(challenge):
         raise InvalidRequest('Invalid "code_challenge"')
-    state = _single(params, "state")
+    state = single(params, "state")
     if not state or len(state) > MAX_STATE:
         raise InvalidRequest('"state" is required')
-    redirect_uri = _single(params, "redirect_uri")
+    redirect_uri = single(params, "redirect_uri")
     if redirect_uri is None:
         raise InvalidRequest('"redirect_uri" is required')
     if not redirect_uri_allowed(client, redirect_uri):
         raise InvalidRequest('"redirect_uri" is not one of the client\'s')
-    scope = check_request(_single(params, "scope"), client.scope)
-    login_hint = _single(params, "login_hint")
+    scope = check_request(single(params, "scope"), client.scope)
+    login_hint = single(params, "login_hint")
     if login_hint is not None:
         login_hint = _login_hint(login_hint)
-    response_mode = _single(params, "response_mode") or "query"
+    response_mode = single(params, "response_mode") or "query"
     if response_mode not in RESPONSE_MODES:
         raise InvalidRequest(f'Unsupported "response_mode" {response_mode[:50]!r}')
-    prompt = _single(params, "prompt")
+    prompt = single(params, "prompt")
     if prompt is not None and prompt not in PROMPTS:
         raise InvalidRequest('Unsupported "prompt"')
-    requested_jkt = _single(params, "dpop_jkt")
+    requested_jkt = single(params, "dpop_jkt")
     if requested_jkt is not None and requested_jkt != dpop_jkt:
         raise InvalidRequest('"dpop_jkt" does not match the DPoP proof')
     return AuthorizationRequest(
