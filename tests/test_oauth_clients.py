@@ -266,3 +266,22 @@ async def test_a_confidential_clients_keys_come_from_its_jwks_uri(docs):
     store.forget_keys(client)
     await store.keys(client)
     assert docs.hits["/jwks.json"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_for_one_client_share_one_fetch(docs):
+    from twisted.internet.defer import ensureDeferred, gatherResults
+
+    client_id = docs.origin + "/client-metadata.json"
+    docs.put("/client-metadata.json", metadata(client_id, client_uri=None))
+    store = ClientStore(reactor, None, allow_local=True)
+    clients = await gatherResults([ensureDeferred(store.get(client_id)) for _ in range(5)])
+    assert len(set(clients)) == 1 and docs.hits["/client-metadata.json"] == 1
+    missing = docs.origin + "/missing.json"
+    failures = []
+    for attempt in [ensureDeferred(store.get(missing)) for _ in range(3)]:  # all started before any ends
+        try:
+            await attempt
+        except InvalidClientMetadata as e:
+            failures.append(e)
+    assert len(failures) == 3 and docs.hits["/missing.json"] == 1

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -310,6 +310,7 @@ class ClientStore:
         self._timeout = timeout
         self._ttl = ttl
         self._cache: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._waiting: dict[str, list[Deferred[Any]]] = {}
 
     async def get(self, client_id: str) -> Client:
         """The client ``client_id`` names; :class:`InvalidClientMetadata` if it cannot be had."""
@@ -342,17 +343,29 @@ class ClientStore:
         if hit is not None and hit[0] > now:
             self._cache.move_to_end(name)
             outcome = hit[1]
+        elif name in self._waiting:
+            # Already being fetched: one fetch serves every request that wants it.
+            waiter: Deferred[Any] = Deferred()
+            self._waiting[name].append(waiter)
+            outcome = await waiter
         else:
+            self._waiting[name] = []
             try:
                 outcome = await fetch(url)
                 expires = now + self._ttl
             except InvalidClientMetadata as e:
                 outcome = e
                 expires = now + min(self._ttl, FAILURE_TTL)
+            except BaseException:
+                for waiter in self._waiting.pop(name):
+                    waiter.errback(InvalidClientMetadata("Unable to obtain client metadata"))
+                raise
             self._cache[name] = (expires, outcome)
             self._cache.move_to_end(name)
             while len(self._cache) > MAX_CACHED:
                 self._cache.popitem(last=False)
+            for waiter in self._waiting.pop(name):
+                waiter.callback(outcome)
         if isinstance(outcome, InvalidClientMetadata):
             raise InvalidClientMetadata(outcome.message)
         return outcome
