@@ -238,3 +238,32 @@ def test_a_proof_is_remembered_until_it_could_no_longer_be_accepted(clock, nonce
     clock.advance(2)
     with pytest.raises(InvalidDpopProof, match="too old"):
         verifier.verify(old, "POST", TOKEN_URL)
+
+
+def test_malformed_compact_serializations_are_refused(verifier, nonces, key):
+    good = proof(key, nonces)
+    head, body, sig = good.split(".")
+    for bad in (
+        f"{head}.{body}",                 # two parts
+        f"{head}.{body}.{sig}.x",         # four
+        f"{head}=.{body}.{sig}",          # padding
+        f"{head}.{body}.{sig[:-4]}",      # a signature of the wrong length
+        f"{head}.{body}.{'A' * 86}",      # the right length, but not a signature
+        f"{head}.WzFd.{sig}",             # claims not an object
+        f"{head}.!!!!.{sig}",             # not base64url
+        f"{head}.{body}.",                # no signature
+    ):
+        with pytest.raises(InvalidDpopProof):
+            verifier.verify(bad, "POST", TOKEN_URL)
+
+
+def test_a_proof_with_crit_is_refused(verifier, nonces, key):
+    with pytest.raises(InvalidDpopProof, match="crit"):
+        verifier.verify(key.sign({"jti": "c", "htm": "POST", "htu": TOKEN_URL, "iat": NOW, "nonce": nonces.next()},
+                                 typ="dpop+jwt", jwk=key.jwk, crit=["exp"]), "POST", TOKEN_URL)
+
+
+def test_public_keys_are_remembered_but_a_changed_key_is_checked_again(key):
+    assert public_key(key.jwk, "ES256") is public_key(dict(key.jwk), "ES256")
+    with pytest.raises(BadKey):
+        public_key({**key.jwk, "x": key.jwk["y"]}, "ES256")

@@ -43,7 +43,27 @@ def public_key(jwk: Any, alg: str) -> Any:
     The verifying key of the public JWK ``jwk`` for algorithm ``alg`` (one
     of :data:`ALGORITHMS`); :class:`BadKey` for a private key, another
     curve, an algorithm the key says it is not for, or a malformed key.
+    A client signs every DPoP proof with the same key: the keys last made
+    are remembered.
     """
+    try:
+        cache_key = (json.dumps(jwk, sort_keys=True), alg)
+    except (TypeError, ValueError):
+        raise BadKey("key is not JSON") from None
+    key = _keys.get(cache_key)
+    if key is None:
+        key = _public_key(jwk, alg)
+        if len(_keys) >= MAX_CACHED_KEYS:
+            del _keys[next(iter(_keys))]
+        _keys[cache_key] = key
+    return key
+
+
+MAX_CACHED_KEYS = 4096
+_keys: dict[tuple[str, str], Any] = {}
+
+
+def _public_key(jwk: Any, alg: str) -> Any:
     if not isinstance(jwk, dict):
         raise BadKey("key is not a JSON object")
     curve = ALGORITHMS.get(alg)

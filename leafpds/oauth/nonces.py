@@ -24,6 +24,8 @@ class DpopNonces:
         self._secret = secret
         self._clock = clock
         self._rotation = rotation
+        # The three nonces accepted during the current step, made once per step.
+        self._accepted: tuple[int, tuple[bytes, ...]] = (-1, ())
 
     def __repr__(self) -> str:
         return f"<DpopNonces rotation={self._rotation}s>"
@@ -42,7 +44,9 @@ class DpopNonces:
     def check(self, nonce: str) -> bool:
         """Whether ``nonce`` is one this server handed out recently enough."""
         step = self._step()
+        if self._accepted[0] != step:
+            self._accepted = (step, tuple(self._nonce(s).encode("ascii") for s in (step - 1, step, step + 1)))
+        given = nonce.encode("ascii", "replace")
         # Compare against all three, always, in constant time.
-        matches = [hmac.compare_digest(nonce.encode("ascii", "replace"), self._nonce(s).encode("ascii"))
-                   for s in (step - 1, step, step + 1)]
+        matches = [hmac.compare_digest(given, accepted) for accepted in self._accepted[1]]
         return any(matches)
