@@ -1,12 +1,8 @@
 """
 The atproto OAuth authorization server (issue #15), built bottom-up.
 
-Built and tested so far, not mounted anywhere (no endpoint, no
-``/.well-known/oauth-*`` document is served until the whole flow works):
-``errors`` (the RFC error names), ``jwk`` (public JWKs, RFC 7638
-thumbprints), ``replay`` (single-use ids), ``nonces`` (rotating DPoP
-nonces), ``dpop`` (RFC 9449 proofs), ``scopes`` (atproto scopes and
-permissions), ``clients`` (client metadata documents), ``metadata`` (the
-discovery documents), ``par`` (pushed authorization requests),
-``assertions`` (``private_key_jwt``) and ``tokens`` (codes and tokens).
+Nothing here is mounted or advertised yet (no ``/oauth/*`` endpoint, no
+``/.well-known/oauth-*`` document, no ``Authorization: DPoP`` at XRPC)
+until the whole flow works end to end; docs/architecture.md ("OAuth (in
+progress)") lists what each module holds and what is left.
 """
