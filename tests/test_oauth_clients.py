@@ -285,3 +285,12 @@ async def test_concurrent_requests_for_one_client_share_one_fetch(docs):
         except InvalidClientMetadata as e:
             failures.append(e)
     assert len(failures) == 3 and docs.hits["/missing.json"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_id_host_in_capitals_is_fetched(docs):
+    port = docs.port.getHost().port
+    client_id = f"http://LOCALHOST:{port}/client-metadata.json"
+    docs.put("/client-metadata.json", metadata(client_id, client_uri=None))
+    store = ClientStore(reactor, None, allow_local=True)
+    assert (await store.get(client_id)).client_id == client_id
