@@ -1,7 +1,7 @@
 """A loopback HTTP server that serves whatever documents a test puts in it (OAuth client metadata, JWK sets)."""
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import reactor

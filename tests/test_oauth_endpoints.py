@@ -1,10 +1,10 @@
 """
 The OAuth endpoints (leafpds.oauth.endpoints) over real loopback HTTP, on a
-test site of their own (they are not mounted in leafpds yet): PAR, token,
-refresh, revoke, with DPoP nonces, real keys, a migrated database and a
-confidential client whose metadata and keys a loopback server publishes.
-The authorization page does not exist yet: tests consent by opening the
-pushed request and issuing the code as it will.
+test site of their own (tests/oauth_site.py: they are not mounted in
+leafpds yet): PAR, token, refresh, revoke, with DPoP nonces, real keys, a
+migrated database and a confidential client whose metadata and keys a
+loopback server publishes.  The authorization page does not exist yet:
+tests consent by opening the pushed request and issuing the code as it will.
 """
 
 import base64
@@ -17,66 +17,23 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from leafpds.db.pool import Database
 from leafpds.oauth.assertions import ASSERTION_TYPE
-from leafpds.oauth.clients import ClientStore
-from leafpds.oauth.dpop import DpopVerifier
-from leafpds.oauth.endpoints import OAuthEndpoints
 from leafpds.oauth.jwk import thumbprint
-from leafpds.oauth.nonces import DpopNonces
-from leafpds.oauth.par import PendingRequests
-from leafpds.oauth.replay import ReplayCache
-from leafpds.oauth.server import AuthorizationServer
-from leafpds.oauth.tokens import AccessTokens
-from tests.documents_server import DocumentsServer
 from tests.oauth_keys import ClientKey
+from tests.oauth_site import OAuthSite
 
 DID = "did:plc:alice234567890abcdefghij"
 LOOPBACK_CLIENT = "http://localhost?redirect_uri=" + quote("http://127.0.0.1/callback", safe="") + \
     "&scope=" + quote("atproto transition:generic", safe="")
 
 
-class Running:
-    def __init__(self, tmp_path):
-        self.db = Database(tmp_path / "db.sqlite")
-        self.db.migrate()
-        self.db.start()
-        self.docs = DocumentsServer.start()
-        self.revoked: dict[str, float] = {}
-        root = Resource()
-        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-        self.issuer = f"http://127.0.0.1:{self.port.getHost().port}"
-        replay = ReplayCache(reactor)
-        self.server = AuthorizationServer(
-            issuer=self.issuer,
-            db=self.db,
-            clients=ClientStore(reactor, None, allow_local=True),
-            dpop=DpopVerifier(reactor, DpopNonces(secrets.token_bytes(32), reactor), replay),
-            pending=PendingRequests(reactor),
-            access=AccessTokens(secrets.token_bytes(32), self.issuer, "did:web:pds.test", reactor, self.revoked),
-            replay=replay,
-            clock=reactor,
-            revoked=lambda ids: self.revoked.update({i: time.time() + 3600 for i in ids}),
-        )
-        root.putChild(b"oauth", OAuthEndpoints(self.server).resource())
-
-    async def stop(self):
-        await self.port.stopListening()
-        await self.docs.stop()
-        self.db.close()
-
-
 @pytest_twisted.async_yield_fixture
 async def pds(tmp_path):
-    running = Running(tmp_path)
-    await running.db.write(lambda conn: conn.execute(
-        "INSERT INTO accounts (did, handle, created_at) VALUES (?, 'alice.test', '2025-01-01')", (DID,)))
-    yield running
-    await running.stop()
+    site = OAuthSite(tmp_path, did=DID)
+    await site.add_account()
+    yield site
+    await site.stop()
 
 
 class App:
