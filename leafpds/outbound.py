@@ -8,13 +8,15 @@ that was checked, so a second DNS answer (rebinding) cannot redirect it.
 
 import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from treq import collect
+from treq.client import HTTPClient
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.names import client, dns
-from twisted.web.client import URI, BrowserLikePolicyForHTTPS
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
@@ -157,3 +159,19 @@ async def discard(response: IResponse) -> None:
     except Exception:
         # Whatever happened to a body nobody reads does not matter.
         pass
+
+
+async def get_pinned(
+    reactor: Any, resolver: Any, url: str, *, allow_private: bool, timeout: float,
+    headers: dict[str, str] | None = None,
+) -> IResponse:
+    """
+    GET ``url`` (http or https, no redirects followed) from a vetted address
+    of its host; :class:`Refused` when the host has a non-public address and
+    ``allow_private`` is off.  ``timeout`` bounds the lookup and the connection;
+    the caller bounds the whole exchange, body included.
+    """
+    host = urlsplit(url).hostname or ""
+    address = await vetted_address(resolver, host, allow_private=allow_private, timeout=timeout)
+    agent = Agent.usingEndpointFactory(reactor, PinnedEndpointFactory(reactor, host, address, timeout))
+    return await HTTPClient(agent).get(url, headers=headers, allow_redirects=False)

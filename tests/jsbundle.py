@@ -78,12 +78,13 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> No
         )
 
 
-def install_node_modules() -> Path:
+def install_node_modules(js_dir: Path = JS_DIR) -> Path:
     """
-    The folder whose ``node_modules`` holds exactly what the lock file pins;
-    installed by ``npm ci`` on first use.
+    The folder whose ``node_modules`` holds exactly what the lock file of
+    ``js_dir`` (``tests/js/`` unless given) pins; installed by ``npm ci``
+    on first use.
     """
-    manifests = [JS_DIR / name for name in MANIFESTS]
+    manifests = [js_dir / name for name in MANIFESTS]
     home = cache_root() / _digest(*manifests)
     done = home / ".installed"
     with _locked(home.with_suffix(".lock")):

@@ -355,6 +355,56 @@ MIGRATIONS: list[str] = [
         rkey TEXT NOT NULL,
         ref TEXT NOT NULL,
         PRIMARY KEY (did, collection, rkey)
+    """,
+    # 9: atproto OAuth (leafpds/oauth/tokens.py).  Only hashes (SHA-256) of
+    # codes and refresh tokens are kept, never the tokens.  A grant is one
+    # authorization of one client by one account: the refresh tokens that
+    # rotate from its first one (a family), its DPoP key and its scope; the
+    # account page lists grants and revoking one deletes its tokens (and
+    # lists its id in revoked_sessions, which refuses its access tokens).  A
+    # code row outlives its use (grant_id set) so that a replayed code can
+    # kill the grant it gave.  Consents remembered per account and client
+    # let a second authorization with the same scope skip the consent page.
+    """
+    CREATE TABLE oauth_grants (
+        id TEXT PRIMARY KEY,
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        client_id TEXT NOT NULL,
+        client_auth TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        dpop_jkt TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        refreshed_at TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX oauth_grants_by_did ON oauth_grants (did);
+
+    CREATE TABLE oauth_refresh_tokens (
+        token_hash BLOB PRIMARY KEY,
+        grant_id TEXT NOT NULL REFERENCES oauth_grants(id) ON DELETE CASCADE,
+        expires_at TEXT NOT NULL,
+        rotated INTEGER NOT NULL DEFAULT 0
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX oauth_refresh_tokens_by_grant ON oauth_refresh_tokens (grant_id);
+
+    CREATE TABLE oauth_codes (
+        code_hash BLOB PRIMARY KEY,
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        client_id TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        code_challenge TEXT NOT NULL,
+        dpop_jkt TEXT,
+        expires_at TEXT NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        grant_id TEXT
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE oauth_consents (
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        client_id TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        consented_at TEXT NOT NULL,
+        PRIMARY KEY (did, client_id)
     ) STRICT, WITHOUT ROWID;
     """,
 ]
