@@ -75,7 +75,7 @@ def backup(
     if blobstore == "disk":
         manifest["blobs"] = _copy_blobs(dest / DATABASE, data_dir / BLOBS, dest / BLOBS, progress)
     else:
-        listed = _blob_list(dest / DATABASE)
+        listed = blob_list(dest / DATABASE)
         manifest["blobs"] = {"count": len(listed), "bytes": sum(size for _, _, size in listed),
                              "copied": 0, "kept": 0, "dropped": 0, "missing": [], "in_bucket": True}
     if master_secret_file is not None:
@@ -96,7 +96,7 @@ def restore(src: Path, data_dir: Path, *, progress: Progress | None = None) -> d
     if "plc_database" in manifest:
         _check_database(src / PLC_DATABASE, manifest["plc_database"])
     # Blobs in a bucket stay there: the restored server is pointed at it.
-    blobs = _blob_list(src / DATABASE) if manifest.get("blobstore", "disk") == "disk" else []
+    blobs = blob_list(src / DATABASE) if manifest.get("blobstore", "disk") == "disk" else []
     missing = {(did, cid) for did, cid in manifest["blobs"]["missing"]}
     for n, (did, cid, _size) in enumerate(blobs):
         path = src / BLOBS / did / cid.encode()
@@ -158,7 +158,8 @@ def _snapshot(source: Path, target: Path) -> dict[str, Any]:
             "schema_version": version}
 
 
-def _blob_list(database: Path) -> list[tuple[str, CID, int]]:
+def blob_list(database: Path) -> list[tuple[str, CID, int]]:
+    """(did, cid, size) of every blob the database at ``database`` knows, in one read."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
         return [(did, CID(bytes(cid)), size) for did, cid, size in
@@ -169,7 +170,7 @@ def _blob_list(database: Path) -> list[tuple[str, CID, int]]:
 
 def _copy_blobs(snapshot: Path, source: Path, target: Path, progress: Progress | None) -> dict[str, Any]:
     """The snapshot's blobs into ``target``: new ones copied and checked, others kept, the rest dropped."""
-    blobs = _blob_list(snapshot)
+    blobs = blob_list(snapshot)
     wanted: set[Path] = set()
     copied = kept = size = 0
     missing: list[tuple[str, str]] = []

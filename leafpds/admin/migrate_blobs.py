@@ -11,11 +11,11 @@ them, after the switch.
 """
 
 import os
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from leafpds.admin.backup import blob_list
 from leafpds.blobs.s3 import S3BlobStore, S3Config
 from leafpds.ipld.cid import CID, cid_for_raw
 
@@ -27,16 +27,11 @@ class MigrationError(Exception):
 
 
 def disk_blobs(data_dir: Path) -> list[tuple[str, CID, int]]:
-    """(did, cid, size) of every blob the database knows, read in one snapshot."""
+    """(did, cid, size) of every blob the data folder's database knows."""
     database = data_dir / "leafpds.sqlite"
     if not database.is_file():
         raise MigrationError(f"no leafpds database at {database}")
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        return [(did, CID(bytes(cid)), size) for did, cid, size in
-                conn.execute("SELECT did, cid, size FROM blobs ORDER BY did, cid")]
-    finally:
-        conn.close()
+    return blob_list(database)
 
 
 async def migrate(

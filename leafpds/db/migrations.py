@@ -355,6 +355,7 @@ MIGRATIONS: list[str] = [
         rkey TEXT NOT NULL,
         ref TEXT NOT NULL,
         PRIMARY KEY (did, collection, rkey)
+    ) STRICT, WITHOUT ROWID;
     """,
     # 9: atproto OAuth (leafpds/oauth/tokens.py).  Only hashes (SHA-256) of
     # codes and refresh tokens are kept, never the tokens.  A grant is one
