@@ -152,7 +152,9 @@ async def test_check_account_status_counts(world):
     await app.accounts.update_signing_key(did, "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme")
     assert (await account_status(pds, auth))["validDid"] is False
     assert (await pds.post("com.atproto.server.deactivateAccount", {}, headers=auth)).code == 200
-    assert_error(await pds.post("com.atproto.server.activateAccount", headers=auth), 400, "InvalidRequest")
+    refused = await pds.post("com.atproto.server.activateAccount", headers=auth)
+    assert_error(refused, 400, "InvalidRequest")
+    assert refused.json()["message"] == "DID document verification method does not match expected signing key"
     assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is False
 
 

@@ -74,8 +74,9 @@ async def activate(app: "AppContext", did: str) -> None:
     ``#sync`` in one transaction, as the official PDS emits them, so relays
     re-fetch the identity and the repo head.
     """
-    if not (await _did_facts(app, did))["validDid"]:
-        raise InvalidRequest("The DID document does not name this PDS, its rotation key and the account's key")
+    problem = await _did_problem(app, did)
+    if problem is not None:
+        raise InvalidRequest(problem)
     appended = await app.db.write(_activate_unit, did, app.reactor.seconds())
     app.transactor.notify(appended)
 
@@ -120,23 +121,26 @@ def _status(conn: Any, did: str) -> str:
 
 async def check_status(app: "AppContext", did: str) -> dict[str, Any]:
     counts = await app.db.read(_counts_unit, did)
-    return {**counts, **await _did_facts(app, did)}
+    return {**counts, "validDid": await _did_problem(app, did) is None}
 
 
-async def _did_facts(app: "AppContext", did: str) -> dict[str, bool]:
+async def _did_problem(app: "AppContext", did: str) -> str | None:
     """
-    validDid: the DID's current PLC data names this PDS's rotation key, its
-    endpoint and the account's signing key (the official PDS's three facts).
+    What keeps the DID from naming this PDS, or None: its current PLC data
+    must have this PDS's rotation key, its endpoint and the account's
+    signing key (the official PDS's three facts, and its words).
     """
     try:
         last = await app.plc.last_operation(did)
-    except PLCError:
-        return {"validDid": False}
-    rotation = app.accounts.rotation_key.did() in (last.get("rotationKeys") or [])
-    pds = ((last.get("services") or {}).get("atproto_pds") or {}).get("endpoint")
-    signing = (last.get("verificationMethods") or {}).get("atproto")
-    key = (await app.keys.signing_key(did)).did()
-    return {"validDid": rotation and pds == app.accounts.public_url() and signing == key}
+    except PLCError as e:
+        return f"Could not read the DID from the PLC directory: {e}"
+    if app.accounts.rotation_key.did() not in (last.get("rotationKeys") or []):
+        return "Server rotation key not included in PLC DID data"
+    if ((last.get("services") or {}).get("atproto_pds") or {}).get("endpoint") != app.accounts.public_url():
+        return "DID document atproto_pds service endpoint does not match PDS public url"
+    if (last.get("verificationMethods") or {}).get("atproto") != (await app.keys.signing_key(did)).did():
+        return "DID document verification method does not match expected signing key"
+    return None
 
 
 def _counts_unit(conn: Any, did: str) -> dict[str, Any]:
@@ -153,6 +157,7 @@ def _counts_unit(conn: Any, did: str) -> dict[str, Any]:
             " SELECT cid FROM fresh_blocks WHERE did = :did UNION SELECT cid FROM records WHERE did = :did)"
         ),
         "indexedRecords": one("SELECT COUNT(*) FROM records WHERE did = :did"),
+        # The official PDS answers a constant 0; the preferences are this account's private state.
         "privateStateValues": one("SELECT COUNT(*) FROM account_prefs WHERE did = :did"),
         "expectedBlobs": one("SELECT COUNT(DISTINCT blob_cid) FROM record_blobs WHERE did = :did"),
         "importedBlobs": one("SELECT COUNT(*) FROM blobs WHERE did = :did"),
