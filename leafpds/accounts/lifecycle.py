@@ -19,9 +19,9 @@ from leafpds.accounts import email_tokens
 from leafpds.accounts.passwords import verify_password
 from leafpds.errors import AuthenticationRequired, InvalidRequest
 from leafpds.identity.plc import PLCError
+from leafpds.ipld.car import encode_car
 from leafpds.ipld.cid import CID
 from leafpds.repo import events
-from leafpds.ipld.car import encode_car
 from leafpds.timestamps import iso_from_epoch
 
 if TYPE_CHECKING:
