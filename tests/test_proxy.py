@@ -246,7 +246,7 @@ async def test_only_an_authenticated_account_is_proxied_for(services):
     answer = await pds.get(TIMELINE, headers={"Authorization": "Bearer nonsense"})
     assert answer.code in (400, 401) and answer.json()["error"] in ("InvalidToken", "AuthenticationRequired")
     # Account management is never proxied, whoever asks.
-    answer = await pds.post("com.atproto.server.activateAccount", headers=auth)
+    answer = await pds.get("com.atproto.server.getAccountInviteCodes", headers=auth)
     assert (answer.code, answer.json()) == (400, {"error": "InvalidToken", "message": "Bad token method"})
     assert appview.received == []
 

@@ -6,7 +6,8 @@ A taken-down account keeps all its data: its status is ``takendown`` (sync
 methods answer ``RepoTakendown``, com.atproto.repo reads do not find it,
 login answers ``AccountTakedown``), its sessions end, and the firehose
 hears ``#account`` with ``active: false, status: "takendown"``; reversing
-it makes it ``active`` again and says so on the firehose.  A taken-down
+it makes it ``active`` again (``deactivated`` if its owner had deactivated it)
+and says so on the firehose.  A taken-down
 record is left out of getRecord/listRecords, a taken-down blob is not
 served by getBlob; the repo itself is unchanged (its signed tree still
 holds the record, as on the official PDS).
@@ -164,17 +165,19 @@ def update_unit(conn: Any, subject: Subject, applied: bool, ref: str | None, now
 
 
 def _update_account(conn: Any, did: str, ref: str | None, now: float) -> Change:
-    row = conn.execute("SELECT status FROM accounts WHERE did = ?", (did,)).fetchone()
+    row = conn.execute("SELECT status, deactivated_at FROM accounts WHERE did = ?", (did,)).fetchone()
     if row is None:
         raise InvalidRequest(f"Account not found: {did}")
     was_taken_down = row[0] == "takendown"
-    # Reversing a takedown makes the account active again; any other status
-    # (one this code did not set) is left as it is.
+    # Reversing a takedown restores what the account was before: deactivated
+    # if its owner had deactivated it, else active; any other status (one
+    # this code did not set) is left as it is.
+    restored = "deactivated" if row[1] is not None else "active"
     conn.execute(
         "UPDATE accounts SET takedown_ref = ?,"
         " status = CASE WHEN ? IS NOT NULL THEN 'takendown'"
-        " WHEN status = 'takendown' THEN 'active' ELSE status END WHERE did = ?",
-        (ref, ref, did),
+        " WHEN status = 'takendown' THEN ? ELSE status END WHERE did = ?",
+        (ref, ref, restored, did),
     )
     time = iso_from_epoch(now)
     if ref is not None:
@@ -191,4 +194,6 @@ def _update_account(conn: Any, did: str, ref: str | None, now: float) -> Change:
     if not was_taken_down:
         return Change([], [])
     body = {"did": did, "active": True, "time": time}
+    if restored == "deactivated":
+        body = {"did": did, "active": False, "status": "deactivated", "time": time}
     return Change([events.append_event(conn, did, "#account", body, time)], [])

@@ -408,6 +408,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (did, client_id)
     ) STRICT, WITHOUT ROWID;
     """,
+    # 10: deactivateAccount's time and its optional deleteAfter; a reversed
+    # takedown restores a deactivation that came before it.
+    """
+    ALTER TABLE accounts ADD COLUMN deactivated_at TEXT;
+    ALTER TABLE accounts ADD COLUMN delete_after TEXT;
+    """,
 ]
 
 

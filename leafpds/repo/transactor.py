@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from leafpds import crypto, syntax
+from leafpds.accounts import lifecycle
 from leafpds.db.pool import Database
 from leafpds.errors import InsufficientStorage, InvalidRequest, InvalidSwap, RecordNotFound, RepoNotFound, XRPCError
 from leafpds.ipld import codec
@@ -361,6 +362,8 @@ class RepoTransactor:
         key: crypto.Keypair,
         built: "_Built | None" = None,
     ) -> CommitResult:
+        # In the commit's transaction: a deactivation a moment ago is seen.
+        lifecycle.check_writable_unit(conn, did)
         # The usual case: the commit was built on the stored root.
         if built is not None and storage.advance_root(
             conn, did, built.base, built.commit_cid, built.rev, built.now

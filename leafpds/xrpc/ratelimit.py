@@ -22,6 +22,8 @@ METHOD_LIMITS = {
     "com.atproto.server.requestEmailUpdate": "5/3600,15/86400",
     "com.atproto.server.requestPasswordReset": "15/3600,50/86400",
     "com.atproto.server.resetPassword": "50/300",
+    "com.atproto.server.requestAccountDelete": "5/3600,15/86400",
+    "com.atproto.server.deleteAccount": "50/300",
 }
 
 

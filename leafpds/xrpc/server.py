@@ -3,6 +3,7 @@
 import secrets
 from typing import Any
 
+from leafpds.accounts import lifecycle
 from leafpds.accounts.accounts import SignedIn
 from leafpds.accounts.service_auth import is_privileged, is_protected, is_service_audience
 from leafpds.errors import InvalidRequest, XRPCError
@@ -253,3 +254,35 @@ async def request_password_reset(ctx: XRPCContext) -> None:
 async def reset_password(ctx: XRPCContext) -> None:
     _limit(ctx, client_ip(ctx.request))
     await ctx.app.account_email.reset_password(ctx.input["token"], ctx.input["password"])
+
+
+# -- the account's lifecycle (accounts/lifecycle.py) ------------------------------
+
+
+@xrpc.procedure("com.atproto.server.deactivateAccount", auth=access_full)
+async def deactivate_account(ctx: XRPCContext) -> None:
+    await lifecycle.deactivate(ctx.app, ctx.auth.did, ctx.input.get("deleteAfter"))
+
+
+@xrpc.procedure("com.atproto.server.activateAccount", auth=access_full)
+async def activate_account(ctx: XRPCContext) -> None:
+    await lifecycle.activate(ctx.app, ctx.auth.did)
+
+
+@xrpc.query("com.atproto.server.checkAccountStatus", auth=access)
+async def check_account_status(ctx: XRPCContext) -> dict[str, Any]:
+    return await lifecycle.check_status(ctx.app, ctx.auth.did)
+
+
+@xrpc.procedure("com.atproto.server.requestAccountDelete", auth=access_full)
+async def request_account_delete(ctx: XRPCContext) -> None:
+    _limit(ctx, ctx.auth.did)
+    await lifecycle.request_delete(ctx.app, ctx.auth.did)
+
+
+@xrpc.procedure("com.atproto.server.deleteAccount")
+async def delete_account(ctx: XRPCContext) -> None:
+    # No session needed: the password and the mailed code are the proof.
+    _limit(ctx, client_ip(ctx.request))
+    body = ctx.input
+    await lifecycle.delete(ctx.app, body["did"], body["password"], body["token"].strip())

@@ -1,0 +1,210 @@
+"""
+An account's own lifecycle over real HTTP: deactivate/activate with every
+read and write path, checkAccountStatus, and deletion with the code mailed
+to a real SMTP stand-in; the firehose read over a real WebSocket.
+"""
+
+import pytest
+import pytest_twisted
+
+from leafpds.accounts import lifecycle
+from leafpds.ipld.car import read_car
+from leafpds.lexicon import validate_output
+from tests.harness import make_settings, start_pds
+from tests.smtp_standin import Inbox
+from tests.test_admin import (
+    ADMIN_PASSWORD, PASSWORD, POST, account_with_a_post_and_blob, admin_post, assert_error, bearer,
+    firehose_from, login, newest_seq, plain_post, sync_reads,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+STATUS = "com.atproto.admin.updateSubjectStatus"
+SMTP_PASSWORD = "smtp-Pa55-w0rd"
+
+
+@pytest_twisted.async_yield_fixture
+async def world(tmp_path):
+    """(leafpds with an admin password, mailing to the inbox; the inbox)."""
+    inbox = Inbox(username="mailer", password=SMTP_PASSWORD).start()
+    pds = await start_pds(make_settings(
+        tmp_path / "data", admin_password=ADMIN_PASSWORD,
+        smtp_url=f"smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:{inbox.port}", email_from="pds@example.com",
+    ))
+    yield pds, inbox
+    await pds.service.stopService()
+    inbox.stop()
+
+
+async def write(pds, did, auth):
+    return await pds.post("com.atproto.repo.createRecord",
+                          {"repo": did, "collection": POST, "record": plain_post("hi")}, headers=auth)
+
+
+async def account_status(pds, auth):
+    answer = await pds.get("com.atproto.server.checkAccountStatus", headers=auth)
+    assert answer.code == 200, answer.body
+    validate_output(pds.service.app.lexicons, "com.atproto.server.checkAccountStatus", answer.json())
+    return answer.json()
+
+
+def my_events(frames, did):
+    return [(h["t"], b) for h, b in frames if b.get("did", b.get("repo")) == did]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deactivate_then_activate(world):
+    pds, _ = world
+    alice, post, blob_cid = await account_with_a_post_and_blob(pds, "alice")
+    did, auth = alice["did"], bearer(alice["accessJwt"])
+    rkey = post["uri"].split("/")[-1]
+    commit = (await pds.get("com.atproto.sync.getLatestCommit", {"did": did})).json()["cid"]
+    before = await newest_seq(pds)
+
+    later = "2030-01-01T00:00:00.000Z"
+    answer = await pds.post("com.atproto.server.deactivateAccount", {"deleteAfter": later}, headers=auth)
+    assert answer.code == 200, answer.body
+    stored = await pds.service.app.db.read(
+        lambda conn: conn.execute("SELECT status, delete_after FROM accounts WHERE did = ?", (did,)).fetchone())
+    assert tuple(stored) == ("deactivated", later)
+
+    # Writes refused, sync reads refused, status says so, login still works.
+    assert_error(await write(pds, did, auth), 401, "AccountDeactivated")
+    for nsid, params in sync_reads(did, rkey, blob_cid, commit):
+        assert_error(await pds.get(nsid, params), 400, "RepoDeactivated")
+    status = (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()
+    assert status == {"did": did, "active": False, "status": "deactivated"}
+    listed = {r["did"]: r for r in (await pds.get("com.atproto.sync.listRepos")).json()["repos"]}
+    assert (listed[did]["active"], listed[did]["status"]) == (False, "deactivated")
+    session = await login(pds, "alice.test")
+    assert session.code == 200, session.body
+    assert (session.json()["active"], session.json()["status"]) == (False, "deactivated")
+    assert (await account_status(pds, auth))["activated"] is False
+    # Deactivating again says nothing more.
+    assert (await pds.post("com.atproto.server.deactivateAccount", {}, headers=auth)).code == 200
+
+    frames = my_events(await firehose_from(pds, before), did)
+    assert [(t, b["active"], b["status"]) for t, b in frames] == [("#account", False, "deactivated")]
+
+    middle = await newest_seq(pds)
+    assert (await pds.post("com.atproto.server.activateAccount", headers=auth)).code == 200
+    frames = my_events(await firehose_from(pds, middle), did)
+    assert [t for t, _ in frames] == ["#account", "#identity", "#sync"]
+    assert frames[0][1]["active"] is True and "status" not in frames[0][1]
+    assert frames[1][1]["handle"] == "alice.test"
+    assert frames[2][1]["rev"] == (await account_status(pds, auth))["repoRev"]
+    assert (await write(pds, did, auth)).code == 200
+    assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is True
+    assert (await account_status(pds, auth))["activated"] is True
+    # Activating an active account: no events.
+    now = await newest_seq(pds)
+    assert (await pds.post("com.atproto.server.activateAccount", headers=auth)).code == 200
+    assert await newest_seq(pds) == now
+
+
+@pytest_twisted.ensureDeferred
+async def test_takedown_over_deactivation(world):
+    pds, _ = world
+    alice, _, _ = await account_with_a_post_and_blob(pds, "alice")
+    did, auth = alice["did"], bearer(alice["accessJwt"])
+    assert (await pds.post("com.atproto.server.deactivateAccount", {}, headers=auth)).code == 200
+    subject = {"$type": "com.atproto.admin.defs#repoRef", "did": did}
+    assert (await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": True}})).code == 200
+    # Taken down: its sessions ended, login refused, so it cannot activate itself.
+    assert_error(await pds.post("com.atproto.server.activateAccount", headers=auth), 400, "ExpiredToken")
+    assert_error(await login(pds, "alice.test"), 401, "AccountTakedown")
+    app = pds.service.app
+    with pytest.raises(Exception) as refused:
+        await app.db.write(lifecycle._activate_unit, did, 0.0)
+    assert getattr(refused.value, "name", None) == "AccountTakedown"
+
+    before = await newest_seq(pds)
+    assert (await admin_post(pds, STATUS, {"subject": subject, "takedown": {"applied": False}})).code == 200
+    # The reversal restores the deactivation.
+    status = (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()
+    assert status == {"did": did, "active": False, "status": "deactivated"}
+    frames = my_events(await firehose_from(pds, before), did)
+    assert [(t, b["active"], b["status"]) for t, b in frames] == [("#account", False, "deactivated")]
+    auth = bearer((await login(pds, "alice.test")).json()["accessJwt"])
+    assert (await pds.post("com.atproto.server.activateAccount", headers=auth)).code == 200
+    assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_account_status_counts(world):
+    pds, _ = world
+    alice, post, blob_cid = await account_with_a_post_and_blob(pds, "alice")
+    did, auth = alice["did"], bearer(alice["accessJwt"])
+    prefs = {"preferences": [{"$type": "app.bsky.actor.defs#adultContentPref", "enabled": False}]}
+    assert (await pds.post("app.bsky.actor.putPreferences", prefs, headers=auth)).code == 200
+    latest = (await pds.get("com.atproto.sync.getLatestCommit", {"did": did})).json()
+    status = await account_status(pds, auth)
+    repo = await pds.get("com.atproto.sync.getRepo", {"did": did})
+    _, blocks = read_car(repo.body)
+    assert status == {
+        "activated": True, "validDid": True,
+        "repoCommit": latest["cid"], "repoRev": latest["rev"],
+        "repoBlocks": len({cid for cid, _ in blocks}),
+        "indexedRecords": 1, "privateStateValues": 1, "expectedBlobs": 1, "importedBlobs": 1,
+    }
+    # The DID naming another signing key is not valid for this PDS, and activation is refused.
+    app = pds.service.app
+    await app.accounts.update_signing_key(did, "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme")
+    assert (await account_status(pds, auth))["validDid"] is False
+    assert (await pds.post("com.atproto.server.deactivateAccount", {}, headers=auth)).code == 200
+    refused = await pds.post("com.atproto.server.activateAccount", headers=auth)
+    assert_error(refused, 400, "InvalidRequest")
+    assert refused.json()["message"] == "DID document verification method does not match expected signing key"
+    assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_account_with_password_and_mailed_code(world, tmp_path):
+    pds, inbox = world
+    alice, post, blob_cid = await account_with_a_post_and_blob(pds, "alice")
+    did, auth = alice["did"], bearer(alice["accessJwt"])
+    app = pds.service.app
+
+    assert_error(await pds.post("com.atproto.server.requestAccountDelete"), 401, "AuthMissing")
+    assert (await pds.post("com.atproto.server.requestAccountDelete", headers=auth)).code == 200
+    (mail,) = await inbox.wait(1)
+    assert mail.recipients == ["alice@example.com"]
+    code = mail.code
+
+    async def delete(**body):
+        return await pds.post("com.atproto.server.deleteAccount", {"did": did, "password": PASSWORD, "token": code, **body})
+
+    def rows(conn):
+        return conn.execute("SELECT count(*) FROM records WHERE did = ?", (did,)).fetchone()[0]
+
+    # Refusals change nothing: wrong password, wrong code, (later) a used code.
+    assert_error(await delete(password="wrong password"), 401, "AuthenticationRequired")
+    assert_error(await delete(token="AAAAA-BBBBB"), 400, "InvalidToken")
+    assert await app.db.read(rows) == 1
+    assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is True
+    assert (await write(pds, did, auth)).code == 200
+
+    before = await newest_seq(pds)
+    answer = await delete(token=code.lower())
+    assert answer.code == 200, answer.body
+    assert await app.db.read(rows) == 0
+    assert list((tmp_path / "data" / "blobs" / did).iterdir()) == []
+    assert_error(await pds.get("com.atproto.sync.getRepoStatus", {"did": did}), 400, "RepoNotFound")
+    assert_error(await login(pds, "alice.test"), 401, "AuthenticationRequired")
+    frames = my_events(await firehose_from(pds, before), did)
+    assert [(t, b["active"], b["status"]) for t, b in frames] == [("#account", False, "deleted")]
+    assert_error(await delete(), 401, "AuthenticationRequired")
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_delete_code_is_refused(world):
+    pds, inbox = world
+    alice, _, _ = await account_with_a_post_and_blob(pds, "alice")
+    did, auth = alice["did"], bearer(alice["accessJwt"])
+    assert (await pds.post("com.atproto.server.requestAccountDelete", headers=auth)).code == 200
+    (mail,) = await inbox.wait(1)
+    app = pds.service.app
+    await app.db.write(lambda conn: conn.execute("UPDATE email_tokens SET requested_at = '2000-01-01T00:00:00.000Z'"))
+    answer = await pds.post("com.atproto.server.deleteAccount", {"did": did, "password": PASSWORD, "token": mail.code})
+    assert_error(answer, 400, "ExpiredToken")
+    assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is True
