@@ -211,7 +211,10 @@ async def test_a_large_blob_goes_up_in_parts(s3_pds, s3):
     answer = await upload(s3_pds, auth, FileBodyProducer(io.BytesIO(data)))
     assert answer.code == 200, answer.body
     assert requests == [("POST", ["uploads"])] + [("PUT", ["partNumber", "uploadId"])] * 3 + [("POST", ["uploadId"])]
-    assert most[0] == 3  # the parts went up together
+    # The parts went up together: one after another would never have two in
+    # flight.  (All three at once depends on each part's hashing, in the
+    # thread pool, finishing before the first upload does: not under load.)
+    assert most[0] >= 2
     cid = cid_for_raw(data).encode()
     assert s3.keys() == {f"pds/blocks/{did}/{cid}": data} and s3.multipart_uploads() == []
     assert spool_files(s3_pds) == []
