@@ -32,16 +32,6 @@ def _takedown_refused() -> AuthenticationRequired:
     return AuthenticationRequired("Account has been taken down", name="AccountTakedown")
 
 
-def check_writable_unit(conn: Any, did: str) -> None:
-    """Refuse a write into a repo whose account is not active (in the writer's transaction)."""
-    row = conn.execute("SELECT status FROM accounts WHERE did = ?", (did,)).fetchone()
-    if row is None or row[0] == "active":
-        return  # a missing account is the commit's own RepoNotFound
-    if row[0] == "takendown":
-        raise _takedown_refused()
-    raise AuthenticationRequired("Account is deactivated", name="AccountDeactivated")
-
-
 # -- deactivateAccount / activateAccount ---------------------------------------
 
 

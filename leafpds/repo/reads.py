@@ -6,7 +6,7 @@ resolving the ``repo`` an XRPC call names, records, commits, proofs.
 from dataclasses import dataclass
 from typing import Any
 
-from leafpds.errors import RepoNotFound, XRPCError
+from leafpds.errors import AuthenticationRequired, RepoNotFound, XRPCError
 from leafpds.ipld.cid import CID
 from leafpds.repo import storage
 from leafpds.repo.commit import parse_commit
@@ -35,6 +35,19 @@ def find_repo(conn: Any, identifier: str) -> RepoInfo:
     if row is None:
         raise RepoNotFound(f"Could not find repo: {identifier}")
     return RepoInfo(row[0], row[1], row[2], CID(row[3]), row[4])
+
+
+def check_writable(conn: Any, did: str) -> None:
+    """
+    Refuse a write into a repo whose account is not active; run in the
+    commit's own transaction, so a deactivation or takedown just before it is seen.
+    """
+    row = conn.execute("SELECT status FROM accounts WHERE did = ?", (did,)).fetchone()
+    if row is None or row[0] == "active":
+        return  # a missing account is the commit's own RepoNotFound
+    if row[0] == "takendown":
+        raise AuthenticationRequired("Account has been taken down", name="AccountTakedown")
+    raise AuthenticationRequired("Account is deactivated", name="AccountDeactivated")
 
 
 def find_active_repo(conn: Any, did: str) -> RepoInfo:

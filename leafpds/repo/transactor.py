@@ -35,13 +35,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from leafpds import crypto, syntax
-from leafpds.accounts import lifecycle
 from leafpds.db.pool import Database
 from leafpds.errors import InsufficientStorage, InvalidRequest, InvalidSwap, RecordNotFound, RepoNotFound, XRPCError
 from leafpds.ipld import codec
 from leafpds.ipld.car import encode_car
 from leafpds.ipld.cid import CID
-from leafpds.repo import events, mst, storage
+from leafpds.repo import events, mst, reads, storage
 from leafpds.repo.commit import parse_commit, sign_commit
 from leafpds.repo.mst import MST, KeyExists, MissingBlock, apply_ops
 from leafpds.tid import TIDClock
@@ -363,7 +362,7 @@ class RepoTransactor:
         built: "_Built | None" = None,
     ) -> CommitResult:
         # In the commit's transaction: a deactivation a moment ago is seen.
-        lifecycle.check_writable_unit(conn, did)
+        reads.check_writable(conn, did)
         # The usual case: the commit was built on the stored root.
         if built is not None and storage.advance_root(
             conn, did, built.base, built.commit_cid, built.rev, built.now
