@@ -208,3 +208,24 @@ async def test_expired_delete_code_is_refused(world):
     answer = await pds.post("com.atproto.server.deleteAccount", {"did": did, "password": PASSWORD, "token": mail.code})
     assert_error(answer, 400, "ExpiredToken")
     assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_recommended_did_credentials_match_what_the_plc_directory_holds(pds):
+    from tests.test_accounts import bearer, create
+
+    made = (await create(pds, "rex")).json()
+    did, auth = made["did"], bearer(made["accessJwt"])
+    answer = await pds.get("com.atproto.identity.getRecommendedDidCredentials", headers=auth)
+    assert answer.code == 200, answer.body
+    validate_output(pds.service.app.lexicons, "com.atproto.identity.getRecommendedDidCredentials", answer.json())
+    # What a migration in would publish is what this PDS already published for its own account.
+    last = await pds.service.app.plc.last_operation(did)
+    assert answer.json() == {
+        "alsoKnownAs": last["alsoKnownAs"],
+        "verificationMethods": last["verificationMethods"],
+        "rotationKeys": last["rotationKeys"],
+        "services": last["services"],
+    }
+    assert answer.json()["services"]["atproto_pds"]["endpoint"] == pds.service.app.public_url
+    assert (await pds.get("com.atproto.identity.getRecommendedDidCredentials")).code == 401
