@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from endtoend import Connection, start_server  # noqa: E402
+from endtoend import start_server  # noqa: E402
 from proxy import rss_mb  # noqa: E402
 
 from tests.s3_standin import BUCKET, MotoServer  # noqa: E402

@@ -11,13 +11,11 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
-from treq.client import HTTPClient
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
-from twisted.web.client import Agent
 
 from leafpds.identity.plc import PLCClient
-from leafpds.outbound import PinnedEndpointFactory, SystemResolver, discard, read_bounded, vetted_address
+from leafpds.outbound import SystemResolver, discard, get_pinned, read_bounded
 from leafpds.syntax import validate_did
 
 log = Logger()
@@ -89,18 +87,15 @@ class DIDResolver:
         scheme = "http" if host == "localhost" else "https"
         if self._dns is None:
             self._dns = SystemResolver(self._reactor)
-        address = await vetted_address(
-            self._dns, host, allow_private=self._allow_private, timeout=self._timeout
-        )
-        agent = Agent.usingEndpointFactory(
-            self._reactor, PinnedEndpointFactory(self._reactor, host, address, self._timeout)
-        )
-        attempt = ensureDeferred(self._fetch(HTTPClient(agent), f"{scheme}://{netloc}/.well-known/did.json"))
+        attempt = ensureDeferred(self._fetch(f"{scheme}://{netloc}/.well-known/did.json"))
         attempt.addTimeout(self._timeout, self._reactor)
         return await attempt
 
-    async def _fetch(self, http: HTTPClient, url: str) -> dict[str, Any] | None:
-        response = await http.get(url, headers={"Accept": "application/json"}, allow_redirects=False)
+    async def _fetch(self, url: str) -> dict[str, Any] | None:
+        response = await get_pinned(
+            self._reactor, self._dns, url, allow_private=self._allow_private, timeout=self._timeout,
+            headers={"Accept": "application/json"},
+        )
         if response.code != 200:
             await discard(response)
             return None

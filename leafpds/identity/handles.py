@@ -10,24 +10,14 @@ checked: a second DNS answer (rebinding) cannot redirect the connection.
 from typing import Any, Coroutine, TypeVar
 
 from hyperlink import URL, DecodedURL
-from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names.error import DomainError
-from twisted.web.client import Agent
 from twisted.web.iweb import IResponse
 
 from leafpds.errors import XRPCError
-from leafpds.outbound import (
-    AnyAddress,
-    PinnedEndpointFactory,
-    Refused,
-    SystemResolver,
-    discard,
-    read_bounded,
-    vetted_address,
-)
+from leafpds.outbound import Refused, SystemResolver, discard, get_pinned, read_bounded
 from leafpds.syntax import InvalidSyntax, normalize_handle, validate_did
 
 log = Logger()
@@ -307,23 +297,9 @@ class HandleResolver:
         return target
 
     async def _get(self, url: DecodedURL) -> IResponse:
-        host = url.host.lower()
-        address = await self._vetted_address(host)
-        agent = Agent.usingEndpointFactory(
-            self._reactor,
-            PinnedEndpointFactory(self._reactor, host, address, self._timeout),
-        )
-        http = HTTPClient(agent)
-        return await http.get(
-            url,
-            headers={"Accept": "text/plain"},
-            allow_redirects=False,
-        )
-
-    async def _vetted_address(self, host: str) -> AnyAddress:
-        """An address of ``host``, if all of its addresses are public."""
-        return await vetted_address(
-            self._dns, host, allow_private=self._allow_private, timeout=self._timeout
+        return await get_pinned(
+            self._reactor, self._dns, url.to_uri().to_text(),
+            allow_private=self._allow_private, timeout=self._timeout, headers={"Accept": "text/plain"},
         )
 
 

@@ -27,7 +27,6 @@ from leafpds.app import AppContext
 from leafpds.errors import (
     InternalServerError,
     InvalidRequest,
-    MethodNotImplemented,
     PayloadTooLarge,
     XRPCError,
 )
