@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import leafpds
-from leafpds.ipld.cid import CID, cid_for_raw
+from leafpds.ipld.cid import RAW_PREFIX, CID
 from leafpds.timestamps import now_iso
 
 FORMAT = 1
@@ -102,7 +102,7 @@ def restore(src: Path, data_dir: Path, *, progress: Progress | None = None) -> d
         path = src / BLOBS / did / cid.encode()
         if (did, cid.encode()) in missing:
             continue
-        if not path.is_file() or cid_for_raw(path.read_bytes()) != cid:
+        if not path.is_file() or file_cid(path) != cid:
             raise BackupError(f"blob {cid.encode()} of {did} is missing or damaged in the backup")
         if progress:
             progress("checking blobs", n + 1, len(blobs))
@@ -183,7 +183,7 @@ def _copy_blobs(snapshot: Path, source: Path, target: Path, progress: Progress |
         elif (source / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             _copy_file(source / name, target / name)
-            if cid_for_raw((target / name).read_bytes()) != cid:
+            if file_cid(target / name) != cid:
                 (target / name).unlink()
                 raise BackupError(f"blob {cid.encode()} of {did} is damaged on disk")
             copied += 1
@@ -231,9 +231,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def file_cid(path: Path) -> CID:
+    """The raw CID of a blob file, read a MiB at a time (blobs may be large)."""
+    return CID(RAW_PREFIX + _digest(path).digest())
+
+
 def _sha256(path: Path) -> str:
+    return _digest(path).hexdigest()
+
+
+def _digest(path: Path) -> "hashlib._Hash":
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from leafpds.admin.backup import blob_list
+from leafpds.admin.backup import blob_list, file_cid
 from leafpds.blobs.s3 import S3BlobStore, S3Config
-from leafpds.ipld.cid import CID, cid_for_raw
+from leafpds.ipld.cid import CID
 
 Progress = Callable[[str, int, int], None]
 
@@ -50,7 +50,7 @@ async def migrate(
             elif not source.is_file():
                 missing.append((did, cid.encode()))  # deleted since (a record deleted, a temporary blob collected)
             else:
-                if cid_for_raw(source.read_bytes()) != cid:
+                if file_cid(source) != cid:
                     raise MigrationError(f"blob {cid.encode()} of {did} is damaged on disk")
                 # The store consumes what it uploads: hand it a second name for the file.
                 link = source.with_name(source.name + ".migrating")
