@@ -90,6 +90,8 @@ async def test_unserved_methods_go_to_the_appview_with_a_service_jwt(services):
     assert answer.header("content-language") == "fr"
     assert answer.header("content-type") == "application/json; charset=utf-8"
     assert answer.header("x-not-forwarded") is None
+    # The upstream's length comes back (no chunked re-encoding of a sized answer).
+    assert answer.header("content-length") == str(len(answer.body))
 
     (seen,) = appview.received
     assert seen.error is None

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IRequest, IResponse
 from zope.interface import implementer
 
 from leafpds.accounts.service_auth import check_proxied_method, is_protected
@@ -52,7 +52,7 @@ REPORT_METHOD = "com.atproto.moderation.createReport"
 # What goes up besides the body and the service JWT, and what comes back.
 FORWARDED_REQUEST_HEADERS = ("accept-language", "atproto-accept-labelers", "x-bsky-topics")
 BODY_HEADERS = ("content-type", "content-encoding")
-CONTENT_HEADERS = (b"content-type", b"content-language", b"content-length", b"content-encoding")
+CONTENT_HEADERS = (b"content-type", b"content-language", b"content-encoding")
 RETURNED_HEADERS = (b"atproto-repo-rev", b"atproto-content-labelers", b"retry-after")
 
 # An error answer is read whole to re-make it; nothing sane is bigger.
@@ -182,6 +182,9 @@ class Proxy:
             return ANSWERED
         request.setResponseCode(response.code)
         _copy_headers(response, request, CONTENT_HEADERS + RETURNED_HEADERS)
+        if response.length is not UNKNOWN_LENGTH:
+            # Twisted keeps the upstream's Content-Length out of its headers.
+            request.setHeader("content-length", str(response.length))
         await self.relay(response, request)
         return ANSWERED
 
@@ -193,12 +196,15 @@ class Proxy:
         """
         rev = _single(response, b"atproto-repo-rev")
         content_type = _single(response, b"content-type") or "application/json"
-        length = _single(response, b"content-length")
+        length = response.length  # Twisted keeps Content-Length here, not in the headers
         if (
             rev is None
             or "json" not in content_type.lower()
             or _single(response, b"content-encoding") not in (None, "identity")
-            or (length is not None and (not length.isdigit() or int(length) > readafterwrite.MAX_BUFFERED))
+            # Only an answer whose size is known and bounded is read whole;
+            # any other streams through as it came.
+            or length is UNKNOWN_LENGTH
+            or length > readafterwrite.MAX_BUFFERED
         ):
             return False
         known = self.app.transactor.known_rev(did)
