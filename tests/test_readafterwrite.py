@@ -146,3 +146,17 @@ async def test_a_new_reply_shows_in_the_thread_and_images_as_views(services):
     view = added["post"]["embed"]
     assert view["$type"] == "app.bsky.embed.images#view" and view["images"][0]["alt"] == "a square"
     assert view["images"][0]["fullsize"].endswith(f"&cid={blob['ref']['$link']}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_of_unknown_size_streams_through_unmerged(services):
+    pds, appview, _ = services
+    did, auth = await signed_in(pds)
+    seen_rev = await head_rev(pds, did)
+    await write(pds, auth, did, "app.bsky.feed.post", post("new"))
+    # Chunked, no content-length: not read whole, passed as it came.
+    appview.route(TIMELINE, chunks=[b'{"feed":', b' []}'],
+                  headers={"atproto-repo-rev": seen_rev, "content-type": "application/json"})
+    answer = await pds.get(TIMELINE, headers=auth)
+    assert answer.code == 200 and answer.json() == {"feed": []}
+    assert answer.header("atproto-repo-rev") == seen_rev and answer.header("atproto-upstream-lag") is None
