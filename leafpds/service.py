@@ -107,6 +107,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         [settings.handle_domain],
         public_url=lambda: app.public_url,
         now=reactor.seconds,
+        resolve_handle=app.handle_resolver.resolve,
     )
     if settings.smtp_url:
         sender: MailSender = SMTPSender(SMTPServer.parse(settings.smtp_url), reactor, settings.hostname)
@@ -120,6 +121,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         tokens,
         public_url=lambda: app.public_url,
         now=reactor.seconds,
+        resolve_handle=app.handle_resolver.resolve,
     )
     app.sequencer = Sequencer(
         db, reactor, settings.firehose_window * 3600, settings.firehose_buffer

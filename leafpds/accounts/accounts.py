@@ -11,7 +11,7 @@ is stored and the next attempt starts afresh.
 
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,7 @@ class Accounts:
         handle_domains: list[str],
         public_url: Callable[[], str],
         now: Callable[[], float],
+        resolve_handle: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.db = db
         self.keys = keys
@@ -101,6 +102,8 @@ class Accounts:
         self.handle_domains = handle_domains
         self.public_url = public_url
         self.now = now
+        #: Handles to DIDs (the handle resolver), for accounts arriving with their DID.
+        self.resolve_handle = resolve_handle
 
     # -- creating ------------------------------------------------------------
 
@@ -112,24 +115,42 @@ class Accounts:
         invite_code: str | None = None,
         invite_required: bool = False,
         oauth_identity: tuple[str, str] | None = None,
+        did: str | None = None,
+        did_doc: dict[str, Any] | None = None,
     ) -> SignedIn:
         """
         A new account; ``password`` None makes it passwordless (signed up
         through a provider, whose ``(provider, subject)`` is then
         ``oauth_identity``, stored in the same transaction).
+
+        With ``did``, an account arriving from another PDS (the caller has
+        checked that PDS's service token for it; ``did_doc`` is its current
+        document): it is created deactivated, with a fresh signing key and an
+        empty repo, and nothing is told to the PLC directory or the firehose
+        until it is activated.  Its handle may also be one outside this
+        PDS's domains that resolves to ``did``.
         """
-        handle = validate_new_handle(handle, self.handle_domains)
+        handle = await self._check_handle(handle, did)
         email = check_email(email)
         if password is not None:
             check_password(password)
         if invite_required and not invite_code:
             raise XRPCError("No invite code provided", name="InvalidInviteCode")
-        await self.db.read(_check_available, handle, email, invite_code if invite_required else None)
+        await self.db.read(_check_available, handle, email, invite_code if invite_required else None, did)
         if oauth_identity is not None and await self.did_for_identity(*oauth_identity):
             raise InvalidRequest("This sign-in already has an account; sign in again to use it")
 
         signing_key = crypto.K256Keypair.generate()
         password_hash = await deferToThread(hash_password, password) if password else None
+        if did is not None:
+            now = self.now()
+            session, _ = await self.db.write(
+                self._create_unit, did, handle, email, password_hash, signing_key, invite_code, now,
+                oauth_identity, False,
+            )
+            account = Account(did, handle, email, "deactivated", password_hash is not None)
+            return SignedIn(account, self.tokens.pair(did, session), session.scope, did_doc)
+
         op = sign_operation(
             build_operation(
                 rotation_keys=[self.rotation_key.did()],
@@ -174,16 +195,20 @@ class Accounts:
         invite_code: str | None,
         now: float,
         oauth_identity: tuple[str, str] | None,
+        active: bool = True,
     ) -> tuple[Session, list[tuple[int, bytes]]]:
         # Checked again inside the transaction: another request may have taken
-        # the handle or email since the first check.
-        _check_available(conn, handle, email, invite_code)
+        # the handle or email (or the DID) since the first check.
+        _check_available(conn, handle, email, invite_code, did)
         created = iso_from_epoch(now)
         # An address from GitHub or Google is one they verified: confirmed.
         conn.execute(
             "INSERT INTO accounts (did, handle, email, password_hash, status, created_at,"
-            " email_confirmed_at) VALUES (?, ?, ?, ?, 'active', ?, ?)",
-            (did, handle, email, password_hash, created, created if oauth_identity else None),
+            " email_confirmed_at, deactivated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                did, handle, email, password_hash, "active" if active else "deactivated", created,
+                created if oauth_identity else None, None if active else created,
+            ),
         )
         self.keys.store_unit(conn, did, signing_key)
         if oauth_identity is not None:
@@ -201,12 +226,32 @@ class Accounts:
                 "INSERT INTO invite_code_uses (code, used_by, used_at) VALUES (?, ?, ?)",
                 (invite_code, did, created),
             )
+        if not active:
+            # An account migrating in: silent until activateAccount.
+            self.transactor.create_repo_unit(conn, did, signing_key, announce=False)
+            return sessions.start_session_unit(conn, did, now), []
         appended = [
             events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": created}, created),
             events.append_event(conn, did, "#account", {"did": did, "active": True, "time": created}, created),
         ]
         appended += self.transactor.create_repo_unit(conn, did, signing_key).events
         return sessions.start_session_unit(conn, did, now), appended
+
+    async def _check_handle(self, handle: str, did: str | None) -> str:
+        """
+        The normalized handle for a new account: one under this PDS's
+        domains, or, for an account arriving with its DID, one that
+        resolves to that DID (as the official PDS).
+        """
+        try:
+            return validate_new_handle(handle, self.handle_domains)
+        except XRPCError as e:
+            if did is None or e.name != "UnsupportedDomain" or self.resolve_handle is None:
+                raise
+        normalized = handle.strip().lower()
+        if await self.resolve_handle(normalized) != did:
+            raise InvalidRequest("External handle did not resolve to DID")
+        return normalized
 
     # -- signing in ----------------------------------------------------------
 
@@ -394,7 +439,17 @@ def check_password(password: str) -> None:
         )
 
 
-def _check_available(conn: Any, handle: str, email: str, invite_code: str | None) -> None:
+class AlreadyExists(InvalidRequest):
+    name = "AlreadyExists"
+
+
+def _check_available(
+    conn: Any, handle: str, email: str, invite_code: str | None, did: str | None = None
+) -> None:
+    if did is not None and conn.execute(
+        "SELECT 1 FROM accounts WHERE did = ? UNION ALL SELECT 1 FROM repo_roots WHERE did = ?", (did, did)
+    ).fetchone():
+        raise AlreadyExists(f"Repo already exists: {did}")
     if conn.execute("SELECT 1 FROM accounts WHERE handle = ?", (handle,)).fetchone():
         raise InvalidRequest("Handle already taken")
     if conn.execute("SELECT 1 FROM accounts WHERE email = ?", (email,)).fetchone():

@@ -8,7 +8,7 @@ name a blob the account does not hold (after a repo import): those are the
 "missing" blobs.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from leafpds.blobs.refs import BlobRef, find_blob_refs
@@ -85,6 +85,31 @@ def apply_commit(conn: Any, did: str, ops: Sequence[Any], writes: Sequence[Any])
         ).fetchone() is not None:
             gone.append(CID(cid))
     return gone
+
+
+def relink_imported(conn: Any, did: str, links: Iterable[tuple[bytes, str, str]], now: str) -> None:
+    """
+    After a repo import has replaced the account's records (their old links
+    gone with them): link the new records to the blobs they reference,
+    ``(blob CID, collection, rkey)`` each.  A temporary upload some record
+    now references becomes permanent; a permanent blob no record references
+    any more becomes temporary again, so the collector deletes it after the
+    grace period (unless a write references it first).  Referenced blobs
+    the account does not hold are the missing ones (:func:`list_missing`).
+    """
+    conn.executemany(
+        "INSERT OR IGNORE INTO record_blobs (did, blob_cid, collection, rkey) VALUES (?, ?, ?, ?)",
+        ((did, cid, collection, rkey) for cid, collection, rkey in links),
+    )
+    referenced = "EXISTS (SELECT 1 FROM record_blobs rb WHERE rb.did = blobs.did AND rb.blob_cid = blobs.cid)"
+    conn.execute(
+        f"UPDATE blobs SET temp_key = NULL WHERE did = ? AND temp_key IS NOT NULL AND {referenced}", (did,)
+    )
+    conn.execute(
+        f"UPDATE blobs SET temp_key = 'unreferenced', created_at = ?"
+        f" WHERE did = ? AND temp_key IS NULL AND NOT {referenced}",
+        (now, did),
+    )
 
 
 def _make_permanent(conn: Any, did: str, ref: BlobRef) -> None:

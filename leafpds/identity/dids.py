@@ -49,16 +49,16 @@ class DIDResolver:
         if self._dns is not None:
             self._dns.stop()
 
-    async def resolve(self, did: str) -> dict[str, Any] | None:
-        """The DID document, or None if ``did`` does not resolve."""
+    async def resolve(self, did: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """The DID document, or None if ``did`` does not resolve; ``fresh`` skips the caches."""
         now = self._reactor.seconds()
         cached = self._cache.get(did)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > now and not fresh:
             return cached[0]
         try:
             validate_did(did)
             if did.startswith("did:plc:"):
-                doc = await self._plc.resolve(did)
+                doc = await self._plc.resolve(did, fresh=fresh)
             elif did.startswith("did:web:"):
                 doc = await self._web(did)
             else:

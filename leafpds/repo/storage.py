@@ -90,7 +90,7 @@ def put_blocks(
     table = "blocks" if settled else "fresh_blocks"
     conn.executemany(
         f"INSERT OR IGNORE INTO {table} (did, cid, rev, data) VALUES (?, ?, ?, ?)",
-        [(did, cid.cid_bytes, rev, data) for cid, data in blocks],
+        ((did, cid.cid_bytes, rev, data) for cid, data in blocks),
     )
 
 

@@ -211,8 +211,14 @@ class RepoTransactor:
         self.notify(result.events)
         return result
 
-    def create_repo_unit(self, conn: Any, did: str, key: crypto.Keypair) -> CommitResult:
-        """The genesis commit, as a unit of work for a larger transaction."""
+    def create_repo_unit(
+        self, conn: Any, did: str, key: crypto.Keypair, announce: bool = True
+    ) -> CommitResult:
+        """
+        The genesis commit, as a unit of work for a larger transaction; with
+        ``announce`` False, no firehose events (an account migrating in,
+        whose repo is about to be imported).
+        """
         if storage.read_root(conn, did) is not None:
             raise InvalidRequest(f"Repo already exists: {did}")
         diff = apply_ops(storage.SQLBlocks(conn, did), None, [])
@@ -222,6 +228,8 @@ class RepoTransactor:
         now = now_iso()
         storage.put_blocks(conn, did, rev, [*diff.new_blocks.items(), (commit_cid, commit_block)])
         storage.write_root(conn, did, commit_cid, rev, now)
+        if not announce:
+            return CommitResult(did, commit_cid, rev, [], [], diff.root)
         appended = [
             events.append_event(conn, did, "#commit", {
                 "repo": did,

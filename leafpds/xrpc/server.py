@@ -6,11 +6,12 @@ from typing import Any
 from leafpds.accounts import lifecycle
 from leafpds.accounts.accounts import SignedIn
 from leafpds.accounts.service_auth import is_privileged, is_protected, is_service_audience
-from leafpds.errors import InvalidRequest, XRPCError
+from leafpds.accounts.service_jwt import verify_service_jwt
+from leafpds.errors import AuthenticationRequired, InvalidRequest, XRPCError
 from leafpds.accounts.sessions import ACCESS
 from leafpds.identity.plc import PLCError
 from leafpds.timestamps import now_iso
-from leafpds.xrpc.auth import access, access_full, access_privileged, admin, refresh
+from leafpds.xrpc.auth import access, access_full, access_privileged, admin, authorization, refresh
 from leafpds.xrpc.ratelimit import client_ip
 from leafpds.xrpc.registry import XRPCContext, xrpc
 
@@ -106,8 +107,8 @@ async def create_account(ctx: XRPCContext) -> dict[str, Any]:
     body = ctx.input
     if not ctx.app.settings.password_signup:
         raise InvalidRequest("This server creates accounts only through sign-in with GitHub or Google")
-    if body.get("did"):
-        raise InvalidRequest("Importing an existing DID is not supported here")
+    did = body.get("did")
+    did_doc = await _migrating_in(ctx, did) if did else None
     if "email" not in body:
         raise InvalidRequest("Email is required")
     if "password" not in body:
@@ -118,9 +119,34 @@ async def create_account(ctx: XRPCContext) -> dict[str, Any]:
         body["password"],
         body.get("inviteCode"),
         invite_required=ctx.app.settings.invite_required,
+        did=did or None,
+        did_doc=did_doc,
     )
     answer = await _session_answer(ctx, signed_in)
-    return {k: answer[k] for k in ("accessJwt", "refreshJwt", "handle", "did", "didDoc")}
+    return {k: answer[k] for k in ("accessJwt", "refreshJwt", "handle", "did", "didDoc") if k in answer}
+
+
+async def _migrating_in(ctx: XRPCContext, did: str) -> dict[str, Any] | None:
+    """
+    An account arriving from another PDS with its DID: the caller must
+    bring a service JWT from ``did`` for this PDS and this method, signed
+    with the DID's current key (the old PDS's getServiceAuth).  Returns the
+    DID's document.
+    """
+    found = authorization(ctx)
+    if found is None or found[0] != "bearer" or not found[1]:
+        raise AuthenticationRequired(f"Missing auth to create account with did: {did}")
+    resolve = ctx.app.proxy.dids.resolve
+    claims = await verify_service_jwt(
+        found[1],
+        aud=ctx.app.service_did,
+        lxm="com.atproto.server.createAccount",
+        resolve=resolve,
+        now=ctx.app.reactor.seconds(),
+    )
+    if claims.iss != did:
+        raise AuthenticationRequired(f"Auth doesn't match DID: {did}")
+    return await resolve(did)
 
 
 @xrpc.procedure("com.atproto.server.createSession")
