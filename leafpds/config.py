@@ -54,6 +54,10 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
     ),
     "max-json-body": ("1048576", "Largest JSON request body accepted, in bytes."),
     "max-blob-size": ("104857600", "Largest blob upload accepted, in bytes."),
+    "max-import-size": (
+        "1073741824",
+        "Largest repo CAR importRepo accepts, in bytes (the body is spooled to disk, not memory).",
+    ),
     "blobstore": (
         "disk",
         "Where blobs live: disk (<data-dir>/blobs) or s3://<bucket>[/<prefix>] "
@@ -226,6 +230,7 @@ class Settings:
     cpu_pairing: bool = True
     crawlers: tuple[str, ...] = ()
     max_blob_size: int = 104857600
+    max_import_size: int = 1073741824
     blob_grace: float = 3600.0
     blobstore: str = "disk"
     s3_bucket: str | None = None
@@ -275,6 +280,10 @@ class Settings:
             max_blob_size = int(values["max-blob-size"] or "")
         except ValueError:
             raise ConfigError("--max-blob-size must be a number of bytes") from None
+        try:
+            max_import_size = int(values["max-import-size"] or "")
+        except ValueError:
+            raise ConfigError("--max-import-size must be a number of bytes") from None
         try:
             blob_grace = float(values["blob-grace"] or "")
         except ValueError:
@@ -339,6 +348,7 @@ class Settings:
             cpu_pairing=not values["no-cpu-pairing"],
             crawlers=_comma_list(values["crawlers"]),
             max_blob_size=max_blob_size,
+            max_import_size=max_import_size,
             blob_grace=blob_grace,
             blobstore=blobstore,
             s3_bucket=s3_bucket,

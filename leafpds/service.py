@@ -121,7 +121,6 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         tokens,
         public_url=lambda: app.public_url,
         now=reactor.seconds,
-        resolve_handle=app.handle_resolver.resolve,
     )
     app.sequencer = Sequencer(
         db, reactor, settings.firehose_window * 3600, settings.firehose_buffer
@@ -254,6 +253,7 @@ class PDSService(MultiService):
         limits: dict[str, Any] = dict(
             max_body_size=settings.max_json_body,
             max_blob_size=settings.max_blob_size,
+            max_import_size=settings.max_import_size,
             spool=self.app.blobs.new_spool,
             space=self.app.db.space,
         )

@@ -24,7 +24,9 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 
 from leafpds.blobs import index
 from leafpds.blobs.refs import find_blob_refs
+from leafpds.blobs.spool import SUFFIX as SPOOL_SUFFIX
 from leafpds.db.pool import Database
+from leafpds.db.space import is_disk_full, refusal
 from leafpds.errors import AuthenticationRequired, InvalidRequest, RepoNotFound
 from leafpds.ipld import codec
 from leafpds.ipld.car import CarError, CarReader, CarWriter
@@ -279,11 +281,18 @@ async def import_repo(
     (default: the system's temporary folder).  The records index and the
     records' blob links are rebuilt; no firehose event is emitted.
     """
-    fd, name = tempfile.mkstemp(prefix="import-", suffix=".staging", dir=scratch)
+    # Named as the spool's files are, so that one a crash leaves is swept.
+    fd, name = tempfile.mkstemp(prefix="import-", suffix=".staging" + SPOOL_SUFFIX, dir=scratch)
     os.close(fd)  # SQLite takes the empty file for a new database
     path = Path(name)
     try:
-        staged = await deferToThread(_stage_from, car, path, did, did_key)
+        try:
+            staged = await deferToThread(_stage_from, car, path, did, did_key)
+        except (OSError, sqlite3.OperationalError) as e:
+            if not is_disk_full(e):
+                raise
+            db.space.filled(e)
+            raise refusal() from None
         await db.write(_store_imported, did, staged, now_iso())
         return staged
     finally:

@@ -1,17 +1,21 @@
 """com.atproto.repo.*: writing and reading records."""
 
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from leafpds import syntax
+from leafpds.blobs.spool import UploadSpool
+from leafpds.db.space import refusal
 from leafpds.errors import AuthenticationRequired, InvalidRequest, RecordNotFound
 from leafpds.ipld import atjson, codec
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.identity.plc import PLCError
 from leafpds.lexicon import ValidationError, validate_record
-from leafpds.repo import reads
+from leafpds.repo import archive, reads
 from leafpds.repo.transactor import UNSET, CommitResult, Write
 from leafpds.tid import TIDClock
-from leafpds.xrpc.auth import access
+from leafpds.web import incoming
+from leafpds.xrpc.auth import access, access_full
 from leafpds.xrpc.ratelimit import WRITE_POINTS
 from leafpds.xrpc.registry import XRPCContext, XRPCResponse, xrpc
 
@@ -256,3 +260,30 @@ async def describe_repo(ctx: XRPCContext) -> dict[str, Any]:
         "handleIsCorrect": f"at://{repo.handle}" in did_doc.get("alsoKnownAs", []),
         "didDoc": did_doc,
     }
+
+
+@xrpc.procedure("com.atproto.repo.importRepo", auth=access_full, raw_input=True)
+async def import_repo(ctx: XRPCContext) -> None:
+    """
+    Replace the caller's repo with the CAR in the body (an account migrating
+    in: it works while deactivated).  The body is spooled to disk as it
+    arrives, held to --max-import-size (see :mod:`leafpds.xrpc.site`), then
+    verified and swapped in all or nothing (:func:`leafpds.repo.archive.import_repo`).
+    The imported history makes no firehose events, as on the official PDS.
+    """
+    content_type = (incoming.header(ctx.request, "content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/vnd.ipld.car":
+        raise InvalidRequest(f"Wrong request encoding (Content-Type): {content_type or 'none'}")
+    did = ctx.auth.did
+    body = ctx.request.content
+    if isinstance(body, UploadSpool):
+        body.flush()
+        if body.no_room is not None:
+            ctx.app.db.space.filled(body.no_room)
+            raise refusal()
+        car: Path | IO[bytes] = body.path
+    else:  # a site without a spool (embedding): Twisted's own buffer
+        body.seek(0)
+        car = body
+    await archive.import_repo(ctx.app.db, did, car, scratch=ctx.app.blobs.spool_dir)
+    ctx.app.record_cache.forget_repo(did)

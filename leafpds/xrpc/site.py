@@ -23,6 +23,8 @@ from leafpds.errors import InvalidRequest, PayloadTooLarge, XRPCError
 
 #: The one method whose body is a blob.
 UPLOAD_PATH = b"/xrpc/com.atproto.repo.uploadBlob"
+#: The one method whose body is a whole repo (a CAR): spooled too, with its own limit.
+IMPORT_PATH = b"/xrpc/com.atproto.repo.importRepo"
 
 # Access log lines (Combined Log Format) go out as one log event per batch:
 # a log event costs ~30 µs in the JSON log observer, a twentieth of a small
@@ -133,9 +135,10 @@ class XRPCChannel(HTTPChannel):
 
 class XRPCSite(Site):
     """
-    ``spool()`` makes the file an upload's body streams into (closing it
-    must discard it); without one, uploads are ordinary bodies.  While
-    ``space`` is full, uploads are refused (507) before their body is read.
+    ``spool()`` makes the file an upload's (or a repo import's) body
+    streams into (closing it must discard it); without one, they are
+    ordinary bodies.  While ``space`` is full, they are refused (507)
+    before their body is read.
     """
 
     requestFactory = BodyLimitedRequest
@@ -151,12 +154,14 @@ class XRPCSite(Site):
         max_blob_size: int | None = None,
         spool: Callable[[], Any] | None = None,
         space: DiskSpace | None = None,
+        max_import_size: int | None = None,
     ) -> None:
         # XRPC parameters come from the query string only: never merge a
         # form-encoded body into request.args (nor read it all to do so).
         super().__init__(resource, timeout=IDLE_TIMEOUT, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
         self.max_blob_size = max_body_size if max_blob_size is None else max_blob_size
+        self.max_import_size = max_body_size if max_import_size is None else max_import_size
         self.spool = spool
         self.space = space
         self._access_lines: list[str] = []
@@ -164,11 +169,13 @@ class XRPCSite(Site):
 
     def is_upload(self, path: bytes) -> bool:
         """Whether the body of a request for ``path`` goes to an upload spool."""
-        return self.spool is not None and path == UPLOAD_PATH
+        return self.spool is not None and path in (UPLOAD_PATH, IMPORT_PATH)
 
     def body_limit(self, path: bytes) -> int:
         """The largest body a request for ``path`` may send."""
-        return self.max_blob_size if self.is_upload(path) else self.max_body_size
+        if path == IMPORT_PATH:
+            return self.max_import_size
+        return self.max_blob_size if path == UPLOAD_PATH else self.max_body_size
 
     def log(self, request: Request) -> None:
         self._access_lines.append(self._logFormatter(self._logDateTime, request))
@@ -211,8 +218,9 @@ class SharedSite(XRPCSite):
         spool: Callable[[], Any] | None = None,
         host_max_body_size: int | None = None,
         space: DiskSpace | None = None,
+        max_import_size: int | None = None,
     ) -> None:
-        super().__init__(resource, max_body_size, max_blob_size, spool, space)
+        super().__init__(resource, max_body_size, max_blob_size, spool, space, max_import_size)
         self.host = host
         self.serves = serves
         self.host_max_body_size = max_body_size if host_max_body_size is None else host_max_body_size
