@@ -223,7 +223,10 @@ def _stage_tree(conn: sqlite3.Connection, data: CID) -> int:
                 flush()
         # The empty tree's one node is read only when its CID is asked for.
         tree.root_cid()
-    except (MissingBlock, InvalidMSTNode, InvalidMSTKey, codec.DecodeError) as e:
+    except MissingBlock as e:
+        missing = e.args[0].encode() if e.args and isinstance(e.args[0], CID) else "?"
+        raise InvalidRequest(f"Invalid repo: MST node block missing: {missing}") from None
+    except (InvalidMSTNode, InvalidMSTKey, codec.DecodeError) as e:
         raise InvalidRequest(f"Invalid repo: {e}") from None
     flush()
     return count
