@@ -128,9 +128,9 @@ def in_threads(count: int, target) -> None:
         thread.join()
 
 
-def start_server(*options: str) -> tuple[subprocess.Popen, int, Connection]:
+def start_server(*options: str, plc_port: int | None = None) -> tuple[subprocess.Popen, int, Connection]:
     """A leafpds process (with ``options``) in a fresh data folder; returns it, its port and a connection to it."""
-    port, plc_port = free_port(), free_port()
+    port, plc_port = free_port(), plc_port or free_port()
     data = Path(tempfile.mkdtemp(prefix="leafpds-bench-"))
     server = subprocess.Popen(
         [sys.executable, "-m", "twisted", "--log-file", str(data / "server.log"), "leafpds",
