@@ -22,7 +22,9 @@ from leafpds.timestamps import iso_from_epoch
 from tests.documents_server import DocumentsServer
 from tests.harness import make_settings, start_pds
 from tests.smtp_standin import Inbox
-from tests.test_admin import PASSWORD, assert_error, bearer, create, firehose_from, login, newest_seq
+from tests.test_admin import (
+    ADMIN_PASSWORD, PASSWORD, admin_post, assert_error, bearer, create, firehose_from, login, newest_seq,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
@@ -387,7 +389,7 @@ async def test_the_directory_out_of_reach_is_a_clear_upstream_failure(world, tmp
 async def web(tmp_path):
     """(leafpds allowed to fetch documents from loopback, a documents server for did.json)."""
     documents = DocumentsServer.start()
-    pds = await start_pds(make_settings(tmp_path / "data", allow_private_services=True))
+    pds = await start_pds(make_settings(tmp_path / "data", allow_private_services=True, admin_password=ADMIN_PASSWORD))
     await pds.service.ready
     yield pds, documents
     await pds.service.stopService()
@@ -478,3 +480,8 @@ async def test_a_did_web_account_changes_handle_once_its_document_names_it(web):
     assert (await pds.get("com.atproto.server.getSession", headers=auth)).json()["handle"] == "webster.test"
     assert [body["handle"] for body in identities(await firehose_from(pds, cursor), did)] == ["webster.test"]
     assert (await app.dids.resolve(did))["alsoKnownAs"] == ["at://webster.test"]
+    # Nor can an admin write a did:web's document.
+    new_key = {"did": did, "signingKey": crypto.K256Keypair.generate().did()}
+    refused = await admin_post(pds, "com.atproto.admin.updateAccountSigningKey", new_key)
+    assert_error(refused, 400, "InvalidRequest")
+    assert "not a did:plc" in refused.json()["message"]
