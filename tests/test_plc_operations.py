@@ -304,7 +304,8 @@ async def test_submit_refuses_operations_that_point_elsewhere(world):
 
     cases = [
         (signed(rotationKeys=[someone]), "Rotation keys do not include server's rotation key"),
-        (signed(services={"atproto_pds": {"type": "Elsewhere", "endpoint": app.public_url}}), "Incorrect type on atproto_pds service"),
+        (signed(services={"atproto_pds": {"type": "Elsewhere", "endpoint": app.public_url}}),
+         "Incorrect type on atproto_pds service"),
         (signed(services={}), "Incorrect type on atproto_pds service"),
         (signed(services={"atproto_pds": {"type": "AtprotoPersonalDataServer", "endpoint": "https://pds.example.com"}}),
          "Incorrect endpoint on atproto_pds service"),
@@ -318,7 +319,8 @@ async def test_submit_refuses_operations_that_point_elsewhere(world):
         # Pointing here, but the directory refuses it, and says why.
         (sign_operation({**base}, crypto.K256Keypair.generate()), "invalid signature"),
         (signed(prev=operation_cid({"not": "an operation"}).encode()), "is not an operation in force"),
-        (signed(verificationMethods={**base["verificationMethods"], "extra": "did:key:zNotAKey"}), "verification method extra"),
+        (signed(verificationMethods={**base["verificationMethods"], "extra": "did:key:zNotAKey"}),
+         "verification method extra"),
     ]
     log = await audit(pds, did)
     cursor = await newest_seq(pds)
@@ -400,7 +402,8 @@ def did_web_document(did, handle, key, endpoint):
     """The document a did:web's owner publishes (what getRecommendedDidCredentials tells them)."""
     state = {
         "type": "plc_operation", "rotationKeys": [], "verificationMethods": {"atproto": key},
-        "alsoKnownAs": [f"at://{handle}"], "services": {"atproto_pds": {"type": "AtprotoPersonalDataServer", "endpoint": endpoint}},
+        "alsoKnownAs": [f"at://{handle}"],
+        "services": {"atproto_pds": {"type": "AtprotoPersonalDataServer", "endpoint": endpoint}},
         "prev": None, "sig": "",
     }
     return document_for(did, state)
@@ -446,7 +449,11 @@ async def test_a_did_web_account_is_valid_while_its_document_names_this_pds_and_
     assert [h["t"] for h, body in await firehose_from(pds, cursor) if body.get("did") == did] == [
         "#account", "#identity", "#sync",
     ]
-    # A did:web has no PLC operations (its code is good, and stays so).
+    # A did:web has no PLC operations: no code is mailed, and one is no use.
+    refused = await pds.post(REQUEST, headers=auth)
+    assert_error(refused, 400, "InvalidRequest")
+    assert "did:plc" in refused.json()["message"]
+    assert not await code_is_live(pds, did)
     code = await app.db.write(app.account_email.codes.issue_unit, did, email_tokens.PLC_OPERATION, reactor.seconds())
     refused = await sign(pds, auth, token=code)
     assert_error(refused, 400, "InvalidRequest")

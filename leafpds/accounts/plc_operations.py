@@ -47,6 +47,7 @@ CHOSEN_FIELDS = ("rotationKeys", "alsoKnownAs", "verificationMethods", "services
 
 async def request_signature(app: "AppContext", did: str) -> None:
     """Mail the account a code for :func:`sign` ("PLC Update Operation Requested")."""
+    _require_plc(did)
     await app.account_email.send_code(did, PLC_OPERATION)
 
 
