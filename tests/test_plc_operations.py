@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 
 from leafpds import crypto
 from leafpds.accounts import email_tokens
@@ -205,6 +206,50 @@ async def test_an_account_moves_its_identity_from_one_pds_to_another(two):
     assert await audit(a, did) == log_after
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_python_atproto_sdk_moves_the_identity(two):
+    """The calls a migration tool makes, through the Python atproto SDK (in threads: it blocks)."""
+    from atproto import Client
+    from atproto_client.exceptions import BadRequestError
+
+    a, b, inbox = two
+    did = (await create(a, "alice"))["did"]
+    key_b, _ = await arrive(b, did, "alice.test", "alice@example.com")
+    old, new = Client(base_url=a.url), Client(base_url=b.url)
+
+    def ask():
+        old.login("alice.test", PASSWORD, fetch_bsky_profile=False)
+        new.login("alice.test", PASSWORD, fetch_bsky_profile=False)
+        # The SDK follows the session's DID document, which names A until the
+        # move: a migration tool talks to the new PDS where it is.
+        new.update_base_url(b.url)
+        assert old.com.atproto.identity.request_plc_operation_signature()
+
+    def move(code):
+        credentials = new.com.atproto.identity.get_recommended_did_credentials()
+        with pytest.raises(BadRequestError) as wrong:
+            old.com.atproto.identity.sign_plc_operation({"token": "AAAAA-BBBBB"})
+        signed = old.com.atproto.identity.sign_plc_operation({
+            "token": code,
+            "rotation_keys": credentials.rotation_keys,
+            "also_known_as": credentials.also_known_as,
+            "verification_methods": credentials.verification_methods,
+            "services": credentials.services,
+        })
+        assert new.com.atproto.identity.submit_plc_operation({"operation": signed.operation})
+        new.com.atproto.server.activate_account()
+        return wrong.value.response.content.error, new.com.atproto.server.check_account_status()
+
+    await deferToThread(ask)
+    (mail,) = await inbox.wait(1)
+    error, status = await deferToThread(move, mail.code)
+    assert error == "InvalidToken"
+    assert status.valid_did and status.activated
+    doc = await a.service.app.plc.resolve(did, fresh=True)  # A's cache may hold the document of before
+    assert doc["service"][0]["serviceEndpoint"] == b.service.app.public_url
+    assert "did:key:" + doc["verificationMethod"][0]["publicKeyMultibase"] == key_b.did()
+
+
 # -- signPlcOperation's refusals ----------------------------------------------------------
 
 
@@ -362,7 +407,7 @@ async def test_submit_while_deactivated_forgets_the_cached_document(world):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_directory_out_of_reach_is_a_clear_upstream_failure(world, tmp_path):
+async def test_the_directory_out_of_reach_is_a_clear_upstream_failure(world):
     pds, inbox = world
     alice = await create(pds, "alice")
     did, auth = alice["did"], bearer(alice["accessJwt"])
