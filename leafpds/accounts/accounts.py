@@ -93,7 +93,7 @@ class Accounts:
         handle_domains: list[str],
         public_url: Callable[[], str],
         now: Callable[[], float],
-        dids: DIDResolver | None = None,
+        dids: DIDResolver,
     ) -> None:
         self.db = db
         self.keys = keys
@@ -357,7 +357,7 @@ class Accounts:
         A did:web's owner publishes its document: the handle is the
         account's only once the document, fetched afresh, names it.
         """
-        doc = await self.dids.resolve(did, fresh=True) if self.dids is not None else None
+        doc = await self.dids.resolve(did, fresh=True)
         if doc is None or parse_document(doc).handle != handle:
             raise InvalidRequest(f"DID is not properly configured for handle: its document must name at://{handle}")
 
@@ -392,7 +392,7 @@ class Accounts:
         except PLCError as e:
             raise UpstreamFailure(f"The PLC directory refused the change: {e}") from None
         finally:
-            (self.dids or self.plc).forget(did)
+            self.dids.forget(did)
 
 
 def check_email(email: str) -> str:

@@ -18,7 +18,15 @@ from twisted.internet.threads import deferToThread
 from leafpds.accounts import email_tokens
 from leafpds.accounts.passwords import verify_password
 from leafpds.errors import AuthenticationRequired, InvalidRequest
-from leafpds.identity.plc import ATPROTO_KEY, PDS_SERVICE, PLCError, PLCOperationError, data_for, parse_document
+from leafpds.identity.plc import (
+    ATPROTO_KEY,
+    PDS_SERVICE,
+    PLCError,
+    PLCOperationError,
+    check_structure,
+    data_for,
+    parse_document,
+)
 from leafpds.ipld.car import encode_car
 from leafpds.ipld.cid import CID
 from leafpds.repo import events
@@ -125,16 +133,16 @@ async def _did_problem(app: "AppContext", did: str) -> str | None:
     if did.startswith("did:plc:"):
         try:
             last = await app.plc.last_operation(did)
+            check_structure(last)
+            state = data_for(did, last)
         except PLCError as e:
             return f"Could not read the DID from the PLC directory: {e}"
-        try:
-            state = data_for(did, last)
-        except (PLCOperationError, KeyError, TypeError) as e:
+        except PLCOperationError as e:
             return f"The DID's PLC data is not usable: {e}"
         if app.accounts.rotation_key.did() not in state["rotationKeys"]:
             return "Server rotation key not included in PLC DID data"
-        endpoint = ((state.get("services") or {}).get(PDS_SERVICE) or {}).get("endpoint")
-        signing_key = (state.get("verificationMethods") or {}).get(ATPROTO_KEY)
+        endpoint = state["services"].get(PDS_SERVICE, {}).get("endpoint")
+        signing_key = state["verificationMethods"].get(ATPROTO_KEY)
     else:
         doc = await app.dids.resolve(did, fresh=True)
         if doc is None:
