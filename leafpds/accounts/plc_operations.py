@@ -73,7 +73,7 @@ async def sign(app: "AppContext", did: str, token: str | None, chosen: dict[str,
             "This server's rotation key is not among the DID's rotation keys:"
             " it cannot sign the DID's next operation"
         )
-    unsigned = {"type": OPERATION}
+    unsigned: dict[str, Any] = {"type": OPERATION}
     for field in CHOSEN_FIELDS:
         value = chosen.get(field)
         unsigned[field] = state[field] if value is None else value
