@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from leafpds.accounts.service_auth import ServiceAuth
     from leafpds.accounts.sessions import TokenIssuer
     from leafpds.blobs.blobs import Blobs
+    from leafpds.identity.dids import DIDResolver
     from leafpds.identity.handles import HandleResolver
     from leafpds.identity.plc import PLCClient
     from leafpds.mail.queue import MailQueue
@@ -38,6 +39,8 @@ class AppContext:
     tokens: "TokenIssuer"
     transactor: "RepoTransactor"
     plc: "PLCClient"
+    #: Any DID to its document (did:plc through ``plc``, did:web over HTTPS).
+    dids: "DIDResolver"
     handle_resolver: "HandleResolver"
     request_limits: "RateLimiter"
     write_limits: "RateLimiter"

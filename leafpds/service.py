@@ -31,6 +31,7 @@ from leafpds.blobs.store import BlobStore, DiskBlobStore
 from leafpds.config import ConfigError, Settings, load_master_secret
 from leafpds.db.pool import Database, connect
 from leafpds.identity.handles import HandleResolver
+from leafpds.identity.dids import DIDResolver
 from leafpds.identity.plc import PLCClient
 from leafpds.identity.plc_server import make_plc_service
 from leafpds.repo.transactor import RepoTransactor
@@ -77,6 +78,8 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     # Uploads spool to the local disk in either case (hashed as they arrive).
     blobs = Blobs(db, store, blob_root / "tmp", settings.blob_grace, reactor)
     transactor.commit_hooks.append(blobs.commit_hook)
+    # The embedded directory's URL is known once it listens.
+    plc = PLCClient(settings.plc_url or "", reactor)
     app = AppContext(
         settings=settings,
         db=db,
@@ -85,8 +88,8 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         keys=keys,
         tokens=tokens,
         transactor=transactor,
-        # The embedded directory's URL is known once it listens.
-        plc=PLCClient(settings.plc_url or "", reactor),
+        plc=plc,
+        dids=DIDResolver(reactor, plc, allow_private=settings.allow_private_services),
         handle_resolver=HandleResolver(reactor),
         request_limits=_limiter(settings, settings.rate_limit_requests, reactor),
         write_limits=_limiter(settings, settings.rate_limit_writes, reactor),
@@ -108,6 +111,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         public_url=lambda: app.public_url,
         now=reactor.seconds,
         resolve_handle=app.handle_resolver.resolve,
+        dids=app.dids,
     )
     if settings.smtp_url:
         sender: MailSender = SMTPSender(SMTPServer.parse(settings.smtp_url), reactor, settings.hostname)
@@ -348,6 +352,7 @@ class PDSService(MultiService):
         # reactor of an application that goes on running.
         await self.xrpc.proxy.stop()
         self.app.handle_resolver.stop()
+        self.app.dids.stop()
         await self.app.plc.close()
         await self.app.blobs.store.close()
 

@@ -103,6 +103,28 @@ async def test_deactivate_then_activate(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_preferences_are_put_while_deactivated(world):
+    """
+    Preferences are not repo writes: a migration puts them on the new PDS
+    before it activates the account (the official PDS refuses them only
+    to a taken-down account), while records stay refused.
+    """
+    pds, _ = world
+    alice, _, _ = await account_with_a_post_and_blob(pds, "alice")
+    did, auth = alice["did"], bearer(alice["accessJwt"])
+    assert (await pds.post("com.atproto.server.deactivateAccount", {}, headers=auth)).code == 200
+    prefs = [
+        {"$type": "app.bsky.actor.defs#adultContentPref", "enabled": True},
+        {"$type": "app.bsky.actor.defs#savedFeedsPrefV2", "items": []},
+    ]
+    answer = await pds.post("app.bsky.actor.putPreferences", {"preferences": prefs}, headers=auth)
+    assert answer.code == 200, answer.body
+    assert (await pds.get("app.bsky.actor.getPreferences", headers=auth)).json() == {"preferences": prefs}
+    assert (await account_status(pds, auth))["privateStateValues"] == 2
+    assert_error(await write(pds, did, auth), 401, "AccountDeactivated")
+
+
+@pytest_twisted.ensureDeferred
 async def test_takedown_over_deactivation(world):
     pds, _ = world
     alice, _, _ = await account_with_a_post_and_blob(pds, "alice")

@@ -25,6 +25,7 @@ from leafpds.accounts.passwords import hash_password, verify_password
 from leafpds.accounts.sessions import RefreshCredentials, Session, TokenIssuer, TokenPair
 from leafpds.db.pool import Database
 from leafpds.errors import AuthenticationRequired, InvalidRequest, XRPCError
+from leafpds.identity.dids import DIDResolver
 from leafpds.identity.handles import validate_new_handle
 from leafpds.identity.plc import (
     ATPROTO_KEY,
@@ -34,6 +35,7 @@ from leafpds.identity.plc import (
     did_for_genesis,
     document_for,
     operation_cid,
+    parse_document,
     sign_operation,
 )
 from leafpds.repo import events
@@ -91,6 +93,7 @@ class Accounts:
         handle_domains: list[str],
         public_url: Callable[[], str],
         now: Callable[[], float],
+        dids: DIDResolver,
         resolve_handle: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.db = db
@@ -104,6 +107,8 @@ class Accounts:
         self.now = now
         #: Handles to DIDs (the handle resolver), for accounts arriving with their DID.
         self.resolve_handle = resolve_handle
+        #: Resolves the documents of did:web accounts (whose owners publish them).
+        self.dids = dids
 
     # -- creating ------------------------------------------------------------
 
@@ -369,7 +374,10 @@ class Accounts:
         owner = await self.did_for_handle(handle)
         if owner is not None:
             raise InvalidRequest("Handle already taken")
-        await self._update_did(did, handle)
+        if did.startswith("did:plc:"):
+            await self._update_did(did, handle)
+        else:
+            await self._check_published_handle(did, handle)
         appended = await self.db.write(_change_handle, did, handle, iso_from_epoch(self.now()))
         self.transactor.notify(appended)
 
@@ -389,12 +397,23 @@ class Accounts:
         )
         self.transactor.notify(appended)
 
+    async def _check_published_handle(self, did: str, handle: str) -> None:
+        """
+        A did:web's owner publishes its document: the handle is the
+        account's only once the document, fetched afresh, names it.
+        """
+        doc = await self.dids.resolve(did, fresh=True)
+        if doc is None or parse_document(doc).handle != handle:
+            raise InvalidRequest(f"DID is not properly configured for handle: its document must name at://{handle}")
+
     async def _update_did(self, did: str, handle: str, signing_key: str | None = None) -> None:
         """
         A PLC operation after the DID's last one naming ``handle``, this PDS,
         and ``signing_key`` (by default the atproto key the last operation
         named, so a handle change keeps an admin's key change).
         """
+        if not did.startswith("did:plc:"):
+            raise InvalidRequest(f"{did} is not a did:plc: its owner changes its document where it is published")
         try:
             last = await self.plc.last_operation(did)
         except PLCError as e:
@@ -418,7 +437,7 @@ class Accounts:
         except PLCError as e:
             raise UpstreamFailure(f"The PLC directory refused the change: {e}") from None
         finally:
-            self.plc.forget(did)
+            self.dids.forget(did)
 
 
 def check_email(email: str) -> str:

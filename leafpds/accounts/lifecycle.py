@@ -18,7 +18,15 @@ from twisted.internet.threads import deferToThread
 from leafpds.accounts import email_tokens
 from leafpds.accounts.passwords import verify_password
 from leafpds.errors import AuthenticationRequired, InvalidRequest
-from leafpds.identity.plc import PLCError
+from leafpds.identity.plc import (
+    ATPROTO_KEY,
+    PDS_SERVICE,
+    PLCError,
+    PLCOperationError,
+    check_structure,
+    data_for,
+    parse_document,
+)
 from leafpds.ipld.car import encode_car
 from leafpds.ipld.cid import CID
 from leafpds.repo import events
@@ -116,19 +124,34 @@ async def check_status(app: "AppContext", did: str) -> dict[str, Any]:
 
 async def _did_problem(app: "AppContext", did: str) -> str | None:
     """
-    What keeps the DID from naming this PDS, or None: its current PLC data
-    must have this PDS's rotation key, its endpoint and the account's
-    signing key (the official PDS's three facts, and its words).
+    What keeps the DID from naming this PDS, or None (the official PDS's
+    checks, and its words).  A did:plc's current PLC data must have this
+    PDS's rotation key, its endpoint and the account's signing key; a
+    did:web has no rotation keys: its document, fetched afresh, must name
+    the endpoint and the key.
     """
-    try:
-        last = await app.plc.last_operation(did)
-    except PLCError as e:
-        return f"Could not read the DID from the PLC directory: {e}"
-    if app.accounts.rotation_key.did() not in (last.get("rotationKeys") or []):
-        return "Server rotation key not included in PLC DID data"
-    if ((last.get("services") or {}).get("atproto_pds") or {}).get("endpoint") != app.accounts.public_url():
+    if did.startswith("did:plc:"):
+        try:
+            last = await app.plc.last_operation(did)
+            check_structure(last)
+            state = data_for(did, last)
+        except PLCError as e:
+            return f"Could not read the DID from the PLC directory: {e}"
+        except PLCOperationError as e:
+            return f"The DID's PLC data is not usable: {e}"
+        if app.accounts.rotation_key.did() not in state["rotationKeys"]:
+            return "Server rotation key not included in PLC DID data"
+        endpoint = state["services"].get(PDS_SERVICE, {}).get("endpoint")
+        signing_key = state["verificationMethods"].get(ATPROTO_KEY)
+    else:
+        doc = await app.dids.resolve(did, fresh=True)
+        if doc is None:
+            return "Could not resolve DID"
+        identity = parse_document(doc)
+        endpoint, signing_key = identity.pds_endpoint, identity.signing_key
+    if endpoint != app.accounts.public_url():
         return "DID document atproto_pds service endpoint does not match PDS public url"
-    if (last.get("verificationMethods") or {}).get("atproto") != (await app.keys.signing_key(did)).did():
+    if signing_key != (await app.keys.signing_key(did)).did():
         return "DID document verification method does not match expected signing key"
     return None
 

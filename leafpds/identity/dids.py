@@ -50,7 +50,11 @@ class DIDResolver:
             self._dns.stop()
 
     async def resolve(self, did: str, *, fresh: bool = False) -> dict[str, Any] | None:
-        """The DID document, or None if ``did`` does not resolve; ``fresh`` skips the caches."""
+        """
+        The DID document, or None if ``did`` does not resolve; ``fresh``
+        skips the caches (ours and the PLC client's), for the checks that
+        must see the document as it is now.
+        """
         now = self._reactor.seconds()
         cached = self._cache.get(did)
         if cached is not None and cached[1] > now and not fresh:
@@ -76,6 +80,11 @@ class DIDResolver:
         if len(self._cache) > self.MAX_CACHED:
             del self._cache[next(iter(self._cache))]
         return doc
+
+    def forget(self, did: str) -> None:
+        """Drop ``did``'s document (ours and the PLC client's): it has just changed."""
+        self._cache.pop(did, None)
+        self._plc.forget(did)
 
     async def _web(self, did: str) -> dict[str, Any] | None:
         # atproto allows only host-level did:web (a port percent-encoded).

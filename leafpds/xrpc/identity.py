@@ -1,11 +1,12 @@
-"""com.atproto.identity.*: handles, and the credentials a DID document should name for this PDS."""
+"""com.atproto.identity.*: handles, the credentials a DID document should name for this PDS, PLC operations."""
 
 from typing import Any
 
 from leafpds import syntax
+from leafpds.accounts import plc_operations
 from leafpds.errors import InvalidRequest, XRPCError
 from leafpds.identity.plc import ATPROTO_KEY, PDS_SERVICE, PDS_TYPE
-from leafpds.xrpc.auth import access, access_privileged
+from leafpds.xrpc.auth import access, access_full, access_privileged
 from leafpds.xrpc.registry import XRPCContext, xrpc
 
 
@@ -48,3 +49,24 @@ async def get_recommended_did_credentials(ctx: XRPCContext) -> dict[str, Any]:
         "rotationKeys": [ctx.app.accounts.rotation_key.did()],
         "services": {PDS_SERVICE: {"type": PDS_TYPE, "endpoint": ctx.app.public_url}},
     }
+
+
+# -- PLC operations: moving an account between PDSes (accounts/plc_operations.py) --
+
+
+@xrpc.procedure("com.atproto.identity.requestPlcOperationSignature", auth=access_full)
+async def request_plc_operation_signature(ctx: XRPCContext) -> None:
+    ctx.app.method_limits[ctx.nsid].consume(ctx.auth.did, 1, ctx.request)
+    await plc_operations.request_signature(ctx.app, ctx.auth.did)
+
+
+@xrpc.procedure("com.atproto.identity.signPlcOperation", auth=access_full)
+async def sign_plc_operation(ctx: XRPCContext) -> dict[str, Any]:
+    body = ctx.input
+    operation = await plc_operations.sign(ctx.app, ctx.auth.did, body.get("token"), body)
+    return {"operation": operation}
+
+
+@xrpc.procedure("com.atproto.identity.submitPlcOperation", auth=access_full)
+async def submit_plc_operation(ctx: XRPCContext) -> None:
+    await plc_operations.submit(ctx.app, ctx.auth.did, ctx.input["operation"])

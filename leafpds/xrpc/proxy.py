@@ -38,7 +38,7 @@ from zope.interface import implementer
 from leafpds.accounts.service_auth import check_proxied_method, is_protected
 from leafpds.app import AppContext
 from leafpds.errors import InvalidRequest, InvalidToken, UpstreamFailure, XRPCError
-from leafpds.identity.dids import DIDResolver, service_endpoint
+from leafpds.identity.dids import service_endpoint
 from leafpds.outbound import PinnedEndpointFactory, Refused, SystemResolver, read_bounded, vetted_address
 from leafpds.web import incoming
 from leafpds.repo import reads
@@ -112,7 +112,6 @@ class Proxy:
         self.allow_private = settings.allow_private_services
         self.appview = Target(settings.appview_url, settings.appview_did, untrusted=False)
         self.reports = Target(settings.report_service_url, settings.report_service_did, untrusted=False)
-        self.dids = DIDResolver(self.reactor, app.plc, allow_private=self.allow_private)
         # One pool for every upstream: an AppView connection serves many calls.
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
@@ -121,7 +120,6 @@ class Proxy:
 
     async def stop(self) -> None:
         """Close the idle connections and stop the DNS clients' timers."""
-        self.dids.stop()
         if self._dns is not None:
             self._dns.stop()
         await self.pool.closeCachedConnections()
@@ -150,7 +148,7 @@ class Proxy:
         # The configured AppView is reached as configured, not resolved.
         if did == self.appview.did and service_id == "#bsky_appview":
             return self.appview
-        doc = await self.dids.resolve(did)
+        doc = await self.app.dids.resolve(did)
         if doc is None:
             raise InvalidRequest("could not resolve proxy did")
         url = service_endpoint(doc, service_id)

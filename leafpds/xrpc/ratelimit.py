@@ -24,6 +24,7 @@ METHOD_LIMITS = {
     "com.atproto.server.resetPassword": "50/300",
     "com.atproto.server.requestAccountDelete": "5/3600,15/86400",
     "com.atproto.server.deleteAccount": "50/300",
+    "com.atproto.identity.requestPlcOperationSignature": "5/3600,15/86400",
 }
 
 

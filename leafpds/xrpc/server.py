@@ -9,7 +9,6 @@ from leafpds.accounts.service_auth import is_privileged, is_protected, is_servic
 from leafpds.accounts.service_jwt import verify_service_jwt
 from leafpds.errors import AuthenticationRequired, InvalidRequest, XRPCError
 from leafpds.accounts.sessions import ACCESS
-from leafpds.identity.plc import PLCError
 from leafpds.timestamps import now_iso
 from leafpds.xrpc.auth import access, access_full, access_privileged, admin, authorization, refresh
 from leafpds.xrpc.ratelimit import client_ip
@@ -74,12 +73,9 @@ async def create_invite_codes(ctx: XRPCContext) -> dict[str, Any]:
 
 
 async def _did_doc(ctx: XRPCContext, did: str) -> dict[str, Any] | None:
-    # The document is a convenience in these answers: a PLC outage must not
-    # stop anyone from logging in.
-    try:
-        return await ctx.app.plc.resolve(did)
-    except PLCError:
-        return None
+    # The document is a convenience in these answers: an unreachable PLC
+    # directory or did:web host must not stop anyone from logging in.
+    return await ctx.app.dids.resolve(did)
 
 
 async def _session_answer(ctx: XRPCContext, signed_in: SignedIn) -> dict[str, Any]:
@@ -136,7 +132,7 @@ async def _migrating_in(ctx: XRPCContext, did: str) -> dict[str, Any] | None:
     found = authorization(ctx)
     if found is None or found[0] != "bearer" or not found[1]:
         raise AuthenticationRequired(f"Missing auth to create account with did: {did}")
-    resolve = ctx.app.proxy.dids.resolve
+    resolve = ctx.app.dids.resolve
     claims = await verify_service_jwt(
         found[1],
         aud=ctx.app.service_did,
