@@ -12,8 +12,11 @@ The SDK runs in a thread (it is synchronous); the servers are processes of
 their own, and the mail goes to a real SMTP server on loopback.
 """
 
+import os
 import struct
+import subprocess
 import zlib
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +27,7 @@ from atproto.exceptions import AtProtocolError
 from cbrrr import decode_multi_dag_cbor_in_violation_of_the_spec as frames
 from twisted.internet import threads
 
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, free_port
 from tests.smtp_standin import CODE, Inbox
 
 PASSWORD = "migrate-Me-2026"
@@ -69,9 +72,8 @@ class Mailbox:
 class PDS:
     """One running leafpds, seen from outside."""
 
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.url = server.url
+    def __init__(self, url: str) -> None:
+        self.url = url
         self.client = Client(f"{self.url}/xrpc")
         self.service_did = self.client.com.atproto.server.describe_server().did
 
@@ -117,11 +119,13 @@ def snapshot(client: Client, did: str) -> dict[str, Any]:
     return {"records": records, "blobs": blobs}
 
 
-def migrate(old: PDS, new: PDS, mailbox: Mailbox, did: str, existing: bool) -> dict[str, str]:
+def migrate(old: PDS, new: PDS, mailbox: Mailbox, did: str, existing: bool, preferences: bool = True) -> dict[str, str]:
     """
     Move ``did`` from ``old`` to ``new`` in the official sequence; the auth
     headers of the session on ``new``.  ``existing``: ``new`` still holds
     the account (deactivated) from before, so it signs in there instead.
+    ``preferences``: carry them (the official PDS keeps them only with an
+    AppView configured, which the one here has not).
     """
     old_client = old.sign_in()
     token = old_client.com.atproto.server.get_service_auth(
@@ -163,8 +167,9 @@ def migrate(old: PDS, new: PDS, mailbox: Mailbox, did: str, existing: bool) -> d
             break
     assert api.repo.list_missing_blobs(headers=auth).blobs == []
 
-    preferences = old_client.app.bsky.actor.get_preferences().preferences
-    new.client.app.bsky.actor.put_preferences({"preferences": preferences}, headers=auth)
+    if preferences:
+        carried = old_client.app.bsky.actor.get_preferences().preferences
+        new.client.app.bsky.actor.put_preferences({"preferences": carried}, headers=auth)
 
     # The identity: the new PDS's credentials, signed by the old one's rotation key.
     credentials = api.identity.get_recommended_did_credentials(headers=auth)
@@ -291,10 +296,71 @@ async def test_an_account_moves_between_two_leafpds_and_back(tmp_path):
     try:
         await b.start()
         await threads.deferToThread(
-            lambda: there_and_back(PDS(a), PDS(b), Mailbox(inbox), plc_url)
+            lambda: there_and_back(PDS(a.url), PDS(b.url), Mailbox(inbox), plc_url)
         )
     finally:
         for server in (a, b):
             if server.process is not None:
                 server.kill()
+        inbox.stop()
+
+
+REFPDS = Path(__file__).resolve().parents[2] / "shared" / "refpds"
+
+
+def start_official_pds(plc_url: str, smtp_port: int) -> str:
+    """The official PDS (../shared/refpds) on loopback, on leafpds's PLC directory; its URL."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "PDS_PORT": str(port),
+        "PLC_PORT": str(free_port()),
+        "EXTERNAL_PLC_URL": plc_url,
+        "PDS_SERVICE_DID": f"did:web:localhost%3A{port}",
+        "SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
+        "EMAIL_FROM": "official@example.com",
+    }
+    # One instance at a time: its run folder is shared.
+    subprocess.run(["bash", str(REFPDS / "stop.sh")], capture_output=True)
+    started = subprocess.run(
+        ["bash", str(REFPDS / "start.sh")], env=environ, capture_output=True, text=True, timeout=900
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+    urls = dict(line.split("=", 1) for line in started.stdout.splitlines() if line.startswith("PDS_"))
+    return urls.get("PDS_PUBLIC_URL") or urls["PDS_URL"]
+
+
+def out_to_the_official_pds_and_back(ours: PDS, official: PDS, mailbox: Mailbox, plc_url: str) -> None:
+    signup = ours.client.com.atproto.server.create_account({"handle": HANDLE, "email": EMAIL, "password": PASSWORD})
+    did = signup.did
+    alice = ours.sign_in()
+    populate(alice, did)
+    before = snapshot(alice, did)
+
+    migrate(ours, official, mailbox, did, existing=False, preferences=False)
+    there = check_moved(ours, official, did, before, plc_url)
+
+    there.send_image("made on the official PDS", image=png(4), image_alt="made there")
+    before = snapshot(there, did)
+    migrate(official, ours, mailbox, did, existing=True, preferences=False)
+    check_moved(official, ours, did, before, plc_url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_account_moves_to_the_official_pds_and_back(tmp_path):
+    inbox = Inbox().start()
+    (tmp_path / "ours").mkdir()
+    ours = ServerProcess(
+        tmp_path / "ours" / "data", "--smtp-url", f"smtp://127.0.0.1:{inbox.port}", "--email-from", "pds@example.com"
+    )
+    await ours.start()
+    plc_url = f"http://127.0.0.1:{ours.plc_port}"
+    try:
+        official_url = await threads.deferToThread(start_official_pds, plc_url, inbox.port)
+        await threads.deferToThread(
+            lambda: out_to_the_official_pds_and_back(PDS(ours.url), PDS(official_url), Mailbox(inbox), plc_url)
+        )
+    finally:
+        subprocess.run(["bash", str(REFPDS / "stop.sh")], capture_output=True)
+        ours.kill()
         inbox.stop()
