@@ -346,6 +346,8 @@ def out_to_the_official_pds_and_back(ours: PDS, official: PDS, mailbox: Mailbox,
     check_moved(official, ours, did, before, plc_url)
 
 
+# The first run installs the official PDS (npm, one native module compiled).
+@pytest.mark.timeout(900)
 @pytest_twisted.ensureDeferred
 async def test_an_account_moves_to_the_official_pds_and_back(tmp_path):
     inbox = Inbox().start()
