@@ -47,6 +47,13 @@ def png(seed: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
+def code_in(message) -> str:
+    """The one code in a mail, plain text or the text part of a multipart one (the official PDS's)."""
+    part = message.get_body(preferencelist=("plain", "html"))
+    (found,) = set(CODE.findall(part.get_content()))
+    return found
+
+
 class Mailbox:
     """The PLC codes the old PDS mails, read from the loopback SMTP server (from a thread)."""
 
@@ -64,7 +71,7 @@ class Mailbox:
                 if mail.message["subject"] == subject:
                     self.seen += index + 1
                     assert mail.recipients == [EMAIL]
-                    return CODE.search(mail.message.get_content()).group(0)
+                    return code_in(mail.message)
             time.sleep(0.02)
         raise AssertionError(f"no mail {subject!r}")
 
