@@ -61,16 +61,18 @@ def _no_store(request: IRequest) -> None:
 
 
 def send_page(
-    request: IRequest, title: str, content: str, code: int = 200, script: str = ""
+    request: IRequest, title: str, content: str, code: int = 200, script: str = "", images: str = ""
 ) -> bytes:
+    """A page; ``images`` is the CSP source its images may come from (none unless given)."""
     nonce = secrets.token_urlsafe(16)
+    img_src = f"img-src {images}; " if images else ""
     data = page(title, content, script, nonce)
     request.setResponseCode(code)
     request.setHeader("content-type", HTML)
     request.setHeader("content-length", str(len(data)))
     request.setHeader(
         "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; connect-src 'self'; "
+        f"default-src 'none'; style-src 'unsafe-inline'; connect-src 'self'; {img_src}"
         f"script-src 'nonce-{nonce}'; base-uri 'none'; frame-ancestors 'none'",
     )
     request.setHeader("x-frame-options", "DENY")
