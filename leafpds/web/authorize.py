@@ -331,7 +331,8 @@ class AuthorizePages:
 
     # -- the page ------------------------------------------------------------------
 
-    @app.route("/", methods=["GET"])
+    # Mounted at /oauth/authorize itself: the path left is "", not "/".
+    @app.route("/", methods=["GET"], strict_slashes=False)
     async def show(self, request: IRequest) -> bytes:
         request_uri = incoming.query_arg(request, "request_uri")
         client_id = incoming.query_arg(request, "client_id")
@@ -364,7 +365,7 @@ class AuthorizePages:
         self.flows[request_id] = flow
         return await self._next(request, flow)
 
-    @app.route("/", methods=["POST"])
+    @app.route("/", methods=["POST"], strict_slashes=False)
     async def act(self, request: IRequest) -> bytes:
         fields = form_fields(request)
         request_uri = fields.get("request_uri", "")

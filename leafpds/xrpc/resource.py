@@ -40,6 +40,7 @@ from leafpds.xrpc.ratelimit import client_ip as _client_ip
 from leafpds.xrpc.subscribe import FirehoseFactory
 from leafpds.web.account import AccountPages
 from leafpds.web.auth import AuthPages
+from leafpds.web.authorize import AuthorizePages
 from leafpds.web import incoming
 from leafpds.web.layout import send_redirect
 
@@ -114,6 +115,7 @@ class XRPCServer:
         self.auth = AuthPages(ctx)
         self.account = AccountPages(ctx, self.auth)
         self.oauth = OAuthEndpoints(ctx.oauth)
+        self.authorize = AuthorizePages(ctx, ctx.oauth, self.auth)
         self._folders, self._names = _claimed(self.app)
 
     def resource(self) -> IResource:
@@ -160,6 +162,11 @@ class XRPCServer:
     def oauth_endpoints(self, request: IRequest) -> Any:
         """The OAuth authorization server's JSON endpoints (see :mod:`leafpds.oauth.endpoints`)."""
         return self._limited(request, self.oauth.resource())
+
+    @app.route("/oauth/authorize", methods=["GET", "HEAD", "POST"])
+    def authorize_page(self, request: IRequest) -> Any:
+        """The authorization page (see :mod:`leafpds.web.authorize`)."""
+        return self._limited(request, self.authorize.resource())
 
     @app.route("/.well-known/oauth-protected-resource", methods=["GET", "HEAD"])
     def oauth_protected_resource(self, request: IRequest) -> bytes:
