@@ -228,14 +228,14 @@ async def web_app(tmp_path):
                     logo_uri=documents.origin + "/logo.png",
                     scope="atproto transition:generic transition:chat.bsky")
     documents.put("/client-metadata.json", metadata)
-    yield pds, App(Mounted(pds), client_id=client_id, redirect_uri=redirect_uri)
+    yield pds, App(Mounted(pds), client_id=client_id, redirect_uri=redirect_uri), documents
     await pds.service.stopService()
     await documents.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_remembered_consent_skips_the_screen(web_app):
-    pds, app = web_app
+    pds, app, _documents = web_app
     did = await add_alice(pds)
     person = Person(pds)
     page = await person.open(app, await push(app))
@@ -272,7 +272,7 @@ async def test_a_remembered_consent_skips_the_screen(web_app):
 
 @pytest_twisted.ensureDeferred
 async def test_prompt_none_without_an_account_answers_login_required(web_app):
-    pds, app = web_app
+    pds, app, _documents = web_app
     await add_alice(pds)
     params = back_at_client(await Person(pds).open(app, await push(app, prompt="none")), app.redirect_uri)
     assert params["error"] == "login_required" and params["state"] == "st-1"
@@ -356,3 +356,19 @@ async def test_sign_in_with_github_on_the_page_creates_the_account_and_comes_bac
         assert await count(pds, "accounts") == 1
     finally:
         await stop_world(world)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_logo_address_cannot_write_the_pages_csp(web_app):
+    pds, _app, documents = web_app
+    await add_alice(pds)
+    client_id = documents.origin + "/odd-client.json"
+    metadata = web_client_metadata(client_id, documents.origin + "/callback")
+    metadata["logo_uri"] = "https://logo;script-src 'unsafe-inline' x/logo.png"
+    documents.put("/odd-client.json", metadata)
+    app = App(Mounted(pds), client_id=client_id, redirect_uri=documents.origin + "/callback")
+    person = Person(pds)
+    consent = await person.sign_in(await person.open(app, await push(app)))
+    assert consent.code == 200 and "<h1>Allow Loopback web app?</h1>" in text(consent)
+    csp = consent.header("content-security-policy")
+    assert "unsafe-inline' x" not in csp and "img-src" not in csp and "<img" not in consent.body.decode()

@@ -32,6 +32,7 @@ to it, and every form carries a token derived from it and the request
 ``X-Frame-Options``) and run no script.
 """
 
+import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -86,6 +87,26 @@ class Flow:
     expires_at: float
     # The account that signed in (or was chosen) for it.
     did: str | None = None
+
+
+# A host the page's CSP may name (nothing that could end the directive or add one).
+_HOST = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")
+
+
+def _image_source(url: str | None) -> str:
+    """The CSP source allowing the client's logo at ``url`` (its origin), or "" to show none."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    host = parts.netloc.rpartition("@")[2].lower()
+    host = host.rsplit(":", 1)[0] if port is not None else host
+    if parts.scheme not in ("https", "http") or parts.username is not None or not _HOST.fullmatch(host):
+        return ""
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 class AuthorizePages:
@@ -173,11 +194,9 @@ class AuthorizePages:
         """Who is asking, as HTML, and the CSP source its logo needs ("" if none)."""
         client = flow.client
         name = escape(self._client_name(client))
-        logo, images = "", ""
-        if client.logo_uri:
-            parts = urlsplit(client.logo_uri)
-            images = f"{parts.scheme}://{parts.netloc}"
-            logo = f'<img src="{escape(client.logo_uri)}" alt="" width="48" height="48" class="logo"> '
+        logo, images = "", _image_source(client.logo_uri)
+        if images:
+            logo = f'<img src="{escape(client.logo_uri or "")}" alt="" width="48" height="48" class="logo"> '
         if client.client_uri:
             host = escape(urlsplit(client.client_uri).netloc)
             where = f' (<a href="{escape(client.client_uri)}" rel="noopener noreferrer">{host}</a>)'
