@@ -116,7 +116,7 @@ async def test_password_sign_in_and_consent_send_the_code_back(pds):
 
 @pytest_twisted.ensureDeferred
 async def test_requests_the_page_cannot_trust_get_an_error_page(pds):
-    await add_alice(pds)
+    did = await add_alice(pds)
     app = App(Mounted(pds))
     person = Person(pds)
     missing = await person.get("/oauth/authorize")
@@ -135,6 +135,10 @@ async def test_requests_the_page_cannot_trust_get_an_error_page(pds):
     assert thief.code == 400 and thief.header("location") is None
     # The same browser may reload it.
     assert (await person.open(app, request_uri)).code == 200
+
+    # A login_hint that is a DID prefills the account's handle.
+    hinted = await Person(pds).open(app, await push(app, login_hint=did))
+    assert 'autocomplete="username" value="alice.test"' in hinted.body.decode()
 
     # Expired: the pushed request lives 5 minutes.
     pending = pds.service.app.oauth.pending
