@@ -127,6 +127,8 @@ async def test_requests_the_page_cannot_trust_get_an_error_page(pds):
 
     # Another client's request_uri: refused, and the request stays the client's to open.
     request_uri = await push(app)
+    head = await pds.request("HEAD", "/oauth/authorize?" + urlencode({"request_uri": request_uri, "client_id": app.client_id}))
+    assert head.code == 200 and head.header("set-cookie") is None  # a link checker's look opens nothing
     other = await person.open(app, request_uri, client_id="http://localhost")
     assert other.code == 400 and other.header("location") is None
     assert (await person.open(app, request_uri)).code == 200

@@ -172,7 +172,7 @@ class AuthorizePages:
         return send_page(request, "This sign-in cannot go on", content, code)
 
     def _to_client(self, request: IRequest, flow: Flow, **result: str) -> bytes:
-        """Back to the client with a code or an error; the request is spent."""
+        """Back to the client with an error (``error``, ``description``); the request is spent."""
         self.server.pending.finish(flow.request_id)
         self.flows.pop(flow.request_id, None)
         return send_redirect(request, redirect_to_client(flow.request, self.server.issuer, **result))
@@ -353,6 +353,9 @@ class AuthorizePages:
     # Mounted at /oauth/authorize itself: the path left is "", not "/".
     @app.route("/", methods=["GET"], strict_slashes=False)
     async def show(self, request: IRequest) -> bytes:
+        if request.method == b"HEAD":
+            # A link checker's look opens nothing: the request is the person's browser's to open.
+            return send_page(request, "Sign in", "")
         request_uri = incoming.query_arg(request, "request_uri")
         client_id = incoming.query_arg(request, "client_id")
         if not request_uri or not client_id:

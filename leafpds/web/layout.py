@@ -39,6 +39,7 @@ button.quiet{background:#fff;color:#1f6feb}
 [role=alert]{color:#a40e26;font-weight:600}[role=status]{color:#1a7f37}
 code,.secret{font-family:ui-monospace,monospace;background:#eff1f3;padding:.1rem .3rem;border-radius:4px}
 .secret{font-size:1.25rem}
+img.logo{vertical-align:middle;border-radius:8px;margin-right:.25rem}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25rem .5rem .25rem 0;vertical-align:middle}
 """
 
