@@ -2,7 +2,7 @@
 The resource server's side: checking ``Authorization: DPoP <token>`` with
 its ``DPoP`` proof on an XRPC call, and what the answer to a refusal says
 (REFERENCE-NOTES.md: 401 everywhere, ``WWW-Authenticate: DPoP`` with the
-error, a fresh ``DPoP-Nonce``).  Not wired into XRPC yet.
+error, a fresh ``DPoP-Nonce``).  leafpds.xrpc.auth calls it.
 """
 
 from dataclasses import dataclass
@@ -20,6 +20,10 @@ class DpopCaller:
 
     access: OAuthAccess
     permissions: Permissions
+
+    @property
+    def did(self) -> str:
+        return self.access.did
 
 
 class ResourceRefusal(XRPCError):

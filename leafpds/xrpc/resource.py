@@ -34,7 +34,9 @@ from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
 from leafpds.oauth import metadata
 from leafpds.oauth.endpoints import OAuthEndpoints
+from leafpds.oauth.requirements import check_call
 from leafpds.xrpc.registry import ANSWERED, Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
+from leafpds.xrpc import auth
 from leafpds.xrpc.proxy import Proxy
 from leafpds.xrpc.ratelimit import client_ip as _client_ip
 from leafpds.xrpc.subscribe import FirehoseFactory
@@ -242,6 +244,9 @@ class XRPCServer:
             ctx.params = validate_params(self.ctx.lexicons, nsid, incoming.query_args(request))
             if method.kind == "procedure" and not method.raw_input:
                 ctx.input = self._json_input(request, nsid)
+            permissions = auth.oauth_permissions(ctx.auth)
+            if permissions is not None:
+                check_call(permissions, nsid, ctx.input, self.proxy.appview.aud)
             result = await method.handler(ctx)
             if result is ANSWERED:
                 return b""
