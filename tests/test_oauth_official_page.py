@@ -26,7 +26,7 @@ from twisted.internet import utils
 from twisted.internet.threads import deferToThread
 
 from tests.harness import make_settings, start_pds
-from tests.jsbundle import JS_DIR, atproto_api_bundle, install_node_modules  # noqa: F401 (a fixture)
+from tests.jsbundle import JS_DIR, install_node_modules
 from tests.oauth_keys import ClientKey
 from tests.signin import start_world, stop_world
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS

@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest_twisted
 from twisted.internet.task import Clock
 
+from leafpds.oauth.par import AuthorizationRequest
 from tests.documents_server import DocumentsServer
 from tests.harness import make_settings, start_pds
 from tests.signin import Browser, local, query, start_world, stop_world
@@ -378,3 +379,20 @@ async def test_a_logo_address_cannot_write_the_pages_csp(web_app):
     assert consent.code == 200 and "<h1>Allow Loopback web app?</h1>" in text(consent)
     csp = consent.header("content-security-policy")
     assert "unsafe-inline' x" not in csp and "img-src" not in csp and "<img" not in consent.body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_device_cookie_is_secure_on_an_https_server(tmp_path):
+    pds = await start_pds(make_settings(tmp_path / "data", public_url="https://pds.example.com"))
+    try:
+        app = App(Mounted(pds))
+        # Pushed through the server's own store: PAR's proofs would name https://pds.example.com.
+        request_uri = pds.service.app.oauth.pending.push(AuthorizationRequest(
+            client_id=app.client_id, redirect_uri=CALLBACK, scope="atproto", state="st-1",
+            code_challenge=app.challenge))
+        page = await Person(pds).open(app, request_uri)
+        assert page.code == 200, page.body
+        cookie = page.header("set-cookie")
+        assert cookie.startswith("leafpds_device=") and "Secure" in cookie and "HttpOnly" in cookie
+    finally:
+        await pds.service.stopService()
