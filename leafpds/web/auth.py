@@ -22,7 +22,7 @@ Sign-in with GitHub or Google, mounted under ``/auth/``:
 Going back to the app means a redirect to its ``redirect_uri`` with its
 ``state`` and a one-time ``code``; tokens never appear in a URL.  A sign-in
 started on the OAuth authorization page (``PendingLogin.resume``) goes back
-there instead, signed in (:meth:`AuthorizePages.resume`).
+there instead, signed in (:meth:`AuthorizePages.signed_in_elsewhere`).
 """
 
 import json
