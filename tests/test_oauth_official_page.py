@@ -61,8 +61,14 @@ class OfficialApp:
         return {line["step"]: line for line in map(json.loads, out.decode().splitlines())}
 
 
-def person_allows(url: str, shots: Path, *, password: str | None = None, handle: str | None = None) -> str:
-    """Chromium on the authorization page: signs in, allows; the callback URL the app was sent."""
+def person_allows(
+    urls: list[str], shots: Path, *, password: str | None = None, handle: str | None = None
+) -> list[str]:
+    """
+    Chromium on the authorization page, once per URL: signs in the first
+    time, then picks the account from the chooser; allows each time.  The
+    callback URLs the app was sent.
+    """
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=TIMEOUT_MS)
@@ -87,32 +93,38 @@ def person_allows(url: str, shots: Path, *, password: str | None = None, handle:
                 page.screenshot(path=shots / f"{step:02d}-{name}.png", full_page=True)
 
             try:
-                page.goto(url)
-                expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-                expect(page.get_by_text("This is a development app")).to_be_visible()
-                shot("sign-in")
-                if password is not None:
-                    # The app's login_hint is filled in already.
-                    expect(page.get_by_label("Handle or email")).to_have_value("alice.test")
-                    page.get_by_label("Password").fill(password)
-                    page.get_by_role("button", name="Sign in", exact=True).click()
-                else:
-                    page.get_by_role("button", name="Sign in with GitHub").click()
-                    expect(page.get_by_role("button", name="Authorize")).to_be_visible()
-                    shot("github-authorize")
-                    page.get_by_role("button", name="Authorize").click()
-                    expect(page.get_by_role("heading", name="Choose your handle")).to_be_visible()
-                    page.get_by_label("Handle").fill(handle or "")
-                    shot("choose-handle")
-                    page.get_by_role("button", name="Create my account").click()
-                expect(page.get_by_role("heading", name="Allow A development app?")).to_be_visible()
-                expect(page.get_by_text("Read and write everything in your account")).to_be_visible()
-                shot("consent")
-                page.get_by_role("button", name="Allow").click()
-                page.wait_for_url(lambda target: target.startswith(CALLBACK))
-                shot("back-at-app")
-                assert len(callbacks) == 1, callbacks
-                return callbacks[0]
+                for round, url in enumerate(urls):
+                    page.goto(url)
+                    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+                    expect(page.get_by_text("This is a development app")).to_be_visible()
+                    shot("sign-in")
+                    if round > 0:
+                        # Signed in on this browser already: the chooser offers the account.
+                        page.get_by_role("button", name=f"@{handle}").click()
+                    elif password is not None:
+                        # The app's login_hint is filled in already.
+                        expect(page.get_by_label("Handle or email")).to_have_value(handle)
+                        page.get_by_label("Password").fill(password)
+                        page.get_by_role("button", name="Sign in", exact=True).click()
+                    else:
+                        page.get_by_role("button", name="Sign in with GitHub").click()
+                        expect(page.get_by_role("button", name="Authorize")).to_be_visible()
+                        shot("github-authorize")
+                        page.get_by_role("button", name="Authorize").click()
+                        expect(page.get_by_role("heading", name="Choose your handle")).to_be_visible()
+                        page.get_by_label("Handle").fill(handle.removesuffix(".test"))
+                        shot("choose-handle")
+                        page.get_by_role("button", name="Create my account").click()
+                    # A development app is asked every time, remembered or not.
+                    expect(page.get_by_role("heading", name="Allow A development app?")).to_be_visible()
+                    expect(page.get_by_text(f"Signed in as @{handle}")).to_be_visible()
+                    expect(page.get_by_text("Read and write everything in your account")).to_be_visible()
+                    shot("consent")
+                    page.get_by_role("button", name="Allow").click()
+                    page.wait_for_url(lambda target: target.startswith(CALLBACK))
+                    shot("back-at-app")
+                assert len(callbacks) == len(urls), callbacks
+                return callbacks
             except Exception as e:
                 shot("failure")
                 raise AssertionError(f"{e}\n(screenshots in {shots})") from e
@@ -164,14 +176,14 @@ async def test_an_app_signs_a_person_in_with_a_password(tmp_path, atproto_api_bu
         did = (await pds.service.app.accounts.create("alice.test", "alice@example.com", PASSWORD)).account.did
         app = OfficialApp(atproto_api_bundle, tmp_path / "store.json", pds)
         # The app knows only the handle: it finds this PDS and its authorization server.
-        started = await app.run("authorize", "alice.test")
-        url = started["authorize"]["url"]
-        assert url.startswith(pds.service.app.public_url + "/oauth/authorize?")
+        # Twice: the second time, the browser has the account signed in already.
+        urls = [(await app.run("authorize", "alice.test"))["authorize"]["url"] for _ in range(2)]
+        assert all(url.startswith(pds.service.app.public_url + "/oauth/authorize?") for url in urls)
         shots = tmp_path / "screenshots"
         shots.mkdir()
-        callback = await deferToThread(person_allows, url, shots, password=PASSWORD)
-        assert urlsplit(callback).query
-        await check_the_app_worked(pds, await app.run("finish", urlsplit(callback).query), did)
+        callbacks = await deferToThread(person_allows, urls, shots, password=PASSWORD, handle="alice.test")
+        for callback in callbacks:
+            await check_the_app_worked(pds, await app.run("finish", urlsplit(callback).query), did)
     finally:
         await pds.service.stopService()
 
@@ -183,10 +195,10 @@ async def test_an_app_signs_a_new_person_up_with_github(tmp_path, atproto_api_bu
     try:
         app = OfficialApp(atproto_api_bundle, tmp_path / "store.json", pds)
         # No account yet, so no handle: the app starts from the server.
-        started = await app.run("authorize", pds.service.app.public_url)
+        url = (await app.run("authorize", pds.service.app.public_url))["authorize"]["url"]
         shots = tmp_path / "screenshots"
         shots.mkdir()
-        callback = await deferToThread(person_allows, started["authorize"]["url"], shots, handle="octo-oauth")
+        [callback] = await deferToThread(person_allows, [url], shots, handle="octo-oauth.test")
         did = await pds.service.app.accounts.did_for_handle("octo-oauth.test")
         assert did is not None  # the first sign-in made the account
         await check_the_app_worked(pds, await app.run("finish", urlsplit(callback).query), did)

@@ -251,7 +251,7 @@ class AuthorizePages:
         cancel = self._form(flow, "", '<button type="submit" name="action" value="deny" class="quiet">Cancel</button>')
         content = (
             f"{block}{alert}{chooser}"
-            + ("<h2>Sign in</h2>" if chooser else "")
+            + ("<h2>Or with another account</h2>" if chooser else "")
             + f"{providers}<h2>With a password</h2>{password}{cancel}"
         )
         return send_page(request, "Sign in", content, code, images=images)
