@@ -105,6 +105,7 @@ def person_allows(
                         # The app's login_hint is filled in already.
                         expect(page.get_by_label("Handle or email")).to_have_value(handle)
                         page.get_by_label("Password").fill(password)
+                        page.get_by_label("Remember this account on this browser").check()
                         page.get_by_role("button", name="Sign in", exact=True).click()
                     else:
                         page.get_by_role("button", name="Sign in with GitHub").click()

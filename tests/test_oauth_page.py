@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest_twisted
 from twisted.internet.task import Clock
 
+from leafpds.oauth.devices import device_accounts_unit
 from leafpds.oauth.par import AuthorizationRequest
 from tests.documents_server import DocumentsServer
 from tests.harness import make_settings, start_pds
@@ -58,8 +59,9 @@ class Person(Browser):
         form = {"request_uri": hidden(page, "request_uri"), "form_token": hidden(page, "form_token")}
         return await self.post_form("/oauth/authorize", {**form, "action": action, **fields})
 
-    async def sign_in(self, page, identifier: str = "alice.test", password: str = PASSWORD):
-        return await self.act(page, "sign-in", identifier=identifier, password=password)
+    async def sign_in(self, page, identifier: str = "alice.test", password: str = PASSWORD, remember: bool = True):
+        remembered = {"remember_device": "1"} if remember else {}
+        return await self.act(page, "sign-in", identifier=identifier, password=password, **remembered)
 
 
 async def push(app: App, **changes) -> str:
@@ -396,3 +398,25 @@ async def test_the_device_cookie_is_secure_on_an_https_server(tmp_path):
         assert cookie.startswith("leafpds_device=") and "Secure" in cookie and "HttpOnly" in cookie
     finally:
         await pds.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_browser_remembers_an_account_when_asked_and_for_a_week(pds):
+    did = await add_alice(pds)
+    app = App(Mounted(pds))
+    person = Person(pds)
+    sessions = await count(pds, "refresh_tokens")
+    consent = await person.sign_in(await person.open(app, await push(app)), remember=False)
+    back_at_client(await person.act(consent, "allow"))
+    # Not remembered: not offered, and the sign-in's session is over already.
+    assert await count(pds, "oauth_device_accounts") == 0 and await count(pds, "refresh_tokens") == sessions
+    page = await person.open(app, await push(app))
+    assert "Continue as" not in text(page)
+    consent = await person.sign_in(page)
+    back_at_client(await person.act(consent, "allow"))
+    assert "Continue as" in text(await person.open(app, await push(app)))
+    # Offered for a week after the sign-in, then the password is asked again.
+    device, now = person.cookies["leafpds_device"], time.time()
+    offered = await pds.service.app.db.read(device_accounts_unit, device, now + 6 * 24 * 3600)
+    assert [a.did for a in offered] == [did]
+    assert await pds.service.app.db.read(device_accounts_unit, device, now + 8 * 24 * 3600) == []

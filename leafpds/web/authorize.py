@@ -26,7 +26,8 @@ nobody vouches for).  ``prompt`` is honoured: ``none`` answers
 
 The browser carries one cookie here, a random device id (HttpOnly,
 SameSite=Lax, path ``/oauth``), which the server maps to the accounts
-signed in on it (:mod:`leafpds.oauth.devices`); an opened request is bound
+signed in on it (:mod:`leafpds.oauth.devices`: a password sign-in when the
+person ticks "remember", a provider's always, for a week); an opened request is bound
 to it, and every form carries a token derived from it and the request
 (against CSRF).  The pages are framed by nobody (``frame-ancestors 'none'``,
 ``X-Frame-Options``) and run no script.
@@ -245,7 +246,9 @@ class AuthorizePages:
             f'<input id="identifier" name="identifier" required autocomplete="username" value="{escape(prefill)}"'
             ' spellcheck="false" autocapitalize="none">'
             '<label for="password">Password</label>'
-            '<input id="password" name="password" type="password" required autocomplete="current-password">',
+            '<input id="password" name="password" type="password" required autocomplete="current-password">'
+            '<label><input type="checkbox" name="remember_device" value="1">'
+            " Remember this account on this browser (not on a shared computer)</label>",
             '<button type="submit" name="action" value="sign-in">Sign in</button>',
         )
         cancel = self._form(flow, "", '<button type="submit" name="action" value="deny" class="quiet">Cancel</button>')
@@ -325,13 +328,21 @@ class AuthorizePages:
             )
         return send_redirect(request, redirect_to_client(flow.request, self.server.issuer, code=code))
 
-    async def _signed_in(self, flow: Flow, signed_in: SignedIn) -> None:
-        """``signed_in``'s account is now this browser's, and the one authorizing ``flow``."""
-        session_id = self.ctx.tokens.verify_access(signed_in.tokens.access).session_id
-        await self.ctx.db.write(
-            add_device_account_unit, flow.device, signed_in.account.did, session_id, self.ctx.reactor.seconds()
-        )
-        flow.did = signed_in.account.did
+    async def _signed_in(self, flow: Flow, signed_in: SignedIn, remember: bool = True) -> None:
+        """
+        ``signed_in``'s account is the one authorizing ``flow``, and, if
+        ``remember``, offered on this browser from now on; if not, the
+        session the sign-in started ends at once.
+        """
+        credentials = self.ctx.tokens.verify_access(signed_in.tokens.access)
+        if remember:
+            await self.ctx.db.write(
+                add_device_account_unit, flow.device, credentials.did, credentials.session_id,
+                self.ctx.reactor.seconds(),
+            )
+        else:
+            await self.ctx.accounts.end_session(credentials.did, credentials.session_id)
+        flow.did = credentials.did
 
     async def _next(self, request: IRequest, flow: Flow) -> bytes:
         """Where a flow stands: consent (or the code) once an account is chosen, else sign-in."""
@@ -426,7 +437,7 @@ class AuthorizePages:
             return await self._sign_in_page(
                 request, flow, "App passwords sign apps in; use your own password here.", 403, identifier
             )
-        await self._signed_in(flow, signed_in)
+        await self._signed_in(flow, signed_in, remember=fields.get("remember_device") == "1")
         return await self._consent_or_code(request, flow)
 
     async def _choose(self, request: IRequest, flow: Flow, did: str) -> bytes:
