@@ -100,7 +100,7 @@ def person_allows(
                     shot("sign-in")
                     if round > 0:
                         # Signed in on this browser already: the chooser offers the account.
-                        page.get_by_role("button", name=f"@{handle}").click()
+                        page.get_by_role("button", name=f"@{handle}", exact=True).click()
                     elif password is not None:
                         # The app's login_hint is filled in already.
                         expect(page.get_by_label("Handle or email")).to_have_value(handle)

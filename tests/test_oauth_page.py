@@ -420,3 +420,9 @@ async def test_the_browser_remembers_an_account_when_asked_and_for_a_week(pds):
     offered = await pds.service.app.db.read(device_accounts_unit, device, now + 6 * 24 * 3600)
     assert [a.did for a in offered] == [did]
     assert await pds.service.app.db.read(device_accounts_unit, device, now + 8 * 24 * 3600) == []
+    # Forget: off the chooser, its session over; the page goes on.
+    page = await person.open(app, await push(app))
+    forgotten = await person.act(page, "forget", did=did)
+    assert forgotten.code == 200 and "Continue as" not in text(forgotten) and "<h1>Sign in</h1>" in text(forgotten)
+    assert await count(pds, "oauth_device_accounts") == 0 and await count(pds, "refresh_tokens") == sessions
+    assert (await person.act(forgotten, "choose", did=did)).code == 403

@@ -65,3 +65,12 @@ def device_accounts_unit(conn: Any, device: str, now: float) -> list[DeviceAccou
             (device_hash(device), iso_from_epoch(now - AUTHENTICATION_MAX_AGE), iso_from_epoch(now)),
         )
     ]
+
+
+def forget_device_account_unit(conn: Any, device: str, did: str) -> str | None:
+    """Take ``did`` off ``device``'s chooser; the session its sign-in started there (to end), if any."""
+    row = conn.execute(
+        "DELETE FROM oauth_device_accounts WHERE device_hash = ? AND did = ? RETURNING session_id",
+        (device_hash(device), did),
+    ).fetchone()
+    return row[0] if row is not None else None

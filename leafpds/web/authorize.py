@@ -10,7 +10,7 @@ signs in and lets an app (an OAuth client) use their account.
     browser, the configured providers (GitHub, Google) and a password.
 ``POST /oauth/authorize``
     the page's forms, told apart by ``action``: ``sign-in`` (a password),
-    ``choose`` (an account of the chooser), ``provider`` (off to GitHub or
+    ``choose`` or ``forget`` (an account of the chooser), ``provider`` (off to GitHub or
     Google through :mod:`leafpds.web.auth`, which comes back here signed
     in: :meth:`AuthorizePages.signed_in_elsewhere`), then ``allow`` or
     ``deny`` on the consent screen.
@@ -51,7 +51,12 @@ from leafpds.accounts.sessions import ACCESS, REFRESH_LIFETIME
 from leafpds.app import AppContext
 from leafpds.errors import XRPCError
 from leafpds.oauth.clients import Client
-from leafpds.oauth.devices import DeviceAccount, add_device_account_unit, device_accounts_unit
+from leafpds.oauth.devices import (
+    DeviceAccount,
+    add_device_account_unit,
+    device_accounts_unit,
+    forget_device_account_unit,
+)
 from leafpds.oauth.errors import OAuthError
 from leafpds.oauth.par import REQUEST_URI_PREFIX, AuthorizationRequest
 from leafpds.oauth.responses import describe_scope, redirect_to_client
@@ -226,7 +231,9 @@ class AuthorizePages:
                 chooser = "<h2>Continue as</h2>" + "".join(
                     self._form(
                         flow, f'<input type="hidden" name="did" value="{escape(a.did)}">',
-                        f'<button type="submit" name="action" value="choose">@{escape(a.handle)}</button>',
+                        f'<button type="submit" name="action" value="choose">@{escape(a.handle)}</button>'
+                        f'<button type="submit" name="action" value="forget" class="quiet"'
+                        f' aria-label="Forget @{escape(a.handle)} on this browser">Forget</button>',
                     )
                     for a in self._hinted_first(accounts, flow.request.login_hint)
                 )
@@ -414,6 +421,8 @@ class AuthorizePages:
             return await self._password(request, flow, fields)
         if action == "choose":
             return await self._choose(request, flow, fields.get("did", ""))
+        if action == "forget":
+            return await self._forget(request, flow, fields.get("did", ""))
         if action == "provider":
             return await self._provider(request, flow, fields.get("provider", ""))
         if action == "allow":
@@ -446,6 +455,13 @@ class AuthorizePages:
             return await self._sign_in_page(request, flow, "That account is no longer signed in here.", 403)
         flow.did = did
         return await self._consent_or_code(request, flow)
+
+    async def _forget(self, request: IRequest, flow: Flow, did: str) -> bytes:
+        """Sign an account out of this browser's chooser (its session here ends)."""
+        session_id = await self.ctx.db.write(forget_device_account_unit, flow.device, did)
+        if session_id is not None:
+            await self.ctx.accounts.end_session(did, session_id)
+        return await self._sign_in_page(request, flow)
 
     async def _provider(self, request: IRequest, flow: Flow, provider: str) -> bytes:
         if provider not in self.auth.providers:
