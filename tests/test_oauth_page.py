@@ -213,7 +213,9 @@ async def test_deny_sends_access_denied_to_the_client(pds):
     app = App(Mounted(pds))
     person = Person(pds)
     request_uri = await push(app)
-    consent = await person.sign_in(await person.open(app, request_uri))
+    # By email this time (the identifier is a handle or an email, as createSession's).
+    consent = await person.sign_in(await person.open(app, request_uri), identifier="Alice@Example.com")
+    assert consent.code == 200 and "@alice.test" in text(consent)
     params = back_at_client(await person.act(consent, "deny"))
     assert params == {"error": "access_denied", "error_description": "The person denied access",
                       "state": "st-1", "iss": pds.service.app.oauth.issuer}
