@@ -267,9 +267,13 @@ async def test_a_remembered_consent_skips_the_screen(web_app):
     assert page.code == 200 and "Continue as" in text(page) and "@alice.test" in text(page)
     params = back_at_client(await person.act(page, "choose", did=did), app.redirect_uri)
     assert (await app.exchange(params["code"]))[0] == 200
-    # prompt=none with the one account signed in here: no page at all.
-    silent = await person.open(app, await push(app, prompt="none"))
-    assert "code" in back_at_client(silent, app.redirect_uri)
+    # prompt=none with the hinted account, or without a hint the one account, signed in here: no page at all.
+    for hint in ("alice.test", did, None):
+        silent = await person.open(app, await push(app, prompt="none", login_hint=hint))
+        assert "code" in back_at_client(silent, app.redirect_uri), hint
+    # ... unless the app hints at another account.
+    other = await person.open(app, await push(app, prompt="none", login_hint="bob.test"))
+    assert back_at_client(other, app.redirect_uri)["error"] == "login_required"
     # prompt=consent asks anyway; more scope than remembered asks too.
     for changes in ({"prompt": "consent"}, {"scope": "atproto transition:generic transition:chat.bsky"}):
         page = await person.open(app, await push(app, **changes))

@@ -357,8 +357,12 @@ class AuthorizePages:
             return await self._consent_or_code(request, flow)
         if flow.request.prompt == "none":
             accounts = await self.ctx.db.read(device_accounts_unit, flow.device, self.ctx.reactor.seconds())
-            hinted = [a for a in accounts if flow.request.login_hint in (a.did, a.handle)]
-            chosen = hinted or (accounts if len(accounts) == 1 else [])
+            hint = flow.request.login_hint
+            # The hinted account, or without a hint the only one: never a guess.
+            if hint:
+                chosen = [a for a in accounts if hint in (a.did, a.handle)]
+            else:
+                chosen = accounts if len(accounts) == 1 else []
             if not chosen:
                 return self._to_client(request, flow, error="login_required",
                                        description="No account is signed in on this browser")
