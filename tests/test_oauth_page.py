@@ -432,3 +432,17 @@ async def test_the_browser_remembers_an_account_when_asked_and_for_a_week(pds):
     assert forgotten.code == 200 and "Continue as" not in text(forgotten) and "<h1>Sign in</h1>" in text(forgotten)
     assert await count(pds, "oauth_device_accounts") == 0 and await count(pds, "refresh_tokens") == sessions
     assert (await person.act(forgotten, "choose", did=did)).code == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_app_password_does_not_sign_in_here(pds):
+    did = await add_alice(pds)
+    created = await pds.service.app.accounts.create_app_password(did, "phone", False)
+    sessions = await count(pds, "refresh_tokens")
+    app = App(Mounted(pds))
+    person = Person(pds)
+    refused = await person.sign_in(await person.open(app, await push(app)), password=created["password"])
+    assert refused.code == 403 and "use your own password" in text(refused)
+    # Nothing stays of it: no session, nothing offered, nothing issued.
+    assert await count(pds, "refresh_tokens") == sessions
+    assert await count(pds, "oauth_device_accounts") == 0 and await count(pds, "oauth_codes") == 0
