@@ -446,3 +446,25 @@ async def test_an_app_password_does_not_sign_in_here(pds):
     # Nothing stays of it: no session, nothing offered, nothing issued.
     assert await count(pds, "refresh_tokens") == sessions
     assert await count(pds, "oauth_device_accounts") == 0 and await count(pds, "oauth_codes") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_in_with_google_on_the_page_creates_the_account_too(tmp_path):
+    world = await start_world(tmp_path / "data")
+    pds, _github, google = world
+    try:
+        app = App(Mounted(pds))
+        person = Person(pds)
+        page = await person.open(app, await push(app, login_hint=None))
+        to_google = await person.act(page, "provider", provider="google")
+        assert to_google.code == 303 and to_google.header("location").startswith(google.url)
+        chooser = await person.get(local(await person.approve(to_google.header("location"))))
+        assert chooser.code == 200 and "<h1>Choose your handle</h1>" in text(chooser)
+        back = await person.choose_handle(chooser, "ada-oauth")
+        consent = await person.get(back.header("location"))
+        assert consent.code == 200 and "@ada-oauth.test" in text(consent)
+        params = back_at_client(await person.act(consent, "allow"))
+        status, tokens = await app.exchange(params["code"])
+        assert status == 200 and tokens["sub"] == await pds.service.app.accounts.did_for_handle("ada-oauth.test")
+    finally:
+        await stop_world(world)
