@@ -5,6 +5,7 @@ its ``DPoP`` proof on an XRPC call, and what the answer to a refusal says
 error, a fresh ``DPoP-Nonce``).  leafpds.xrpc.auth calls it.
 """
 
+import functools
 from dataclasses import dataclass
 
 from leafpds.errors import XRPCError
@@ -58,4 +59,10 @@ def check_dpop_call(
         raise ResourceRefusal(e) from None
     if checked.jkt != access.dpop_jkt:
         raise ResourceRefusal(InvalidToken("Access token is bound to another DPoP key"))
-    return DpopCaller(access, Permissions(access.scope))
+    return DpopCaller(access, permissions_of(access.scope))
+
+
+# A grant's scope is the same on every call of the hour its token lives.
+@functools.lru_cache(maxsize=1024)
+def permissions_of(scope: str) -> Permissions:
+    return Permissions(scope)
