@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from leafpds.identity.plc import PLCClient
     from leafpds.mail.queue import MailQueue
     from leafpds.metrics import Metrics
+    from leafpds.oauth.server import AuthorizationServer
     from leafpds.repo.transactor import RepoTransactor
     from leafpds.sequencer.crawlers import CrawlerNotifier
     from leafpds.sequencer.fanout import Sequencer
@@ -50,6 +51,9 @@ class AppContext:
     blobs: "Blobs"
     #: Service JWTs signed with the accounts' keys (getServiceAuth, the proxy).
     service_auth: "ServiceAuth"
+    #: The OAuth authorization server (:mod:`leafpds.oauth`), whose access
+    #: tokens XRPC also accepts.
+    oauth: "AuthorizationServer"
     # Set once the services are built and the port is bound (the default
     # public URL for localhost includes the port).
     accounts: "Accounts" = field(init=False)

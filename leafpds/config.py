@@ -170,6 +170,9 @@ FLAGS: dict[str, str] = {
     "<bucket>.<endpoint host>/ (MinIO, Ceph and most self-hosted stores need it).",
     "s3-presigned-get": "Answer getBlob with a redirect to a short-lived presigned S3 URL "
     "instead of streaming the blob through leafpds.",
+    "oauth-allow-local-clients": "Accept OAuth clients whose client_id metadata document is served "
+    "over http or from a loopback or private address (development and tests only; the "
+    "http://localhost?... development clients need no switch).",
     "no-cpu-pairing": "Let the reactor and the database writer run on any CPU (by default they share one, "
     "which makes each commit's two hand-overs between them cheap).",
 }
@@ -257,6 +260,7 @@ class Settings:
     report_service_url: str = "https://mod.bsky.app"
     report_service_did: str = "did:plc:ar7c4by46qjdydhdevvrndac"
     allow_private_services: bool = False
+    oauth_allow_local_clients: bool = False
     #: --service-did as given; the DID in use is ``AppContext.service_did``
     #: (the default depends on the public URL, known once the port is bound).
     explicit_service_did: str | None = None
@@ -375,6 +379,7 @@ class Settings:
             report_service_url=(values["report-service-url"] or "").rstrip("/"),
             report_service_did=values["report-service-did"] or "",
             allow_private_services=values["allow-private-services"],
+            oauth_allow_local_clients=values["oauth-allow-local-clients"],
             explicit_service_did=service_did,
             smtp_url=smtp_url,
             email_from=email_from,

@@ -42,6 +42,15 @@ from leafpds.lexicon import Lexicons
 from leafpds.mail.queue import MailQueue
 from leafpds.mail.smtp import LogSender, MailSender, SMTPSender, SMTPServer
 from leafpds.metrics import Metrics
+from leafpds.oauth.clients import ClientStore
+from leafpds.oauth.dpop import DpopVerifier
+from leafpds.oauth.metadata import issuer
+from leafpds.oauth.nonces import DpopNonces
+from leafpds.oauth.par import PendingRequests
+from leafpds.oauth.replay import ReplayCache
+from leafpds.oauth.server import AuthorizationServer
+from leafpds.oauth.tokens import AccessTokens
+from leafpds.outbound import SystemResolver
 from leafpds.xrpc.resource import XRPCServer
 from leafpds.xrpc.site import SharedSite, XRPCSite
 
@@ -72,6 +81,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     service_did = settings.service_did_for(public_url)
     tokens = TokenIssuer(vault.subkey("jwt"), service_did, reactor.seconds)
     tokens.revoke(still_revoked)
+    oauth = authorization_server(settings, vault, tokens, db, public_url, service_did, reactor)
     transactor = RepoTransactor(db, keys)
     blob_root = settings.data_dir / "blobs"
     store = blob_store(settings, environ, reactor)
@@ -99,6 +109,7 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
         service_auth=ServiceAuth(keys, reactor),
         public_url=public_url,
         service_did=service_did,
+        oauth=oauth,
     )
     app.accounts = Accounts(
         db,
@@ -134,6 +145,31 @@ def open_app(settings: Settings, environ: Mapping[str, str], reactor: Any) -> Ap
     transactor.listeners.append(app.crawlers.committed)
     app.metrics = Metrics(app)
     return app
+
+
+def authorization_server(
+    settings: Settings, vault: Any, tokens: TokenIssuer, db: Database, public_url: str, service_did: str,
+    reactor: Any,
+) -> AuthorizationServer:
+    """
+    The OAuth authorization server (:mod:`leafpds.oauth`).  Its access
+    tokens have a secret of their own and share the session tokens'
+    revoked set; DPoP nonces come from the master secret, so they survive a
+    restart.
+    """
+    replay = ReplayCache(reactor)
+    access = AccessTokens(vault.subkey("oauth-access"), issuer(public_url), service_did, reactor, tokens.revoked)
+    return AuthorizationServer(
+        issuer=issuer(public_url),
+        db=db,
+        clients=ClientStore(reactor, SystemResolver(reactor), allow_local=settings.oauth_allow_local_clients),
+        dpop=DpopVerifier(reactor, DpopNonces(vault.subkey("dpop-nonce"), reactor), replay),
+        pending=PendingRequests(reactor),
+        access=access,
+        replay=replay,
+        clock=reactor,
+        revoked=tokens.revoke,
+    )
 
 
 def blob_store(settings: Settings, environ: Mapping[str, str], reactor: Any) -> BlobStore:
@@ -248,7 +284,7 @@ class PDSService(MultiService):
         The ``twisted.web`` site to serve leafpds with: leafpds alone, or
         beside ``host`` (an application's root resource, e.g. a Klein app's
         ``.resource()``), which then serves every path leafpds does not:
-        leafpds keeps ``/xrpc/``, ``/account/``, ``/auth/`` and its
+        leafpds keeps ``/xrpc/``, ``/account/``, ``/auth/``, ``/oauth/`` and its
         ``/.well-known/`` names (:meth:`XRPCServer.serves`).  The host's
         request bodies are held to ``host_max_body_size`` bytes (default:
         ``--max-json-body``).
@@ -327,6 +363,7 @@ class PDSService(MultiService):
         address = port.getHost() if port is not None else None
         self.app.public_url = settings.public_url_for_port(getattr(address, "port", None))
         self.app.service_did = self.app.tokens.service_did = settings.service_did_for(self.app.public_url)
+        self.app.oauth.serve_at(self.app.public_url, self.app.service_did)
         where = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}" if address else "the application's port"
         log.info(
             "leafpds {version} serving {url} as {did} (listening on {address}), data in {data_dir}",
@@ -355,6 +392,7 @@ class PDSService(MultiService):
         self.app.dids.stop()
         await self.app.plc.close()
         await self.app.blobs.store.close()
+        self.app.oauth.clients.stop()
 
     def _close_db(self, result):
         self.app.db.close()

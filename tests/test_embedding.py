@@ -142,7 +142,8 @@ async def test_the_host_keeps_its_paths_and_leafpds_keeps_its_own(embedded):
     assert all(
         serves(path)
         for path in [b"/xrpc/_health", b"/xrpc", b"/%78rpc/_health", b"/account", b"/auth/google/login",
-                     b"/.well-known/atproto-did"]
+                     b"/.well-known/atproto-did", b"/oauth/par", b"/oauth/authorize",
+                     b"/.well-known/oauth-authorization-server", b"/.well-known/oauth-protected-resource"]
     )
     assert not any(
         serves(path)

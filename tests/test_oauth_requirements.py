@@ -2,7 +2,7 @@
 
 import pytest
 
-from leafpds.oauth.requirements import ScopeMissing, check_blob, check_call, check_rpc, repo_writes
+from leafpds.oauth.requirements import OAuthForbidden, ScopeMissing, check_blob, check_call, check_rpc, repo_writes
 from leafpds.oauth.scopes import Permissions
 
 POST = "app.bsky.feed.post"
@@ -44,19 +44,35 @@ def test_apply_writes_needs_every_write():
 
 
 def test_account_and_identity_methods():
-    assert refused("atproto transition:generic", "com.atproto.server.updateEmail") == "account:email?action=manage"
-    check_call(Permissions("atproto account:email?action=manage"), "com.atproto.server.updateEmail")
-    assert refused("atproto account:email", "com.atproto.server.updateEmail") == "account:email?action=manage"
-    assert refused("atproto", "com.atproto.server.deactivateAccount") == "account:status?action=manage"
+    assert refused("atproto transition:generic", "com.atproto.server.requestEmailUpdate") == \
+        "account:email?action=manage"
+    check_call(Permissions("atproto account:email?action=manage"), "com.atproto.server.confirmEmail")
+    assert refused("atproto account:email", "com.atproto.server.requestEmailConfirmation") == \
+        "account:email?action=manage"
     assert refused("atproto", "com.atproto.repo.importRepo") == "account:repo?action=manage"
     check_call(Permissions("atproto identity:handle"), "com.atproto.identity.updateHandle")
     assert refused("atproto identity:handle", "com.atproto.identity.submitPlcOperation") == "identity:*"
     check_call(Permissions("atproto identity:*"), "com.atproto.identity.signPlcOperation")
 
 
-def test_credential_management_is_never_allowed():
-    for nsid in ("com.atproto.server.createAppPassword", "com.atproto.server.requestAccountDelete"):
-        refused("atproto transition:generic identity:* account:status?action=manage", nsid)
+def test_what_needs_the_password_is_never_allowed():
+    everything = Permissions("atproto transition:generic identity:* account:status?action=manage "
+                             "account:email?action=manage")
+    for nsid in ("com.atproto.server.createAppPassword", "com.atproto.server.requestAccountDelete",
+                 "com.atproto.server.updateEmail", "com.atproto.server.deactivateAccount",
+                 "com.atproto.server.activateAccount", "com.atproto.server.listAppPasswords"):
+        with pytest.raises(OAuthForbidden) as refusal:
+            check_call(everything, nsid)
+        assert (refusal.value.status, refusal.value.name) == (403, "Forbidden")
+
+
+def test_preferences_need_the_appview():
+    check_call(Permissions("atproto transition:generic"), "app.bsky.actor.getPreferences", appview=APPVIEW)
+    check_call(Permissions(f"atproto rpc:app.bsky.actor.putPreferences?aud={APPVIEW}"),
+               "app.bsky.actor.putPreferences", appview=APPVIEW)
+    with pytest.raises(ScopeMissing, match="rpc:app.bsky.actor.getPreferences"):
+        check_call(Permissions(f"atproto rpc:app.bsky.actor.putPreferences?aud={APPVIEW}"),
+                   "app.bsky.actor.getPreferences", appview=APPVIEW)
 
 
 def test_reads_need_only_atproto():

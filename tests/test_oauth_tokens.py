@@ -214,9 +214,13 @@ def test_revoking_a_refresh_token_or_an_access_tokens_grant(db):
 
 def test_the_account_page_revokes_only_its_own_grants(db):
     issued = exchange(db, code(db))
+    db(remember_consent_unit, DID, CLIENT, "atproto", NOW)
     assert not db(revoke_account_grant_unit, "did:plc:someoneelse", issued.grant.id, NOW)
+    assert db(consented_unit, DID, CLIENT, "atproto")
     assert db(revoke_account_grant_unit, DID, issued.grant.id, NOW)
     assert db(grants_of_unit, DID) == []
+    # The app must ask again: its remembered consent went with the grant.
+    assert not db(consented_unit, DID, CLIENT, "atproto")
 
 
 def test_deleting_the_account_deletes_its_grants_and_codes(db):
@@ -233,6 +237,9 @@ def test_remembered_consent_covers_the_same_or_a_smaller_scope(db):
     assert db(consented_unit, DID, CLIENT, "transition:generic atproto")
     assert not db(consented_unit, DID, CLIENT, "atproto transition:email")
     assert not db(consented_unit, DID, "https://other.example.com/m.json", "atproto")
+    # A later, narrower consent keeps what was consented to before.
+    db(remember_consent_unit, DID, CLIENT, "atproto transition:email", NOW)
+    assert db(consented_unit, DID, CLIENT, "atproto transition:generic transition:email")
 
 
 @pytest.fixture

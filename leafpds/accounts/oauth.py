@@ -109,6 +109,9 @@ class PendingLogin:
     app_state: str
     # Set when a signed-in user links this provider to their account.
     link_to: str | None = None
+    # Set when the sign-in started on the OAuth authorization page: the
+    # pending authorization request it goes back to (leafpds.web.authorize).
+    resume: str = ""
 
 
 @dataclass(frozen=True)

@@ -414,6 +414,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE accounts ADD COLUMN deactivated_at TEXT;
     ALTER TABLE accounts ADD COLUMN delete_after TEXT;
     """,
+    # 11: the accounts signed in on a browser at the OAuth authorization
+    # page, for its account chooser (leafpds/oauth/devices.py): the hash of
+    # the browser's device cookie and the session each sign-in started there.
+    """
+    CREATE TABLE oauth_device_accounts (
+        device_hash BLOB NOT NULL,
+        did TEXT NOT NULL REFERENCES accounts(did) ON DELETE CASCADE,
+        session_id TEXT NOT NULL,
+        signed_in_at TEXT NOT NULL,
+        PRIMARY KEY (device_hash, did)
+    ) STRICT, WITHOUT ROWID;
+    """,
 ]
 
 

@@ -2,9 +2,10 @@
 The resource server's side: checking ``Authorization: DPoP <token>`` with
 its ``DPoP`` proof on an XRPC call, and what the answer to a refusal says
 (REFERENCE-NOTES.md: 401 everywhere, ``WWW-Authenticate: DPoP`` with the
-error, a fresh ``DPoP-Nonce``).  Not wired into XRPC yet.
+error, a fresh ``DPoP-Nonce``).  leafpds.xrpc.auth calls it.
 """
 
+import functools
 from dataclasses import dataclass
 
 from leafpds.errors import XRPCError
@@ -20,6 +21,10 @@ class DpopCaller:
 
     access: OAuthAccess
     permissions: Permissions
+
+    @property
+    def did(self) -> str:
+        return self.access.did
 
 
 class ResourceRefusal(XRPCError):
@@ -54,4 +59,10 @@ def check_dpop_call(
         raise ResourceRefusal(e) from None
     if checked.jkt != access.dpop_jkt:
         raise ResourceRefusal(InvalidToken("Access token is bound to another DPoP key"))
-    return DpopCaller(access, Permissions(access.scope))
+    return DpopCaller(access, permissions_of(access.scope))
+
+
+# A grant's scope is the same on every call of the hour its token lives.
+@functools.lru_cache(maxsize=1024)
+def permissions_of(scope: str) -> Permissions:
+    return Permissions(scope)

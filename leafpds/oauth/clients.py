@@ -312,6 +312,12 @@ class ClientStore:
         self._cache: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self._waiting: dict[str, list[Deferred[Any]]] = {}
 
+    def stop(self) -> None:
+        """Stop the DNS client's timers, if it has any (see :class:`leafpds.outbound.SystemResolver`)."""
+        stop = getattr(self._resolver, "stop", None)
+        if stop is not None:
+            stop()
+
     async def get(self, client_id: str) -> Client:
         """The client ``client_id`` names; :class:`InvalidClientMetadata` if it cannot be had."""
         if not isinstance(client_id, str) or not client_id or len(client_id) > 2048:

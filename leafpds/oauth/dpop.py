@@ -11,6 +11,7 @@ that token's hash.  The order of the checks is the official PDS's, so the
 same faulty proof gets the same error from both.
 """
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from leafpds.oauth import jws
 from leafpds.oauth.errors import InvalidDpopProof, UseDpopNonce
-from leafpds.oauth.jwk import ALGORITHMS, BadKey, public_key, thumbprint
+from leafpds.oauth.jwk import ALGORITHMS, BadKey, public_key_and_thumbprint
 from leafpds.oauth.nonces import DpopNonces
 from leafpds.oauth.replay import ReplayCache
 
@@ -49,6 +50,8 @@ def access_token_hash(token: str) -> str:
     return base64url_encode(hashlib.sha256(token.encode("ascii")).digest()).decode("ascii")
 
 
+# A client calls the same few URLs over and over.
+@functools.lru_cache(maxsize=1024)
 def normalize_htu(url: str) -> str:
     """
     ``url`` as proofs' ``htu`` is compared: scheme and host lower-cased, the
@@ -97,7 +100,7 @@ class DpopVerifier:
         """
         if not proof:
             raise InvalidDpopProof("DPoP proof required")
-        header, claims = self._signed_claims(proof)
+        jkt, claims = self._signed_claims(proof)
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise InvalidDpopProof('DPoP "jti" missing')
@@ -131,9 +134,10 @@ class DpopVerifier:
         # Last, so that a proof refused for another reason burns no jti.
         if not self._replay.use(f"dpop:{jti}", claims["iat"] + self._max_age + self._tolerance):
             raise InvalidDpopProof("DPoP proof replayed")
-        return Proof(thumbprint(header["jwk"]), jti, htm, htu)
+        return Proof(jkt, jti, htm, htu)
 
-    def _signed_claims(self, proof: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _signed_claims(self, proof: str) -> tuple[str, dict[str, Any]]:
+        """The thumbprint of the key that signed ``proof``, and its claims."""
         if len(proof) > MAX_PROOF:
             raise InvalidDpopProof("DPoP proof too large")
         try:
@@ -148,7 +152,7 @@ class DpopVerifier:
         if alg not in ALGORITHMS:
             raise InvalidDpopProof("Failed to verify DPoP proof: unsupported algorithm")
         try:
-            key = public_key(header.get("jwk"), alg)
+            key, jkt = public_key_and_thumbprint(header.get("jwk"), alg)
         except BadKey as e:
             raise InvalidDpopProof(f"Failed to verify DPoP proof: {e}") from None
         if not jws.verify_es256(key, signing_input, signature):
@@ -161,4 +165,4 @@ class DpopVerifier:
             raise InvalidDpopProof('Failed to verify DPoP proof: "iat" in the future')
         if iat < now - self._max_age - self._tolerance:
             raise InvalidDpopProof('Failed to verify DPoP proof: "iat" too old')
-        return header, claims
+        return jkt, claims

@@ -1,7 +1,7 @@
 """
 The authorization server's JSON endpoints over HTTP, for mounting under
-``/oauth/``: ``POST par``, ``POST token``, ``POST revoke``, ``GET jwks``.
-Not mounted yet (see :mod:`leafpds.oauth`); the tests serve it on loopback.
+``/oauth/``: ``POST par``, ``POST token``, ``POST revoke``, ``GET jwks``
+(leafpds.xrpc.resource mounts it; the authorization page is in ``web/``).
 
 Every answer carries ``Cache-Control: no-store`` and a fresh ``DPoP-Nonce``
 (exposed to browser clients by CORS: these endpoints are called from any
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from werkzeug.exceptions import HTTPException
 
 from leafpds.errors import XRPCError
 from leafpds.oauth.errors import InvalidRequest, OAuthError
@@ -71,6 +72,9 @@ class OAuthEndpoints:
             return self._answer(request, error.status, error.to_oauth_json())
         if isinstance(error, XRPCError):  # a malformed header, read through incoming
             return self._answer(request, 400, {"error": "invalid_request", "error_description": error.message})
+        if isinstance(error, HTTPException):  # no such endpoint, or not with this method
+            return self._answer(request, error.code or 400, {"error": "invalid_request",
+                                                            "error_description": error.name})
         log.failure("OAuth endpoint failed", failure)
         return self._answer(request, 500, {"error": "server_error", "error_description": "Internal error"})
 

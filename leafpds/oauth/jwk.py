@@ -43,24 +43,31 @@ def public_key(jwk: Any, alg: str) -> Any:
     The verifying key of the public JWK ``jwk`` for algorithm ``alg`` (one
     of :data:`ALGORITHMS`); :class:`BadKey` for a private key, another
     curve, an algorithm the key says it is not for, or a malformed key.
-    A client signs every DPoP proof with the same key: the keys last made
-    are remembered.
+    """
+    return public_key_and_thumbprint(jwk, alg)[0]
+
+
+def public_key_and_thumbprint(jwk: Any, alg: str) -> tuple[Any, str]:
+    """
+    :func:`public_key` and :func:`thumbprint` at once.  A client signs every
+    DPoP proof with the same key: the keys last made are remembered, with
+    their thumbprints.
     """
     try:
         cache_key = (json.dumps(jwk, sort_keys=True), alg)
     except (TypeError, ValueError):
         raise BadKey("key is not JSON") from None
-    key = _keys.get(cache_key)
-    if key is None:
-        key = _public_key(jwk, alg)
+    known = _keys.get(cache_key)
+    if known is None:
+        known = _public_key(jwk, alg), thumbprint(jwk)
         if len(_keys) >= MAX_CACHED_KEYS:
             del _keys[next(iter(_keys))]
-        _keys[cache_key] = key
-    return key
+        _keys[cache_key] = known
+    return known
 
 
 MAX_CACHED_KEYS = 4096
-_keys: dict[tuple[str, str], Any] = {}
+_keys: dict[tuple[str, str], tuple[Any, str]] = {}
 
 
 def _public_key(jwk: Any, alg: str) -> Any:

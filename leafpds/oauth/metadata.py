@@ -4,7 +4,6 @@ The two discovery documents, as the official PDS publishes them
 (RFC 9728) that sends a client from the PDS to its authorization server,
 and the authorization-server metadata (RFC 8414).  Here the PDS is its own
 authorization server, so the issuer and the resource are the public URL.
-They are not served yet: see :mod:`leafpds.oauth`.
 """
 
 from typing import Any

@@ -4,9 +4,13 @@ official PDS asks it (``permissions.assert…`` in its handlers): record
 writes need ``repo:`` for their collection and action (``putRecord`` both
 create and update), ``uploadBlob`` ``blob:`` for its type, a proxied call
 or a service-auth token ``rpc:`` for its method and audience, email and
-status changes ``account:``, handle and PLC changes ``identity:``.  A
-refusal is 403 ``ScopeMissingError`` naming the scope that would have
-allowed it.  Not wired into XRPC yet.
+address changes ``account:email?action=manage``, handle and PLC changes
+``identity:``, the preferences (which the official PDS keeps for the
+AppView) ``rpc:`` for the AppView.  A refusal is 403 ``ScopeMissingError``
+naming the scope that would have allowed it.  What only the account's own
+password may do (app passwords, deactivation, changing the email, deleting
+the account) no grant allows: 403 ``Forbidden``, as the official PDS
+answers OAuth credentials on its ``ACCESS_FULL`` methods.
 """
 
 from typing import Any
@@ -18,11 +22,8 @@ from leafpds.oauth.scopes import Permissions
 # Methods that change an account attribute: (attribute, action).
 ACCOUNT_METHODS: dict[str, tuple[str, str]] = {
     "com.atproto.server.requestEmailUpdate": ("email", "manage"),
-    "com.atproto.server.updateEmail": ("email", "manage"),
     "com.atproto.server.requestEmailConfirmation": ("email", "manage"),
     "com.atproto.server.confirmEmail": ("email", "manage"),
-    "com.atproto.server.deactivateAccount": ("status", "manage"),
-    "com.atproto.server.activateAccount": ("status", "manage"),
     "com.atproto.repo.importRepo": ("repo", "manage"),
 }
 # Methods that change the account's identity: the identity attribute.
@@ -37,10 +38,19 @@ NEVER: frozenset[str] = frozenset({
     "com.atproto.server.createAppPassword",
     "com.atproto.server.listAppPasswords",
     "com.atproto.server.revokeAppPassword",
+    "com.atproto.server.updateEmail",
+    "com.atproto.server.deactivateAccount",
+    "com.atproto.server.activateAccount",
     "com.atproto.server.requestAccountDelete",
     "com.atproto.server.deleteAccount",
     "com.atproto.server.createInviteCode",
     "com.atproto.server.createInviteCodes",
+})
+# Methods served here that the official PDS treats as the AppView's: the
+# grant must allow calling them there (``rpc:<method>?aud=<AppView>#bsky_appview``).
+APPVIEW_METHODS: frozenset[str] = frozenset({
+    "app.bsky.actor.getPreferences",
+    "app.bsky.actor.putPreferences",
 })
 # applyWrites' write types and the repo action each is.
 _WRITE_ACTIONS = {
@@ -57,6 +67,14 @@ class ScopeMissing(XRPCError):
     def __init__(self, scope: str) -> None:
         super().__init__(f'Missing required scope "{scope}"')
         self.scope = scope
+
+
+class OAuthForbidden(XRPCError):
+    status = 403
+    name = "Forbidden"
+
+    def __init__(self) -> None:
+        super().__init__("OAuth credentials are not supported for this endpoint")
 
 
 def check_repo_write(permissions: Permissions, collection: str, action: str) -> None:
@@ -97,15 +115,18 @@ def repo_writes(nsid: str, body: Any) -> list[tuple[str, str]]:
     return []
 
 
-def check_call(permissions: Permissions, nsid: str, body: Any = None) -> None:
+def check_call(permissions: Permissions, nsid: str, body: Any = None, appview: str = "") -> None:
     """
-    Refuse (:class:`ScopeMissing`) a call to one of the PDS's own methods
-    that ``permissions`` do not allow.  Blob uploads, proxied calls and
+    Refuse (:class:`ScopeMissing`, :class:`OAuthForbidden`) a call to one
+    of the PDS's own methods that ``permissions`` do not allow; ``appview``
+    is the AppView's ``did#bsky_appview``.  Blob uploads, proxied calls and
     service-auth tokens are checked where their type or audience is known
     (:func:`check_blob`, :func:`check_rpc`).
     """
     if nsid in NEVER:
-        raise ScopeMissing("(a full session: OAuth grants cannot call this method)")
+        raise OAuthForbidden()
+    if nsid in APPVIEW_METHODS:
+        check_rpc(permissions, nsid, appview)
     for collection, action in repo_writes(nsid, body):
         check_repo_write(permissions, collection, action)
     account = ACCOUNT_METHODS.get(nsid)

@@ -18,6 +18,7 @@ from leafpds.oauth import assertions
 from leafpds.oauth.clients import Client, ClientStore
 from leafpds.oauth.dpop import DpopVerifier, Proof
 from leafpds.oauth.errors import InvalidDpopProof, InvalidRequest, UnsupportedGrantType
+from leafpds.oauth.metadata import issuer
 from leafpds.oauth.par import AuthorizationRequest, PendingRequests, parse_request, single
 from leafpds.oauth.replay import ReplayCache
 from leafpds.oauth.tokens import (
@@ -45,6 +46,15 @@ class AuthorizationServer:
     # Called with revoked grant ids once the revocation commits
     # (TokenIssuer.revoke: the in-memory revoked set).
     revoked: Callable[[list[str]], None]
+
+    def serve_at(self, public_url: str, service_did: str) -> None:
+        """
+        Settle the issuer (the public URL) and the access tokens' audience
+        (this PDS's DID): a localhost server without ``--public-url`` knows
+        them only once its port is bound.
+        """
+        self.issuer = self.access.issuer = issuer(public_url)
+        self.access.audience = service_did
 
     def endpoint(self, path: str) -> str:
         return self.issuer + path

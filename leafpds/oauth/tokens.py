@@ -270,14 +270,26 @@ def grants_of_unit(conn: Any, did: str) -> list[GrantSummary]:
 
 
 def revoke_account_grant_unit(conn: Any, did: str, grant_id: str, now: float) -> bool:
-    """The account page's revoke: only the account's own grant; whether there was one."""
-    if not conn.execute("SELECT 1 FROM oauth_grants WHERE id = ? AND did = ?", (grant_id, did)).fetchone():
+    """
+    The account page's revoke: only the account's own grant; whether there
+    was one.  A consent remembered for its client is forgotten too: the app
+    has to ask again, never to come back unseen (``prompt=none``).
+    """
+    row = conn.execute("SELECT client_id FROM oauth_grants WHERE id = ? AND did = ?", (grant_id, did)).fetchone()
+    if row is None:
         return False
     revoke_grant_unit(conn, grant_id, now)
+    conn.execute("DELETE FROM oauth_consents WHERE did = ? AND client_id = ?", (did, row[0]))
     return True
 
 
 def remember_consent_unit(conn: Any, did: str, client_id: str, scope: str, now: float) -> None:
+    """Remember that the account consented to ``scope`` for the client, besides what it consented to before."""
+    row = conn.execute(
+        "SELECT scope FROM oauth_consents WHERE did = ? AND client_id = ?", (did, client_id)
+    ).fetchone()
+    if row is not None:
+        scope = " ".join(split_scope(row[0] + " " + scope))
     conn.execute(
         "INSERT INTO oauth_consents (did, client_id, scope, consented_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (did, client_id) DO UPDATE SET scope = excluded.scope, consented_at = excluded.consented_at",

@@ -18,13 +18,18 @@ leafpds's own account pages, mounted under ``/account/``:
 ``POST /account/password``
     sets a password, for example on an account created by sign-in, and
     signs out the account's other sessions.
+``POST /account/apps/revoke``
+    revokes an app's OAuth grant (the apps the account authorized are
+    listed on the account page): its tokens are refused from then on.
 
 Every form carries a token bound to the session (against CSRF).
 """
 
 import secrets
+from urllib.parse import urlsplit
 
 from klein import Klein
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -33,6 +38,7 @@ from leafpds.accounts.oauth import PendingLogin, PKCE
 from leafpds.accounts.sessions import ACCESS, AccessCredentials
 from leafpds.app import AppContext
 from leafpds.errors import XRPCError
+from leafpds.oauth.tokens import grants_of_unit, revoke_account_grant_unit
 from leafpds.web import browser, incoming
 from leafpds.web.auth import ACCOUNT_PAGE, HANDLE_CHECK, AuthPages
 from leafpds.web.layout import (
@@ -51,6 +57,7 @@ _DONE = {
     "linked-google": "Google now signs you in to this account.",
     "password": "Your password is set. Your other sessions were signed out; apps using app passwords stay signed in.",
     "revoked": "The app password was revoked; apps using it are signed out.",
+    "app-revoked": "The app's access was revoked; it is signed out.",
 }
 
 
@@ -224,6 +231,7 @@ class AccountPages:
             f"<dt>Server</dt><dd><code>{escape(self.ctx.public_url)}</code></dd></dl>"
             + await self._sign_ins(credentials, account.has_password)
             + await self._app_passwords(credentials)
+            + await self._authorized_apps(credentials)
             + self._form(credentials, "signout", "", "Sign out", quiet=True)
         )
         return send_page(request, "Your account", content)
@@ -284,6 +292,62 @@ class AccountPages:
             + table
             + self._form(credentials, "app-passwords", fields, "Create app password")
         )
+
+    async def _authorized_apps(self, credentials: AccessCredentials) -> str:
+        grants = await self.ctx.db.read(grants_of_unit, credentials.did)
+        if not grants:
+            return "<h2>Apps you authorized</h2><p>None.</p>"
+        names = await gatherResults([self._client_name(grant.client_id) for grant in grants])
+        rows = "".join(
+            f"<tr><td>{escape(name)}<br><small><code>{escape(grant.client_id)}</code></small></td>"
+            f"<td>{escape(grant.created_at[:10])}</td>"
+            f"<td>{' '.join(f'<code>{escape(scope)}</code>' for scope in grant.scope.split())}</td><td>"
+            + self._form(
+                credentials,
+                "apps/revoke",
+                f'<input type="hidden" name="grant" value="{escape(grant.id)}">',
+                "Revoke",
+                quiet=True,
+                label=f"Revoke {name}",
+            )
+            + "</td></tr>"
+            for grant, name in zip(grants, names)
+        )
+        return (
+            "<h2>Apps you authorized</h2><p>These apps signed in with your account and may act as it"
+            " within what you allowed.</p>"
+            "<table><thead><tr><th>App</th><th>Since</th><th>Allowed</th><th></th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
+
+    def _client_name(self, client_id: str) -> "Deferred[str]":
+        """The name an app gives itself, else its client id's host (its metadata may be unreachable now)."""
+
+        async def name() -> str:
+            try:
+                client = await self.ctx.oauth.clients.get(client_id)
+            except XRPCError:
+                client = None
+            if client is not None and client.client_name:
+                return client.client_name
+            return urlsplit(client_id).hostname or client_id
+
+        return Deferred.fromCoroutine(name())
+
+    @app.route("/apps/revoke", methods=["POST"])
+    async def revoke_app(self, request: IRequest) -> bytes:
+        credentials, fields = self._checked(request)
+        if credentials is None:
+            return self._expired(request)
+        grant_id = fields.get("grant", "")
+        revoked = await self.ctx.db.write(
+            revoke_account_grant_unit, credentials.did, grant_id, self.ctx.reactor.seconds()
+        )
+        if not revoked:
+            return self._problem(request, "That app is not authorized for this account (any more).")
+        # Its access tokens die now, not when they expire.
+        self.ctx.oauth.revoked([grant_id])
+        return send_redirect(request, with_query(ACCOUNT_PAGE, {"done": "app-revoked"}))
 
     @app.route("/app-passwords", methods=["POST"])
     async def create_app_password(self, request: IRequest) -> bytes:

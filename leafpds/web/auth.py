@@ -20,12 +20,15 @@ Sign-in with GitHub or Google, mounted under ``/auth/``:
     ``redirect_uri``, for ``{did, handle, accessJwt, refreshJwt}``.
 
 Going back to the app means a redirect to its ``redirect_uri`` with its
-``state`` and a one-time ``code``; tokens never appear in a URL.
+``state`` and a one-time ``code``; tokens never appear in a URL.  A sign-in
+started on the OAuth authorization page (``PendingLogin.resume``) goes back
+there instead, signed in (:meth:`AuthorizePages.signed_in_elsewhere`).
 """
 
 import json
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from klein import Klein
 from twisted.logger import Logger
@@ -59,6 +62,9 @@ from leafpds.web.layout import (
     with_query,
 )
 
+if TYPE_CHECKING:
+    from leafpds.web.authorize import AuthorizePages
+
 log = Logger()
 
 # Ties a pending sign-in to the browser that started it (login CSRF).
@@ -74,6 +80,8 @@ class Signup:
     browser: str
     redirect_uri: str
     app_state: str
+    # The OAuth authorization request to go back to, if any (PendingLogin.resume).
+    resume: str = ""
 
 
 # Tells the chooser, as the user types, whether a handle can be had; the
@@ -106,6 +114,8 @@ class AuthPages:
         # Tickets whose account is being created right now (double submits).
         self.signing_up: set[str] = set()
         self.handoffs = HandOffCodes(now)
+        #: The OAuth authorization page, which sign-ins started there go back to.
+        self.authorize: "AuthorizePages | None" = None
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -172,6 +182,9 @@ class AuthPages:
         ):
             return self.error_page(request, "This sign-in has expired or was already used. Please start again.")
         if incoming.query_arg(request, "error") or not incoming.query_arg(request, "code"):
+            if pending.resume and self.authorize is not None:
+                # Back to the authorization page, to sign in another way or deny.
+                return self.authorize.resume(request, pending.resume)
             if not pending.redirect_uri:
                 return self.error_page(request, "The sign-in was cancelled.")
             return self._back_to_app(request, pending.redirect_uri, pending.app_state, error="access_denied")
@@ -186,7 +199,7 @@ class AuthPages:
             return await self._link(request, pending.link_to, identity)
         did = await self.ctx.accounts.did_for_identity(identity.provider, identity.subject)
         if did is not None:
-            return await self._finish(request, did, pending.redirect_uri, pending.app_state)
+            return await self._finish(request, did, pending.redirect_uri, pending.app_state, resume=pending.resume)
         if await self.ctx.accounts.email_in_use(identity.email):
             # Never joined by email alone: whoever holds the other account links it.
             return self.error_page(
@@ -195,7 +208,9 @@ class AuthPages:
                 f" to it and link {self.providers[provider].title} from its account page.",
                 409,
             )
-        ticket = self.signups.add(Signup(identity, browser_id, pending.redirect_uri, pending.app_state))
+        ticket = self.signups.add(
+            Signup(identity, browser_id, pending.redirect_uri, pending.app_state, pending.resume)
+        )
         return self._chooser(request, ticket, identity.handle_hint + self.ctx.settings.handle_domain)
 
     async def _link(self, request: IRequest, did: str, identity: Identity) -> bytes:
@@ -212,8 +227,11 @@ class AuthPages:
         redirect_uri: str,
         app_state: str,
         signed_in: SignedIn | None = None,
+        resume: str = "",
     ) -> bytes:
-        """Back to the app with a hand-off code, or into the account page."""
+        """Back to the OAuth authorization page, to the app with a hand-off code, or into the account page."""
+        if resume and self.authorize is not None:
+            return await self.authorize.signed_in_elsewhere(request, resume, did, signed_in)
         if redirect_uri:
             code = self.handoffs.issue(did, redirect_uri)
             return self._back_to_app(request, redirect_uri, app_state, code=code)
@@ -288,7 +306,7 @@ class AuthPages:
             self.signing_up.discard(ticket)
         self.signups.take(ticket)
         return await self._finish(
-            request, signed_in.account.did, waiting.redirect_uri, waiting.app_state, signed_in
+            request, signed_in.account.did, waiting.redirect_uri, waiting.app_state, signed_in, waiting.resume
         )
 
     @app.route("/exchange", methods=["POST"])

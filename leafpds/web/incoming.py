@@ -88,6 +88,14 @@ def query_arg(request: IRequest, name: str) -> str:
     return values[0] if values else ""
 
 
+def path(request: IRequest) -> str:
+    """The path as sent (percent-encoded, without the query); ``InvalidRequest`` if it is not ASCII."""
+    try:
+        return request.path.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The path must be ASCII (percent-encoded)") from None
+
+
 def check_url(request: IRequest) -> None:
     """
     ``InvalidRequest`` unless the path (percent-decoded, as routing reads it)

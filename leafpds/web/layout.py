@@ -39,6 +39,7 @@ button.quiet{background:#fff;color:#1f6feb}
 [role=alert]{color:#a40e26;font-weight:600}[role=status]{color:#1a7f37}
 code,.secret{font-family:ui-monospace,monospace;background:#eff1f3;padding:.1rem .3rem;border-radius:4px}
 .secret{font-size:1.25rem}
+img.logo{vertical-align:middle;border-radius:8px;margin-right:.25rem}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25rem .5rem .25rem 0;vertical-align:middle}
 """
 
@@ -61,16 +62,18 @@ def _no_store(request: IRequest) -> None:
 
 
 def send_page(
-    request: IRequest, title: str, content: str, code: int = 200, script: str = ""
+    request: IRequest, title: str, content: str, code: int = 200, script: str = "", images: str = ""
 ) -> bytes:
+    """A page; ``images`` is the CSP source its images may come from (none unless given)."""
     nonce = secrets.token_urlsafe(16)
+    img_src = f"img-src {images}; " if images else ""
     data = page(title, content, script, nonce)
     request.setResponseCode(code)
     request.setHeader("content-type", HTML)
     request.setHeader("content-length", str(len(data)))
     request.setHeader(
         "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; connect-src 'self'; "
+        f"default-src 'none'; style-src 'unsafe-inline'; connect-src 'self'; {img_src}"
         f"script-src 'nonce-{nonce}'; base-uri 'none'; frame-ancestors 'none'",
     )
     request.setHeader("x-frame-options", "DENY")

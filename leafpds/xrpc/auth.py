@@ -3,6 +3,13 @@ Auth verifiers, declared on handlers with ``auth=...``.
 
 Each takes the :class:`XRPCContext` and returns the caller's credentials or
 raises the error the reference PDS answers with.
+
+The ``access`` verifiers take a session's access token (``Bearer``) or an
+OAuth access token with its proof (``DPoP``, :mod:`leafpds.oauth.access`).
+An OAuth caller is no app password: what it may do is its grant's scope,
+which XRPC checks per call once the input is read
+(:func:`leafpds.oauth.requirements.check_call`; blobs, the proxy and
+service auth where the type or audience is known).
 """
 
 import base64
@@ -10,7 +17,10 @@ import hmac
 from dataclasses import dataclass
 
 from leafpds.accounts.sessions import AccessCredentials, RefreshCredentials
-from leafpds.errors import AuthenticationRequired, AuthMissing, InvalidToken
+from leafpds.errors import AuthenticationRequired, AuthMissing, InvalidToken, XRPCError
+from leafpds.oauth.access import DpopCaller, ResourceRefusal, check_dpop_call
+from leafpds.oauth.errors import InvalidDpopProof
+from leafpds.oauth.scopes import Permissions
 from leafpds.web import incoming
 from leafpds.xrpc.registry import XRPCContext
 
@@ -62,23 +72,77 @@ def _bearer(ctx: XRPCContext) -> str:
     return value
 
 
-async def access(ctx: XRPCContext) -> AccessCredentials:
-    """A valid access token: a full session or any app password."""
-    return ctx.app.tokens.verify_access(_bearer(ctx))
+#: Whoever an ``access`` verifier let in.
+Caller = AccessCredentials | DpopCaller
 
 
-async def access_privileged(ctx: XRPCContext) -> AccessCredentials:
-    """A full session or a privileged app password."""
+async def access(ctx: XRPCContext) -> Caller:
+    """A valid access token: a full session, any app password, or an OAuth grant."""
+    found = authorization(ctx)
+    if found is None:
+        raise AuthMissing("Authentication Required")
+    scheme, value = found
+    if scheme == "dpop":
+        return _dpop(ctx, value)
+    if scheme != "bearer" or not value:
+        raise InvalidToken("Unexpected authorization type")
+    try:
+        return ctx.app.tokens.verify_access(value)
+    except InvalidToken:
+        # Checked only once the token failed as a session's: no cost to sessions.
+        if ctx.app.oauth.access.grant_of(value) is not None:
+            raise InvalidToken("DPoP-bound access token presented as a Bearer token") from None
+        raise
+
+
+def _dpop(ctx: XRPCContext, token: str) -> DpopCaller:
+    """
+    An OAuth caller: the token and its proof for this request (``htu`` the
+    public URL of the path).  Every answer to such a request carries the
+    next nonce; a refusal is 401 with ``WWW-Authenticate: DPoP``.
+    """
+    request, oauth = ctx.request, ctx.app.oauth
+    nonce = oauth.next_nonce()
+    if nonce is not None:
+        request.setHeader("dpop-nonce", nonce)
+    try:
+        try:
+            proof = incoming.header(request, "dpop")
+        except XRPCError as e:
+            raise ResourceRefusal(InvalidDpopProof(e.message)) from None
+        url = ctx.app.public_url + incoming.path(request)
+        return check_dpop_call(oauth.access, oauth.dpop, token, proof, request.method.decode("ascii"), url)
+    except ResourceRefusal as refusal:
+        request.setHeader("www-authenticate", refusal.www_authenticate)
+        raise
+
+
+def oauth_permissions(caller: Caller | None) -> Permissions | None:
+    """What an OAuth caller's grant allows; None for a session (or no caller)."""
+    return caller.permissions if isinstance(caller, DpopCaller) else None
+
+
+def full_session(caller: Caller) -> bool:
+    """Whether the caller signed in with the account's own password (neither app password nor OAuth)."""
+    return isinstance(caller, AccessCredentials) and not caller.is_app_password
+
+
+async def access_privileged(ctx: XRPCContext) -> Caller:
+    """A full session, a privileged app password, or an OAuth grant (scopes checked per call)."""
     credentials = await access(ctx)
-    if not credentials.privileged:
+    if isinstance(credentials, AccessCredentials) and not credentials.privileged:
         raise InvalidToken("Bad token scope")
     return credentials
 
 
-async def access_full(ctx: XRPCContext) -> AccessCredentials:
-    """A full session only: managing app passwords needs the account's own password."""
+async def access_full(ctx: XRPCContext) -> Caller:
+    """
+    A full session, or an OAuth grant: managing app passwords needs the
+    account's own password, and what needs it no grant allows
+    (:data:`leafpds.oauth.requirements.NEVER`, checked per call).
+    """
     credentials = await access(ctx)
-    if credentials.is_app_password:
+    if isinstance(credentials, AccessCredentials) and credentials.is_app_password:
         raise InvalidToken("Bad token scope")
     return credentials
 

@@ -4,14 +4,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from leafpds.blobs import index
+from leafpds.blobs import index, sniff
 from leafpds.blobs.spool import UploadSpool
 from leafpds.blobs.store import MissingBlobFile
 from leafpds.errors import InternalServerError, InvalidRequest, RangeNotSatisfiable
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
+from leafpds.oauth.requirements import check_blob
 from leafpds.repo import reads
 from leafpds.web import incoming
-from leafpds.xrpc.auth import access
+from leafpds.xrpc.auth import access, oauth_permissions
 from leafpds.xrpc.registry import ANSWERED, Answered, XRPCContext, XRPCStream, xrpc
 
 #: Bytes read from the store per write to the client.
@@ -36,9 +37,12 @@ async def upload_blob(ctx: XRPCContext) -> dict[str, Any]:
     if not isinstance(spool, UploadSpool):
         # XRPCSite streams uploadBlob bodies into a spool; nothing else does.
         raise InternalServerError("Uploads are not configured on this server")
-    blob = await ctx.app.blobs.upload(
-        ctx.auth.did, spool, incoming.header(ctx.request, "content-type")
-    )
+    content_type = incoming.header(ctx.request, "content-type")
+    permissions = oauth_permissions(ctx.auth)
+    if permissions is not None:
+        # The type the blob will be stored as, as the grant names types.
+        check_blob(permissions, sniff.mime_type(spool.head, content_type))
+    blob = await ctx.app.blobs.upload(ctx.auth.did, spool, content_type)
     return {"blob": blob}
 
 

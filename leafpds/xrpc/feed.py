@@ -17,6 +17,7 @@ GET_FEED_SKELETON = "app.bsky.feed.getFeedSkeleton"
 async def get_feed(ctx: XRPCContext) -> Answered:
     proxy = ctx.app.proxy
     target = await proxy.target(ctx.request, ctx.nsid)
+    proxy.authorize(ctx.auth, ctx.nsid, target)
     answer = await proxy.query(ctx.auth.did, target, GET_FEED_GENERATOR, {"feed": ctx.params["feed"]})
     view = answer.get("view") if isinstance(answer, dict) else None
     generator = view.get("did") if isinstance(view, dict) else None

@@ -39,6 +39,7 @@ from leafpds.accounts.service_auth import check_proxied_method, is_protected
 from leafpds.app import AppContext
 from leafpds.errors import InvalidRequest, InvalidToken, UpstreamFailure, XRPCError
 from leafpds.identity.dids import service_endpoint
+from leafpds.oauth.requirements import check_rpc
 from leafpds.outbound import PinnedEndpointFactory, Refused, SystemResolver, read_bounded, vetted_address
 from leafpds.web import incoming
 from leafpds.repo import reads
@@ -80,12 +81,18 @@ STATUS_NAMES = {
 
 @dataclass(frozen=True)
 class Target:
-    """Where a call goes: the service's URL (no trailing slash) and DID."""
+    """Where a call goes: the service's URL (no trailing slash), DID and service id (``#bsky_appview``)."""
 
     url: str
     did: str
     #: Named by the caller: reached on vetted public addresses only.
     untrusted: bool
+    service_id: str = ""
+
+    @property
+    def aud(self) -> str:
+        """``did#service``, as OAuth's ``rpc:`` permissions name a service."""
+        return self.did + self.service_id
 
 
 class Proxy:
@@ -110,8 +117,10 @@ class Proxy:
         self.connect_timeout = connect_timeout
         settings = app.settings
         self.allow_private = settings.allow_private_services
-        self.appview = Target(settings.appview_url, settings.appview_did, untrusted=False)
-        self.reports = Target(settings.report_service_url, settings.report_service_did, untrusted=False)
+        self.appview = Target(settings.appview_url, settings.appview_did, untrusted=False, service_id="#bsky_appview")
+        self.reports = Target(
+            settings.report_service_url, settings.report_service_did, untrusted=False, service_id="#atproto_labeler"
+        )
         # One pool for every upstream: an AppView connection serves many calls.
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
@@ -154,7 +163,7 @@ class Proxy:
         url = service_endpoint(doc, service_id)
         if url is None:
             raise InvalidRequest("could not resolve proxy did service url")
-        return Target(url, did, untrusted=True)
+        return Target(url, did, untrusted=True, service_id=service_id)
 
     # Forwarding.
 
@@ -169,8 +178,8 @@ class Proxy:
         if is_protected(nsid):
             raise InvalidToken("Bad token method")
         credentials = ctx.auth if ctx.auth is not None else await auth.access(ctx)
-        check_proxied_method(credentials, nsid)
         target = await self.target(request, nsid)
+        self.authorize(credentials, nsid, target)
         token = await self.app.service_auth.token(credentials.did, aud or target.did, lxm or nsid)
         mergeable = nsid in readafterwrite.MERGES and request.method == b"GET"
         response = await self.call(target, request, token, identity=mergeable)
@@ -185,6 +194,20 @@ class Proxy:
             request.setHeader("content-length", str(response.length))
         await self.relay(response, request)
         return ANSWERED
+
+    def authorize(self, credentials: auth.Caller, nsid: str, target: Target) -> None:
+        """
+        May ``credentials`` have ``nsid`` forwarded to ``target``?  A session
+        as :func:`check_proxied_method` says; an OAuth grant if it allows
+        ``rpc:<nsid>?aud=<target>`` (protected methods are no one's).
+        """
+        permissions = auth.oauth_permissions(credentials)
+        if permissions is None:
+            check_proxied_method(credentials, nsid)
+        elif is_protected(nsid):
+            raise InvalidToken("Bad token method")
+        else:
+            check_rpc(permissions, nsid, target.aud)
 
     async def _merged(self, ctx: XRPCContext, did: str, response: IResponse) -> bool:
         """

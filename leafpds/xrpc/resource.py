@@ -32,12 +32,17 @@ from leafpds.errors import (
 )
 from leafpds.ipld import atjson
 from leafpds.lexicon import ValidationError, validate_input, validate_params
+from leafpds.oauth import metadata
+from leafpds.oauth.endpoints import OAuthEndpoints
+from leafpds.oauth.requirements import check_call
 from leafpds.xrpc.registry import ANSWERED, Method, Registry, XRPCContext, XRPCResponse, XRPCStream, xrpc
+from leafpds.xrpc import auth
 from leafpds.xrpc.proxy import Proxy
 from leafpds.xrpc.ratelimit import client_ip as _client_ip
 from leafpds.xrpc.subscribe import FirehoseFactory
 from leafpds.web.account import AccountPages
 from leafpds.web.auth import AuthPages
+from leafpds.web.authorize import AuthorizePages
 from leafpds.web import incoming
 from leafpds.web.layout import send_redirect
 
@@ -111,6 +116,8 @@ class XRPCServer:
         self.proxy = ctx.proxy = Proxy(ctx)
         self.auth = AuthPages(ctx)
         self.account = AccountPages(ctx, self.auth)
+        self.oauth = OAuthEndpoints(ctx.oauth)
+        self.authorize = AuthorizePages(ctx, ctx.oauth, self.auth)
         self._folders, self._names = _claimed(self.app)
 
     def resource(self) -> IResource:
@@ -152,6 +159,26 @@ class XRPCServer:
         except XRPCError as e:
             return write_error(request, e)
         return pages
+
+    @app.route("/oauth/", branch=True, methods=["GET", "POST"])
+    def oauth_endpoints(self, request: IRequest) -> Any:
+        """The OAuth authorization server's JSON endpoints (see :mod:`leafpds.oauth.endpoints`)."""
+        return self._limited(request, self.oauth.resource())
+
+    @app.route("/oauth/authorize", methods=["GET", "HEAD", "POST"])
+    def authorize_page(self, request: IRequest) -> Any:
+        """The authorization page (see :mod:`leafpds.web.authorize`)."""
+        return self._limited(request, self.authorize.resource())
+
+    @app.route("/.well-known/oauth-protected-resource", methods=["GET", "HEAD"])
+    def oauth_protected_resource(self, request: IRequest) -> bytes:
+        """RFC 9728: this PDS is its own authorization server."""
+        return body(request, JSON, json_body(metadata.protected_resource(self.ctx.public_url)))
+
+    @app.route("/.well-known/oauth-authorization-server", methods=["GET", "HEAD"])
+    def oauth_authorization_server(self, request: IRequest) -> bytes:
+        """RFC 8414 metadata of the authorization server."""
+        return body(request, JSON, json_body(metadata.authorization_server(self.ctx.public_url)))
 
     @app.route("/robots.txt", methods=["GET", "HEAD"])
     def robots(self, request: IRequest) -> bytes:
@@ -217,6 +244,9 @@ class XRPCServer:
             ctx.params = validate_params(self.ctx.lexicons, nsid, incoming.query_args(request))
             if method.kind == "procedure" and not method.raw_input:
                 ctx.input = self._json_input(request, nsid)
+            permissions = auth.oauth_permissions(ctx.auth)
+            if permissions is not None:
+                check_call(permissions, nsid, ctx.input, self.proxy.appview.aud)
             result = await method.handler(ctx)
             if result is ANSWERED:
                 return b""

@@ -10,7 +10,8 @@ from leafpds.accounts.service_jwt import verify_service_jwt
 from leafpds.errors import AuthenticationRequired, InvalidRequest, XRPCError
 from leafpds.accounts.sessions import ACCESS
 from leafpds.timestamps import now_iso
-from leafpds.xrpc.auth import access, access_full, access_privileged, admin, authorization, refresh
+from leafpds.oauth.requirements import check_rpc
+from leafpds.xrpc.auth import Caller, access, access_full, access_privileged, admin, authorization, oauth_permissions, refresh
 from leafpds.xrpc.ratelimit import client_ip
 from leafpds.xrpc.registry import XRPCContext, xrpc
 
@@ -168,12 +169,20 @@ async def get_session(ctx: XRPCContext) -> dict[str, Any]:
     did_doc = await _did_doc(ctx, account.did)
     if did_doc is not None:
         answer["didDoc"] = did_doc
-    if account.email and ctx.auth.scope == ACCESS:
+    if account.email and _shows_email(ctx.auth):
         answer["email"] = account.email
         answer["emailConfirmed"] = account.email_confirmed
     if not account.active:
         answer["status"] = account.status
     return answer
+
+
+def _shows_email(caller: Caller) -> bool:
+    """A full session sees the account's email; an OAuth grant with ``transition:email`` or ``account:email``."""
+    permissions = oauth_permissions(caller)
+    if permissions is None:
+        return caller.scope == ACCESS
+    return permissions.allows_account("email", "read")
 
 
 @xrpc.procedure("com.atproto.server.deleteSession", auth=refresh)
@@ -210,7 +219,11 @@ async def get_service_auth(ctx: XRPCContext) -> dict[str, Any]:
     aud, exp, lxm = ctx.params["aud"], ctx.params.get("exp"), ctx.params.get("lxm")
     if not is_service_audience(aud):
         raise InvalidRequest("aud must be a valid atproto DID or did#serviceId reference")
-    if lxm is not None and is_privileged(lxm) and not ctx.auth.privileged:
+    permissions = oauth_permissions(ctx.auth)
+    if permissions is not None:
+        # A grant's own rule (a method-less token is one for every method).
+        check_rpc(permissions, lxm or "*", aud)
+    elif lxm is not None and is_privileged(lxm) and not ctx.auth.privileged:
         raise InvalidRequest(
             f"insufficient access to request a service auth token for the following method: {lxm}"
         )
