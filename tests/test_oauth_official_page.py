@@ -58,7 +58,10 @@ class OfficialApp:
             str(self.node), [SCRIPT, mode, str(self.store), app.public_url, app.plc.base_url, argument],
             env=dict(os.environ), path=str(self.home))
         assert code == 0, err.decode()[-4000:]
-        return {line["step"]: line for line in map(json.loads, out.decode().splitlines())}
+        steps = {line["step"]: line for line in map(json.loads, out.decode().splitlines())}
+        # What the script said besides its steps, for a failure's message.
+        steps["stderr"] = {"text": err.decode()[-4000:]}
+        return steps
 
 
 def person_allows(
@@ -163,7 +166,7 @@ async def check_the_app_worked(pds, steps: dict[str, dict], did: str) -> None:
         collection, rkey = uri.rsplit("/", 2)[-2:]
         record = await pds.get("com.atproto.repo.getRecord", {"repo": did, "collection": collection, "rkey": rkey})
         assert record.code == 200, record.body
-    assert "refreshed" in steps and "signed out" in steps
+    assert "refreshed" in steps and "signed out" in steps, (sorted(steps), steps["stderr"]["text"])
     grants = await pds.service.app.db.read(
         lambda conn: conn.execute("SELECT count(*) FROM oauth_grants WHERE did = ?", (did,)).fetchone()[0])
     assert grants == 0  # the sign-out revoked it
