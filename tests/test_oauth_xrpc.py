@@ -481,3 +481,43 @@ async def test_the_account_page_lists_authorized_apps_and_revokes_one(tmp_path, 
         assert (await kept.get("com.atproto.server.getSession")).code == 200
     finally:
         await running.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_takedown_or_a_deletion_ends_the_accounts_grants(tmp_path):
+    from tests.test_admin import ADMIN, ADMIN_PASSWORD
+
+    running = await start_pds(make_settings(tmp_path / "data", admin_password=ADMIN_PASSWORD))
+    try:
+        did, _ = await account(running, "alice")
+        taken, kept = await grant(running, did), await grant(running, did)
+        other_did, _ = await account(running, "bob")
+        bystander = await grant(running, other_did)
+        for app in (taken, bystander):
+            assert (await app.get("com.atproto.server.getSession")).code == 200
+
+        takedown = {"subject": {"$type": "com.atproto.admin.defs#repoRef", "did": did},
+                    "takedown": {"applied": True, "ref": "case-1"}}
+        answer = await running.post("com.atproto.admin.updateSubjectStatus", takedown, headers=ADMIN)
+        assert answer.code == 200, answer.body
+        # Every grant of the account dies at once (access and refresh), another account's lives on.
+        for app in (taken, kept):
+            assert_dpop_refusal(await app.get("com.atproto.server.getSession"), "invalid_token")
+            code, refused = await app.app.refresh(app.tokens["refresh_token"])
+            assert (code, refused["error"]) == (400, "invalid_grant"), refused
+        assert (await bystander.get("com.atproto.server.getSession")).code == 200
+        assert await running.service.app.db.read(
+            lambda conn: conn.execute("SELECT count(*) FROM oauth_grants WHERE did = ?", (did,)).fetchone()[0]
+        ) == 0
+
+        # Deletion: the same for a grant made after the takedown's reversal.
+        takedown["takedown"] = {"applied": False}
+        assert (await running.post("com.atproto.admin.updateSubjectStatus", takedown, headers=ADMIN)).code == 200
+        again = await grant(running, did)
+        assert (await again.get("com.atproto.server.getSession")).code == 200
+        answer = await running.post("com.atproto.admin.deleteAccount", {"did": did}, headers=ADMIN)
+        assert answer.code == 200, answer.body
+        assert_dpop_refusal(await again.get("com.atproto.server.getSession"), "invalid_token")
+        assert (await bystander.get("com.atproto.server.getSession")).code == 200
+    finally:
+        await running.service.stopService()

@@ -16,6 +16,7 @@ from leafpds.accounts.passwords import hash_password
 from leafpds.admin import takedowns
 from leafpds.errors import InvalidRequest
 from leafpds.ipld.cid import CID
+from leafpds.oauth.tokens import revoke_account_grants_unit
 from leafpds.repo import events
 from leafpds.timestamps import iso_from_epoch
 
@@ -60,9 +61,10 @@ def _set_password_unit(conn: Any, did: str, password_hash: bytes, now: float) ->
 
 
 def _end_all_sessions(conn: Any, did: str, now: float) -> list[str]:
+    """End the account's sessions (app passwords' too) and its apps' OAuth grants; the ids, for TokenIssuer.revoke."""
     ended = [r[0] for r in conn.execute("SELECT DISTINCT session_id FROM refresh_tokens WHERE did = ?", (did,))]
     sessions.end_sessions_unit(conn, did, ended, now)
-    return ended
+    return ended + revoke_account_grants_unit(conn, did, now)
 
 
 async def update_email(app: "AppContext", account: str, email: str) -> None:
@@ -105,8 +107,8 @@ async def update_signing_key(app: "AppContext", did: str, signing_key: str) -> N
 async def delete_account(app: "AppContext", did: str) -> None:
     """
     Delete an account and everything it has here: repo, records, blocks,
-    blobs (rows and files), sessions, app passwords, linked GitHub/Google
-    identities, keys, preferences, takedowns.  Its earlier firehose events
+    blobs (rows and files), sessions, app passwords, OAuth grants, linked
+    GitHub/Google identities, keys, preferences, takedowns.  Its earlier firehose events
     go too and one ``#account`` event (``active: false, status: "deleted"``)
     stays, as on the official PDS; the handle and email are free again.
     Runs under the DID's write lock, so no commit of its own is half-way.

@@ -20,6 +20,7 @@ from leafpds import syntax
 from leafpds.accounts import sessions
 from leafpds.errors import InvalidRequest, XRPCError
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
+from leafpds.oauth.tokens import revoke_account_grants_unit
 from leafpds.repo import events
 from leafpds.timestamps import iso_from_epoch
 
@@ -182,11 +183,13 @@ def _update_account(conn: Any, did: str, ref: str | None, now: float) -> Change:
     time = iso_from_epoch(now)
     if ref is not None:
         # Whoever was signed in is signed out, as the official PDS revokes
-        # the account's refresh tokens; login is refused until reversal.
+        # the account's refresh tokens, and apps lose their OAuth grants;
+        # login is refused until reversal.
         ended = [
             r[0] for r in conn.execute("SELECT DISTINCT session_id FROM refresh_tokens WHERE did = ?", (did,))
         ]
         sessions.end_sessions_unit(conn, did, ended, now)
+        ended += revoke_account_grants_unit(conn, did, now)
         if was_taken_down:
             return Change([], ended)  # a new ref for the same takedown: nothing to announce
         body = {"did": did, "active": False, "status": "takendown", "time": time}

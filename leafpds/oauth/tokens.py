@@ -283,6 +283,18 @@ def revoke_account_grant_unit(conn: Any, did: str, grant_id: str, now: float) ->
     return True
 
 
+def revoke_account_grants_unit(conn: Any, did: str, now: float) -> list[str]:
+    """
+    End every grant of the account (a takedown, its deletion, an operator
+    setting its password): the ids revoked, for ``TokenIssuer.revoke``.
+    Remembered consents stay (they are gone with the account if it goes).
+    """
+    grant_ids = [row[0] for row in conn.execute("SELECT id FROM oauth_grants WHERE did = ?", (did,))]
+    for grant_id in grant_ids:
+        revoke_grant_unit(conn, grant_id, now)
+    return grant_ids
+
+
 def remember_consent_unit(conn: Any, did: str, client_id: str, scope: str, now: float) -> None:
     """Remember that the account consented to ``scope`` for the client, besides what it consented to before."""
     row = conn.execute(
