@@ -379,6 +379,7 @@ async def test_blob_grants_name_types(pds):
     listed = await pds.service.app.db.read(lambda conn: conn.execute(
         "SELECT count(*) FROM blobs WHERE did = ?", (did,)).fetchone()[0])
     assert listed == 1  # the refused one was never stored
+    assert list(pds.service.app.blobs.spool_dir.iterdir()) == []  # nor left behind in the upload spool
 
 
 @pytest_twisted.ensureDeferred
