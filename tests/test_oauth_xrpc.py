@@ -445,51 +445,6 @@ async def test_proxied_calls_with_a_grant(services):  # noqa: F811
     assert len(appview.received) == 2
 
 
-# The account page: the apps a person authorized, and revoking one.
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_account_page_lists_authorized_apps_and_revokes_one(tmp_path, documents):
-    running = await start_pds(make_settings(tmp_path / "data", oauth_allow_local_clients=True))
-    try:
-        browser = Browser(running)
-        assert (await browser.post_form("/account/signup", SIGN_UP)).code == 303
-        did = await did_of(browser)
-        assert b"<h2>Apps you authorized</h2><p>None.</p>" in (await account_page(browser)).body
-        client_id = documents.put("/client-metadata.json", {})  # its URL, then its document
-        documents.put("/client-metadata.json", web_client_metadata(client_id, documents.origin + "/callback"))
-        app = await grant(running, did, client_id=client_id, redirect_uri=documents.origin + "/callback")
-        kept = await grant(running, did)  # a second app, not revoked
-        page = await account_page(browser)
-        assert b"Loopback web app" in page.body and client_id.encode() in page.body
-        assert b"<code>transition:generic</code>" in page.body
-        grant_id = app.app.pds.server.access.verify(app.access).grant_id
-        assert b'aria-label="Revoke Loopback web app"' in page.body
-        assert f'name="grant" value="{grant_id}"'.encode() in page.body
-
-        # Without the form token, or from another account, nothing is revoked.
-        refused_page = await browser.post_form("/account/apps/revoke", {"grant": grant_id})
-        assert refused_page.code == 403
-        other = Browser(running)
-        signed_up = await other.post_form("/account/signup", {**SIGN_UP, "handle": "other", "email": "o@example.com"})
-        assert signed_up.code == 303
-        stranger = await other.post_form("/account/apps/revoke", {
-            "grant": grant_id, "form_token": form_token(await account_page(other))})
-        assert stranger.code == 400
-        assert (await app.get("com.atproto.server.getSession")).code == 200
-
-        done = await browser.post_form("/account/apps/revoke", {"grant": grant_id, "form_token": form_token(page)})
-        assert (done.code, done.header("location")) == (303, "/account/?done=app-revoked")
-        after = await browser.get(done.header("location"))
-        assert b"Loopback web app" not in after.body and b"access was revoked" in after.body
-        # At once: its access token, then its refresh token.
-        assert_dpop_refusal(await app.get("com.atproto.server.getSession"), "invalid_token")
-        refused(await app.app.refresh(app.tokens["refresh_token"]), 400, "invalid_grant")
-        assert (await kept.get("com.atproto.server.getSession")).code == 200
-    finally:
-        await running.service.stopService()
-
-
 class Issuer:
     """A leafpds in another process, as the tests' ``App`` client sees its authorization server."""
 
@@ -550,3 +505,48 @@ async def test_grants_and_revocations_outlive_a_restart(tmp_path):
         assert code == 400
     finally:
         server.kill()
+
+
+# The account page: the apps a person authorized, and revoking one.
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_account_page_lists_authorized_apps_and_revokes_one(tmp_path, documents):
+    running = await start_pds(make_settings(tmp_path / "data", oauth_allow_local_clients=True))
+    try:
+        browser = Browser(running)
+        assert (await browser.post_form("/account/signup", SIGN_UP)).code == 303
+        did = await did_of(browser)
+        assert b"<h2>Apps you authorized</h2><p>None.</p>" in (await account_page(browser)).body
+        client_id = documents.put("/client-metadata.json", {})  # its URL, then its document
+        documents.put("/client-metadata.json", web_client_metadata(client_id, documents.origin + "/callback"))
+        app = await grant(running, did, client_id=client_id, redirect_uri=documents.origin + "/callback")
+        kept = await grant(running, did)  # a second app, not revoked
+        page = await account_page(browser)
+        assert b"Loopback web app" in page.body and client_id.encode() in page.body
+        assert b"<code>transition:generic</code>" in page.body
+        grant_id = app.app.pds.server.access.verify(app.access).grant_id
+        assert b'aria-label="Revoke Loopback web app"' in page.body
+        assert f'name="grant" value="{grant_id}"'.encode() in page.body
+
+        # Without the form token, or from another account, nothing is revoked.
+        refused_page = await browser.post_form("/account/apps/revoke", {"grant": grant_id})
+        assert refused_page.code == 403
+        other = Browser(running)
+        signed_up = await other.post_form("/account/signup", {**SIGN_UP, "handle": "other", "email": "o@example.com"})
+        assert signed_up.code == 303
+        stranger = await other.post_form("/account/apps/revoke", {
+            "grant": grant_id, "form_token": form_token(await account_page(other))})
+        assert stranger.code == 400
+        assert (await app.get("com.atproto.server.getSession")).code == 200
+
+        done = await browser.post_form("/account/apps/revoke", {"grant": grant_id, "form_token": form_token(page)})
+        assert (done.code, done.header("location")) == (303, "/account/?done=app-revoked")
+        after = await browser.get(done.header("location"))
+        assert b"Loopback web app" not in after.body and b"access was revoked" in after.body
+        # At once: its access token, then its refresh token.
+        assert_dpop_refusal(await app.get("com.atproto.server.getSession"), "invalid_token")
+        refused(await app.app.refresh(app.tokens["refresh_token"]), 400, "invalid_grant")
+        assert (await kept.get("com.atproto.server.getSession")).code == 200
+    finally:
+        await running.service.stopService()
