@@ -2,7 +2,15 @@
 
 import pytest
 
-from leafpds.oauth.requirements import OAuthForbidden, ScopeMissing, check_blob, check_call, check_rpc, repo_writes
+from leafpds.oauth.requirements import (
+    OAuthForbidden,
+    ScopeMissing,
+    check_blob,
+    check_call,
+    check_rpc,
+    names_grant_for,
+    repo_writes,
+)
 from leafpds.oauth.scopes import Permissions
 
 POST = "app.bsky.feed.post"
@@ -64,6 +72,15 @@ def test_what_needs_the_password_is_never_allowed():
         with pytest.raises(OAuthForbidden) as refusal:
             check_call(everything, nsid)
         assert (refusal.value.status, refusal.value.name) == (403, "Forbidden")
+
+
+def test_privileged_methods_are_a_grants_only_where_a_scope_is_stated():
+    assert names_grant_for("com.atproto.server.requestEmailUpdate")
+    assert names_grant_for("com.atproto.identity.updateHandle")
+    assert names_grant_for("com.atproto.identity.signPlcOperation")
+    for nsid in ("com.atproto.server.createAppPassword", "com.atproto.server.updateEmail",
+                 "com.atproto.server.listAppPasswords", "com.atproto.server.someFutureMethod"):
+        assert not names_grant_for(nsid)
 
 
 def test_preferences_need_the_appview():

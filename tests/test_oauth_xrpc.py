@@ -9,14 +9,18 @@ the page gives it, through the server's ``pending`` requests and
 
 import json
 import os
+import sqlite3
+import time
 from urllib.parse import quote
 
 import pytest_twisted
 import treq
+from twisted.internet.threads import deferToThread
 
 from leafpds.oauth.jwk import thumbprint
+from leafpds.oauth.tokens import Consent, issue_code_unit
 from tests.documents_server import DocumentsServer
-from tests.harness import Answer, make_settings, start_pds
+from tests.harness import Answer, RunningPDS, ServerProcess, make_settings, start_pds
 from tests.oauth_keys import ClientKey
 from tests.signin import Browser
 from tests.test_account_pages import SIGN_UP, account_page, did_of, form_token
@@ -149,8 +153,10 @@ async def test_local_client_metadata_documents_with_the_setting(tmp_path, docume
 class Grant:
     """An app holding an OAuth grant, calling XRPC as the official client does (DPoP, nonce learnt and reused)."""
 
-    def __init__(self, running, app: App, tokens: dict) -> None:
+    def __init__(self, running, app: App, tokens: dict, origin: str | None = None) -> None:
         self.running = running
+        # The public URL: what proofs name as htu (the tests connect to 127.0.0.1).
+        self.origin = origin or running.service.app.public_url
         self.app = app
         self.key = app.key
         self.nonce = app.nonce
@@ -158,7 +164,7 @@ class Grant:
         self.access = tokens["access_token"]
 
     def url(self, nsid: str) -> str:
-        return self.running.service.app.public_url + "/xrpc/" + nsid
+        return self.origin + "/xrpc/" + nsid
 
     def proof(self, method: str, nsid: str, *, key=None, nonce=..., ath=True, **claims) -> str:
         return (key or self.key).proof(**{
@@ -183,8 +189,8 @@ class Grant:
                                    headers=headers, retry=False, **proof)
         return answer
 
-    async def get(self, nsid: str, **params) -> Answer:
-        return await self.call("GET", nsid, params=params)
+    async def get(self, nsid: str, retry: bool = True, **params) -> Answer:
+        return await self.call("GET", nsid, params=params, retry=retry)
 
     async def post(self, nsid: str, body=None, **kw) -> Answer:
         return await self.call("POST", nsid, body, **kw)
@@ -373,6 +379,7 @@ async def test_blob_grants_name_types(pds):
     listed = await pds.service.app.db.read(lambda conn: conn.execute(
         "SELECT count(*) FROM blobs WHERE did = ?", (did,)).fetchone()[0])
     assert listed == 1  # the refused one was never stored
+    assert list(pds.service.app.blobs.spool_dir.iterdir()) == []  # nor left behind in the upload spool
 
 
 @pytest_twisted.ensureDeferred
@@ -436,6 +443,68 @@ async def test_proxied_calls_with_a_grant(services):  # noqa: F811
     assert (await narrow.get(TIMELINE)).code == 200
     assert_error(await narrow.get("app.bsky.actor.getProfile", actor=did), 403, "ScopeMissingError")
     assert len(appview.received) == 2
+
+
+class Issuer:
+    """A leafpds in another process, as the tests' ``App`` client sees its authorization server."""
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+
+
+def write_code(db_path, consent: Consent) -> str:
+    """Consent as the authorization page gives it, written to a running server's database."""
+    conn = sqlite3.connect(db_path, timeout=30)
+    try:
+        with conn:
+            return issue_code_unit(conn, consent, time.time())
+    finally:
+        conn.close()
+
+
+async def consented_grant(server: ServerProcess, did: str, scope: str = "atproto transition:generic") -> Grant:
+    origin = f"http://localhost:{server.port}"
+    app = App(Issuer(origin), client_id=loopback_client(scope), redirect_uri="http://127.0.0.1:4567/callback")
+    code, pushed = await app.par(scope=scope)
+    assert code == 201, pushed
+    consent = Consent(did, app.client_id, scope, app.redirect_uri, app.challenge, thumbprint(app.key.jwk))
+    the_code = await deferToThread(write_code, server.data_dir / "leafpds.sqlite", consent)
+    code, tokens = await app.exchange(the_code)
+    assert code == 200, tokens
+    return Grant(RunningPDS(None, server.url), app, tokens, origin)
+
+
+@pytest_twisted.ensureDeferred
+async def test_grants_and_revocations_outlive_a_restart(tmp_path):
+    """
+    The access-token and nonce secrets come from the master secret and
+    revocations from the database: after kill -9 and a restart, a grant's
+    tokens and nonce still work and a revoked grant stays revoked.
+    """
+    server = ServerProcess(tmp_path / "data")
+    await server.start()
+    try:
+        code, made = await server.call("com.atproto.server.createAccount", {
+            "handle": "alice.test", "email": "alice@example.com", "password": "correct horse battery"})
+        assert code == 200, made
+        did = made["did"]
+        kept, revoked = await consented_grant(server, did), await consented_grant(server, did)
+        assert (await kept.get("com.atproto.server.getSession")).code == 200
+        code, _ = await revoked.app.post("/oauth/revoke", {"token": revoked.tokens["refresh_token"]}, proof=False)
+        assert code == 200
+        assert_dpop_refusal(await revoked.get("com.atproto.server.getSession"), "invalid_token")
+        server.kill()
+        await server.start()
+        # The nonce learnt before the restart is still good: no use_dpop_nonce round trip.
+        answer = await kept.get("com.atproto.server.getSession", retry=False)
+        assert answer.code == 200 and answer.json()["did"] == did
+        assert_dpop_refusal(await revoked.get("com.atproto.server.getSession"), "invalid_token")
+        code, refreshed = await kept.app.refresh(kept.tokens["refresh_token"])
+        assert code == 200, refreshed
+        code, _ = await revoked.app.refresh(revoked.tokens["refresh_token"])
+        assert code == 400
+    finally:
+        server.kill()
 
 
 # The account page: the apps a person authorized, and revoking one.

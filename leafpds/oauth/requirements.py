@@ -77,6 +77,16 @@ class OAuthForbidden(XRPCError):
         super().__init__("OAuth credentials are not supported for this endpoint")
 
 
+def names_grant_for(nsid: str) -> bool:
+    """
+    Whether some grant may call ``nsid``, a method kept to privileged
+    credentials: only those whose needs are stated here (account and
+    identity changes).  Any other such method is no grant's, so a new one
+    is refused to OAuth until its scope is decided.
+    """
+    return nsid in ACCOUNT_METHODS or nsid in IDENTITY_METHODS
+
+
 def check_repo_write(permissions: Permissions, collection: str, action: str) -> None:
     if not permissions.allows_repo(collection, action):
         raise ScopeMissing(f"repo:{collection}?action={action}")

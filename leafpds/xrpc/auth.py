@@ -20,6 +20,7 @@ from leafpds.accounts.sessions import AccessCredentials, RefreshCredentials
 from leafpds.errors import AuthenticationRequired, AuthMissing, InvalidToken, XRPCError
 from leafpds.oauth.access import DpopCaller, ResourceRefusal, check_dpop_call
 from leafpds.oauth.errors import InvalidDpopProof
+from leafpds.oauth.requirements import OAuthForbidden, names_grant_for
 from leafpds.oauth.scopes import Permissions
 from leafpds.web import incoming
 from leafpds.xrpc.registry import XRPCContext
@@ -127,23 +128,33 @@ def full_session(caller: Caller) -> bool:
     return isinstance(caller, AccessCredentials) and not caller.is_app_password
 
 
+def _grant_may_call(ctx: XRPCContext, credentials: Caller) -> None:
+    # OAuth reaches the methods kept to privileged credentials only where a
+    # scope is stated for them (account and identity changes, checked per call).
+    if isinstance(credentials, DpopCaller) and not names_grant_for(ctx.nsid):
+        raise OAuthForbidden()
+
+
 async def access_privileged(ctx: XRPCContext) -> Caller:
-    """A full session, a privileged app password, or an OAuth grant (scopes checked per call)."""
+    """A full session, a privileged app password, or an OAuth grant where a scope allows the method."""
     credentials = await access(ctx)
     if isinstance(credentials, AccessCredentials) and not credentials.privileged:
         raise InvalidToken("Bad token scope")
+    _grant_may_call(ctx, credentials)
     return credentials
 
 
 async def access_full(ctx: XRPCContext) -> Caller:
     """
-    A full session, or an OAuth grant: managing app passwords needs the
-    account's own password, and what needs it no grant allows
-    (:data:`leafpds.oauth.requirements.NEVER`, checked per call).
+    A full session (managing app passwords needs the account's own
+    password), or an OAuth grant where a scope allows the method (asking to
+    change the email); what only the password may do is 403 ``Forbidden``
+    to any grant, as the official PDS answers.
     """
     credentials = await access(ctx)
     if isinstance(credentials, AccessCredentials) and credentials.is_app_password:
         raise InvalidToken("Bad token scope")
+    _grant_may_call(ctx, credentials)
     return credentials
 
 
