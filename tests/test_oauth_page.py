@@ -20,9 +20,9 @@ from leafpds.oauth.devices import device_accounts_unit
 from leafpds.oauth.par import AuthorizationRequest
 from tests.documents_server import DocumentsServer
 from tests.harness import make_settings, start_pds
+from tests.oauth_app import App, Mounted
 from tests.signin import Browser, local, query, start_world, stop_world
-from tests.test_oauth_endpoints import App
-from tests.test_oauth_xrpc import Mounted, web_client_metadata
+from tests.test_oauth_xrpc import web_client_metadata
 
 PASSWORD = "correct horse battery"
 CALLBACK = "http://127.0.0.1:4567/callback"  # App's default (any port of the loopback client's)

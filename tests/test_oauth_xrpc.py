@@ -3,8 +3,8 @@ OAuth on a real leafpds, over loopback HTTP: the discovery documents and
 the authorization server's endpoints as mounted, and XRPC called with
 DPoP-bound access tokens.  Tokens come through the real ``/oauth/par`` and
 ``/oauth/token``; consent (the authorization page's part) is given the way
-the page gives it, through the server's ``pending`` requests and
-``issue_code``.
+the page gives it (``App.consent``, tests/oauth_app.py: the server's
+``pending`` requests and ``issue_code``).
 """
 
 import json
@@ -21,33 +21,17 @@ from leafpds.oauth.jwk import thumbprint
 from leafpds.oauth.tokens import Consent, issue_code_unit
 from tests.documents_server import DocumentsServer
 from tests.harness import Answer, RunningPDS, ServerProcess, make_settings, start_pds
+from tests.oauth_app import App, Mounted, refused
 from tests.oauth_keys import ClientKey
 from tests.signin import Browser
 from tests.test_account_pages import SIGN_UP, account_page, did_of, form_token
 from tests.test_accounts import bearer, create
-from tests.test_oauth_endpoints import App, refused
 from tests.test_proxy import LIST_CONVOS, TIMELINE, services  # noqa: F401 (services is a fixture)
 
 POST = "app.bsky.feed.post"
 LIKE = "app.bsky.feed.like"
 APPVIEW = "did:web:api.bsky.app#bsky_appview"
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(2000)
-
-
-class Mounted:
-    """A running leafpds as the OAuth tests' ``App`` client sees an authorization server."""
-
-    def __init__(self, running) -> None:
-        self.running = running
-        self.app = running.service.app
-
-    @property
-    def issuer(self) -> str:
-        return self.app.oauth.issuer
-
-    @property
-    def server(self):
-        return self.app.oauth
 
 
 def web_client_metadata(client_id: str, redirect_uri: str) -> dict:
