@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest_twisted
 from jwt.algorithms import ECAlgorithm
@@ -187,6 +187,8 @@ async def test_an_app_signs_a_person_in_with_a_password(tmp_path, atproto_api_bu
         shots.mkdir()
         callbacks = await deferToThread(person_allows, urls, shots, password=PASSWORD, handle="alice.test")
         for callback in callbacks:
+            # RFC 9207: the answer names its issuer (the client checks it against the DID's PDS).
+            assert parse_qs(urlsplit(callback).query)["iss"] == [pds.service.app.public_url], callback
             await check_the_app_worked(pds, await app.run("finish", urlsplit(callback).query), did)
     finally:
         await pds.service.stopService()
