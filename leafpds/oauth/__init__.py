@@ -1,5 +1,5 @@
 """
-The atproto OAuth authorization server (issue #15), built bottom-up.
+The atproto OAuth authorization server (issue #15).
 
 Built in leafpds.service (``app.oauth``); leafpds.xrpc.resource serves
 its ``/oauth/`` endpoints and the two ``/.well-known/oauth-*`` documents.
