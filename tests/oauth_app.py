@@ -4,21 +4,25 @@ leafpds's authorization server (``app.oauth``, its endpoints under
 ``/oauth/``): DPoP on every call, the server's nonce learnt and reused,
 PKCE S256, ``private_key_jwt`` for a confidential client.  Consent (the
 authorization page's part) is :meth:`App.consent`: what the page does once
-the person signed in and allowed (tests/test_oauth_page.py drives the page
-itself over HTTP).
+the person signed in and allowed; :class:`Person` is a browser on the page
+itself, over HTTP (tests/test_oauth_page.py).
 """
 
 import base64
 import hashlib
+import html
 import json
+import re
 import secrets
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import treq
 
 from leafpds.oauth.assertions import ASSERTION_TYPE
 from tests.oauth_keys import ClientKey
+from tests.signin import Browser
+from tests.test_accounts import PASSWORD
 
 LOOPBACK_CLIENT = "http://localhost?redirect_uri=" + quote("http://127.0.0.1/callback", safe="") + \
     "&scope=" + quote("atproto transition:generic", safe="")
@@ -119,3 +123,27 @@ def refused(answer, status, error):
     code, body = answer
     assert (code, body.get("error")) == (status, error), body
     assert body.get("error_description")
+
+
+def hidden(page, name: str) -> str:
+    """The value of a page's hidden field ``name``."""
+    found = re.search(rf'name="{name}" value="([^"]*)"', page.body.decode())
+    assert found, page.body.decode()
+    return html.unescape(found.group(1))
+
+
+class Person(Browser):
+    """A browser on the authorization page."""
+
+    async def open(self, app: App, request_uri: str, client_id: str | None = None):
+        params = {"request_uri": request_uri, "client_id": client_id or app.client_id}
+        return await self.get("/oauth/authorize?" + urlencode(params))
+
+    async def act(self, page, action: str, **fields: str):
+        """Submit one of ``page``'s forms (they all carry the same request and token)."""
+        form = {"request_uri": hidden(page, "request_uri"), "form_token": hidden(page, "form_token")}
+        return await self.post_form("/oauth/authorize", {**form, "action": action, **fields})
+
+    async def sign_in(self, page, identifier: str = "alice.test", password: str = PASSWORD, remember: bool = True):
+        remembered = {"remember_device": "1"} if remember else {}
+        return await self.act(page, "sign-in", identifier=identifier, password=password, **remembered)

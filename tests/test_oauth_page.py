@@ -9,7 +9,6 @@ still usable where it should be.
 """
 
 import html
-import re
 import time
 from urllib.parse import urlencode, urlsplit
 
@@ -20,8 +19,8 @@ from leafpds.oauth.devices import device_accounts_unit
 from leafpds.oauth.par import AuthorizationRequest
 from tests.documents_server import DocumentsServer
 from tests.harness import make_settings, start_pds
-from tests.oauth_app import App, Mounted
-from tests.signin import Browser, local, query, start_world, stop_world
+from tests.oauth_app import App, Mounted, Person, hidden
+from tests.signin import local, query, start_world, stop_world
 from tests.test_oauth_xrpc import web_client_metadata
 
 PASSWORD = "correct horse battery"
@@ -37,31 +36,8 @@ async def count(pds, table: str) -> int:
     return await pds.service.app.db.read(lambda conn: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
-def hidden(page, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', page.body.decode())
-    assert found, page.body.decode()
-    return html.unescape(found.group(1))
-
-
 def text(page) -> str:
     return html.unescape(page.body.decode())
-
-
-class Person(Browser):
-    """A browser on the authorization page."""
-
-    async def open(self, app: App, request_uri: str, client_id: str | None = None):
-        params = {"request_uri": request_uri, "client_id": client_id or app.client_id}
-        return await self.get("/oauth/authorize?" + urlencode(params))
-
-    async def act(self, page, action: str, **fields: str):
-        """Submit one of ``page``'s forms (they all carry the same request and token)."""
-        form = {"request_uri": hidden(page, "request_uri"), "form_token": hidden(page, "form_token")}
-        return await self.post_form("/oauth/authorize", {**form, "action": action, **fields})
-
-    async def sign_in(self, page, identifier: str = "alice.test", password: str = PASSWORD, remember: bool = True):
-        remembered = {"remember_device": "1"} if remember else {}
-        return await self.act(page, "sign-in", identifier=identifier, password=password, **remembered)
 
 
 async def push(app: App, **changes) -> str:

@@ -9,21 +9,17 @@ the page gives it (``App.consent``, tests/oauth_app.py: the server's
 
 import json
 import os
-import sqlite3
-import time
 from urllib.parse import quote
 
 import pytest_twisted
 import treq
-from twisted.internet.threads import deferToThread
 
 from leafpds.oauth.jwk import thumbprint
-from leafpds.oauth.tokens import Consent, issue_code_unit
 from tests.documents_server import DocumentsServer
 from tests.harness import Answer, RunningPDS, ServerProcess, make_settings, start_pds
-from tests.oauth_app import App, Mounted, refused
+from tests.oauth_app import App, Mounted, Person, refused
 from tests.oauth_keys import ClientKey
-from tests.signin import Browser
+from tests.signin import Browser, query
 from tests.test_account_pages import SIGN_UP, account_page, did_of, form_token
 from tests.test_accounts import bearer, create
 from tests.test_proxy import LIST_CONVOS, TIMELINE, services  # noqa: F401 (services is a fixture)
@@ -436,26 +432,20 @@ class Issuer:
         self.issuer = issuer
 
 
-def write_code(db_path, consent: Consent) -> str:
-    """Consent as the authorization page gives it, written to a running server's database."""
-    conn = sqlite3.connect(db_path, timeout=30)
-    try:
-        with conn:
-            return issue_code_unit(conn, consent, time.time())
-    finally:
-        conn.close()
-
-
 async def consented_grant(server: ServerProcess, did: str, scope: str = "atproto transition:generic") -> Grant:
+    """A grant through the server's own endpoints and page: alice signs in there (not remembered) and allows."""
     origin = f"http://localhost:{server.port}"
+    running = RunningPDS(None, server.url)
     app = App(Issuer(origin), client_id=loopback_client(scope), redirect_uri="http://127.0.0.1:4567/callback")
     code, pushed = await app.par(scope=scope)
     assert code == 201, pushed
-    consent = Consent(did, app.client_id, scope, app.redirect_uri, app.challenge, thumbprint(app.key.jwk))
-    the_code = await deferToThread(write_code, server.data_dir / "leafpds.sqlite", consent)
-    code, tokens = await app.exchange(the_code)
-    assert code == 200, tokens
-    return Grant(RunningPDS(None, server.url), app, tokens, origin)
+    person = Person(running)
+    consent = await person.sign_in(await person.open(app, pushed["request_uri"]), remember=False)
+    allowed = await person.act(consent, "allow")
+    assert allowed.code in (302, 303), allowed.body
+    code, tokens = await app.exchange(query(allowed.header("location"))["code"])
+    assert code == 200 and tokens["sub"] == did, tokens
+    return Grant(running, app, tokens, origin)
 
 
 @pytest_twisted.ensureDeferred
