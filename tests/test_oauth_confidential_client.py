@@ -195,6 +195,10 @@ async def test_a_confidential_web_app_signs_a_person_in(world, tmp_path, atproto
         # grant's refresh token lives as long as a confidential client's may.
         steps = await app.run("finish", urlsplit(callback).query)
         await check_the_app_worked(pds, app, steps, did, REFRESH_LIFETIME_CONFIDENTIAL)
+    # Every request that authenticated the app took an assertion of its own:
+    # two pushed requests, and each time a code exchange, a refresh and a revocation.
+    seen = pds.service.app.oauth.replay._seen
+    assert len([key for key in seen if key.startswith(f"assertion:{web.client_id}:")]) == 2 + 2 * 3
 
 
 @pytest_twisted.ensureDeferred
