@@ -23,8 +23,14 @@ from zope.interface import implementer
 AnyAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-# RFC 6761: "localhost" is the loopback interface, never a DNS question.
+# RFC 6761 section 6.3: "localhost" and the names under it are the loopback
+# interface, never a DNS question.
 _LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
+def is_localhost_name(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return host == "localhost" or host.endswith(".localhost")
 
 
 class SystemResolver(client.Resolver):
@@ -79,7 +85,7 @@ async def vetted_address(resolver: Any, host: str, *, allow_private: bool, timeo
     try:
         addresses: list[AnyAddress] = [ipaddress.ip_address(host)]
     except ValueError:
-        addresses = [_LOOPBACK] if host == "localhost" else await _lookup(resolver, host, timeout)
+        addresses = [_LOOPBACK] if is_localhost_name(host) else await _lookup(resolver, host, timeout)
     if not addresses:
         raise Refused(f"no address for {host}")
     if not allow_private:

@@ -1,12 +1,41 @@
-"""A loopback HTTP server that serves whatever documents a test puts in it (OAuth client metadata, JWK sets)."""
+"""
+A loopback HTTP server that serves whatever documents a test puts in it
+(OAuth client metadata, JWK sets); over TLS as ``https://app.localhost:<port>``
+if asked, with a certificate of its own (``cert_pem``) that clients must be
+told to trust.  (A name under ``localhost``, which is loopback too: the
+official OAuth client wants an https ``client_id`` on a name that is
+neither an IP address nor ``localhost`` itself.)
+"""
 
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from OpenSSL import SSL
 from twisted.internet import reactor
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+from tests.tls_certs import self_signed
+
+TLS_HOST = "app.localhost"
+
+
+@implementer(IOpenSSLContextFactory)
+class _ServerTLS:
+    """The server side's TLS context (made from cryptography's objects, as pyOpenSSL now wants)."""
+
+    def __init__(self, cert_pem: bytes, key_pem: bytes) -> None:
+        self._context = SSL.Context(SSL.TLS_METHOD)
+        self._context.use_certificate(x509.load_pem_x509_certificate(cert_pem))
+        self._context.use_privatekey(load_pem_private_key(key_pem, None))
+
+    def getContext(self) -> SSL.Context:
+        return self._context
 
 
 @dataclass
@@ -26,9 +55,12 @@ class DocumentsServer(Resource):
         self.documents: dict[str, Document] = {}
         self.hits: dict[str, int] = {}
         self.port: Any = None
+        self.cert_pem: bytes | None = None
 
     @property
     def origin(self) -> str:
+        if self.cert_pem is not None:
+            return f"https://{TLS_HOST}:{self.port.getHost().port}"
         return f"http://127.0.0.1:{self.port.getHost().port}"
 
     def put(self, path: str, value: Any, **kw: Any) -> str:
@@ -52,9 +84,13 @@ class DocumentsServer(Resource):
         return doc.body
 
     @classmethod
-    def start(cls) -> "DocumentsServer":
+    def start(cls, tls: bool = False) -> "DocumentsServer":
         server = cls()
-        server.port = reactor.listenTCP(0, Site(server), interface="127.0.0.1")
+        if tls:
+            server.cert_pem, key_pem = self_signed(TLS_HOST)
+            server.port = reactor.listenSSL(0, Site(server), _ServerTLS(server.cert_pem, key_pem), interface="127.0.0.1")
+        else:
+            server.port = reactor.listenTCP(0, Site(server), interface="127.0.0.1")
         return server
 
     async def stop(self) -> None:

@@ -43,7 +43,8 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "js"
 
 
-def _digest(*paths: Path) -> str:
+def digest(*paths: Path) -> str:
+    """A short hash of the names and contents of ``paths`` (a cache key)."""
     sha = hashlib.sha256()
     for path in paths:
         sha.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -85,7 +86,7 @@ def install_node_modules(js_dir: Path = JS_DIR) -> Path:
     on first use.
     """
     manifests = [js_dir / name for name in MANIFESTS]
-    home = cache_root() / _digest(*manifests)
+    home = cache_root() / digest(*manifests)
     done = home / ".installed"
     with _locked(home.with_suffix(".lock")):
         if done.exists():
@@ -109,7 +110,7 @@ def bundle(entry: Path) -> Path:
     only when the entry or the lock file changes.
     """
     home = install_node_modules()
-    out = home / "bundles" / f"{entry.stem}-{_digest(entry)}.js"
+    out = home / "bundles" / f"{entry.stem}-{digest(entry)}.js"
     with _locked(home / "bundles.lock"):
         if out.exists():
             return out

@@ -7,7 +7,6 @@ the first byte (smtps), with a certificate made here for 127.0.0.1, whose
 authority ``client_tls`` trusts.
 """
 
-import datetime
 import email
 import email.policy
 import re
@@ -22,6 +21,7 @@ from aiosmtpd.smtp import AuthResult
 from twisted.internet import reactor, task
 
 from tests.harness import free_port
+from tests.tls_certs import self_signed
 
 CODE = re.compile(r"\b[A-Z2-7]{5}-[A-Z2-7]{5}\b")
 
@@ -90,7 +90,7 @@ class Inbox:
         self.cert_pem: bytes | None = None
         if starttls or implicit_tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.cert_pem, key_pem = _self_signed()
+            self.cert_pem, key_pem = self_signed()
             folder = Path(tempfile.mkdtemp())
             (folder / "cert.pem").write_bytes(self.cert_pem)
             (folder / "key.pem").write_bytes(key_pem)
@@ -130,36 +130,3 @@ class Inbox:
             await task.deferLater(reactor, 0.02, lambda: None)
         raise AssertionError(f"expected {count} mails, got {len(self.received)}")
 
-
-def _self_signed() -> tuple[bytes, bytes]:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem

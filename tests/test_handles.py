@@ -623,3 +623,22 @@ async def test_concurrent_resolves_share_one_lookup(net):
     assert len(net.dns.txt_queries()) == 1
     assert len(net.web.requests) == 1
 
+
+
+class NoDNS:
+    """A resolver that must not be asked."""
+
+    def lookupAddress(self, name, timeout=None):
+        raise AssertionError(f"DNS asked for {name}")
+
+    lookupIPV6Address = lookupAddress
+
+
+@pytest.mark.parametrize("host", ["localhost", "app.localhost", "App.LocalHost."])
+@pytest_twisted.ensureDeferred
+async def test_localhost_names_are_loopback_never_a_dns_question(host):
+    # RFC 6761 section 6.3: so no DNS answer can make them anything else.
+    loopback = ipaddress.ip_address("127.0.0.1")
+    assert await outbound.vetted_address(NoDNS(), host, allow_private=True, timeout=1) == loopback
+    with pytest.raises(outbound.Refused, match="non-public"):
+        await outbound.vetted_address(NoDNS(), host, allow_private=False, timeout=1)

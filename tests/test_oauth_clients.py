@@ -15,6 +15,7 @@ from leafpds.oauth.clients import (
     validate_metadata,
 )
 from leafpds.oauth.errors import InvalidClientMetadata
+from leafpds.outbound import SystemResolver
 from tests.documents_server import DocumentsServer
 from tests.oauth_keys import ClientKey
 
@@ -129,6 +130,7 @@ def test_native_clients_redirect_to_their_reversed_host_scheme_own_origin_or_loo
         ("https://app.example.com/meta.json#frag", "fragment"),
         ("https://user@app.example.com/meta.json", "credentials"),
         ("https://localhost/meta.json", "localhost"),
+        ("https://app.localhost/meta.json", "localhost"),
         ("https://app.example.com:99999/meta.json", "valid URL"),
     ],
 )
@@ -294,3 +296,25 @@ async def test_a_client_id_host_in_capitals_is_fetched(docs):
     docs.put("/client-metadata.json", metadata(client_id, client_uri=None))
     store = ClientStore(reactor, None, allow_local=True)
     assert (await store.get(client_id)).client_id == client_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_document_over_tls_is_fetched_only_from_a_trusted_certificate(monkeypatch, tmp_path):
+    # leafpds trusts the system's authorities, which OpenSSL lets SSL_CERT_FILE
+    # replace: the way the end-to-end tests make it trust their own certificate.
+    tls = DocumentsServer.start(tls=True)
+    try:
+        client_id = tls.put("/client-metadata.json", metadata(tls.origin + "/client-metadata.json"))
+        assert client_id.startswith("https://app.localhost:")
+        store = ClientStore(reactor, SystemResolver(reactor), allow_local=True)
+        with pytest.raises(InvalidClientMetadata, match="Unable to obtain"):
+            await store.get(client_id)
+        store.stop()
+        assert tls.hits == {}  # the handshake failed: no request was made
+        (tmp_path / "ca.pem").write_bytes(tls.cert_pem)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        store = ClientStore(reactor, SystemResolver(reactor), allow_local=True)
+        assert (await store.get(client_id)).client_id == client_id
+        store.stop()
+    finally:
+        await tls.stop()

