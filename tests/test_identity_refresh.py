@@ -12,7 +12,7 @@ from twisted.internet.defer import gatherResults
 from twisted.names import dns
 
 from leafpds import crypto
-from leafpds.identity.plc import ATPROTO_KEY, build_operation, operation_cid, sign_operation
+from leafpds.identity.plc import ATPROTO_KEY, build_operation, build_tombstone, operation_cid, sign_operation
 from leafpds.lexicon import validate_output
 from tests.documents_server import DocumentsServer
 from tests.harness import make_settings, start_pds
@@ -34,8 +34,10 @@ async def world(tmp_path):
     documents = DocumentsServer.start()
     network = Network()
     network.start()
+    # Unlimited: these tests refresh one account more often than anyone may (the limit has its test).
     pds = await start_pds(make_settings(
         tmp_path / "data", allow_private_services=True, admin_password=ADMIN_PASSWORD, handle_domain=".pds.test",
+        no_rate_limits=True,
     ))
     await pds.service.ready
     resolver = network.resolver()
@@ -145,9 +147,18 @@ async def test_a_refresh_that_cannot_verify_changes_nothing(world):
         assert_error(await refresh(pds, identifier), 400, name)
     assert_error(await refresh(pds, "not a handle"), 400, "InvalidRequest")
     await unchanged()
-    # The document is gone, or no longer names a handle.
-    del documents.documents[DID_JSON]
+    # The document is gone, deactivated (410), out of reach for now, or no longer names a handle.
+    published = documents.documents.pop(DID_JSON)
     assert_error(await refresh(pds, did), 400, "DidNotFound")
+    await unchanged()
+    documents.put(DID_JSON, {"gone": True}, status=410)
+    assert_error(await refresh(pds, did), 400, "DidDeactivated")
+    await unchanged()
+    documents.documents[DID_JSON] = published
+    documents.documents[DID_JSON].status = 503
+    refused = await refresh(pds, did)
+    assert_error(refused, 502, "UpstreamFailure")
+    assert "503" in refused.json()["message"]
     await unchanged()
     no_handle = did_web_document(did, "webby.pds.test", key.did(), app.public_url)
     no_handle["alsoKnownAs"] = []
@@ -202,21 +213,44 @@ async def test_a_did_plc_account_refreshes_what_its_plc_data_says(world):
     # The account's status still holds (this PDS's key and endpoint are unchanged).
     assert (await pds.get("com.atproto.server.checkAccountStatus", headers=auth)).json()["validDid"] is True
 
+    # The directory out of reach: no answer to give, nothing changed.
+    cursor = await newest_seq(pds)
+    base_url, app.plc.base_url = app.plc.base_url, "http://127.0.0.1:9"  # the discard port: nothing listens
+    try:
+        refused = await refresh(pds, did)
+        assert_error(refused, 502, "UpstreamFailure")
+        assert "unreachable" in refused.json()["message"]
+    finally:
+        app.plc.base_url = base_url
+    # A DID tombstoned at the directory is deactivated.
+    last = await app.plc.last_operation(did)
+    await app.plc.submit(did, sign_operation(build_tombstone(operation_cid(last).encode()), app.accounts.rotation_key))
+    assert_error(await refresh(pds, did), 400, "DidDeactivated")
+    assert (await session(pds, auth))["handle"] == "alice.test"
+    assert await newest_seq(pds) == cursor
+
 
 @pytest_twisted.ensureDeferred
-async def test_refreshes_are_limited_per_account(world):
-    pds, documents, network = world
-    for name in ("alice", "bob"):
-        made = await pds.post("com.atproto.server.createAccount", {
-            "handle": f"{name}.pds.test", "email": f"{name}@example.com", "password": PASSWORD,
-        })
-        assert made.code == 200, made.body
-    for _ in range(5):
-        assert (await refresh(pds, "alice.pds.test")).code == 200
-    cursor = await newest_seq(pds)
-    limited = await refresh(pds, "alice.pds.test")
-    assert_error(limited, 429, "RateLimitExceeded")
-    assert limited.header("ratelimit-limit") == "5"
-    assert await newest_seq(pds) == cursor
-    # Another account's refreshes are counted apart.
-    assert (await refresh(pds, "bob.pds.test")).code == 200
+async def test_refreshes_are_limited_per_account(tmp_path):
+    pds = await start_pds(make_settings(tmp_path / "data"))
+    try:
+        for name in ("alice", "bob"):
+            made = await pds.post("com.atproto.server.createAccount", {
+                "handle": f"{name}.test", "email": f"{name}@example.com", "password": PASSWORD,
+            })
+            assert made.code == 200, made.body
+        # Refusals count too: each one fetched the document.
+        pds.service.app.plc.base_url, base_url = "http://127.0.0.1:9", pds.service.app.plc.base_url
+        assert_error(await refresh(pds, "alice.test"), 502, "UpstreamFailure")
+        pds.service.app.plc.base_url = base_url
+        for _ in range(4):
+            assert (await refresh(pds, "alice.test")).code == 200
+        cursor = await newest_seq(pds)
+        limited = await refresh(pds, "alice.test")
+        assert_error(limited, 429, "RateLimitExceeded")
+        assert limited.header("ratelimit-limit") == "5"
+        assert await newest_seq(pds) == cursor
+        # Another account's refreshes are counted apart.
+        assert (await refresh(pds, "bob.test")).code == 200
+    finally:
+        await pds.service.stopService()

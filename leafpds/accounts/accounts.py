@@ -25,7 +25,7 @@ from leafpds.accounts.passwords import hash_password, verify_password
 from leafpds.accounts.sessions import RefreshCredentials, Session, TokenIssuer, TokenPair
 from leafpds.db.pool import Database
 from leafpds.errors import AuthenticationRequired, InvalidRequest, XRPCError
-from leafpds.identity.dids import DIDResolver
+from leafpds.identity.dids import DIDResolver, Unresolved
 from leafpds.identity.handles import validate_new_handle
 from leafpds.identity.plc import (
     ATPROTO_KEY,
@@ -394,9 +394,14 @@ class Accounts:
         account = await self.db.read(account_by, "did", did)
         if account is None:
             raise XRPCError(f"{did} has no account on this PDS", name="DidNotFound")
-        doc = await self.dids.resolve(did, fresh=True)
-        if doc is None:
-            raise XRPCError(f"Could not resolve the DID document of {did}", name="DidNotFound")
+        try:
+            doc = await self.dids.refresh(did)
+        except Unresolved as e:
+            if e.gone:
+                raise XRPCError(f"{did} has been deactivated: {e.message}", name="DidDeactivated") from None
+            if e.confirmed:
+                raise XRPCError(f"{did} has no DID document: {e.message}", name="DidNotFound") from None
+            raise UpstreamFailure(f"Could not read the DID document of {did}: {e.message}") from None
         handle = parse_document(doc).handle
         if handle is None:
             raise XRPCError("The DID document names no valid handle (at://...)", name="HandleNotFound")
