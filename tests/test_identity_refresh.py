@@ -254,3 +254,35 @@ async def test_refreshes_are_limited_per_account(tmp_path):
         assert (await refresh(pds, "bob.test")).code == 200
     finally:
         await pds.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handle_another_account_here_holds_is_not_taken_by_a_refresh(world):
+    pds, documents, network = world
+    app = pds.service.app
+    did, key, auth = await web_account(pds, documents)
+    bob = (await pds.post("com.atproto.server.createAccount", {
+        "handle": "bob.pds.test", "email": "bob@example.com", "password": PASSWORD,
+    })).json()
+    # Bob's DID names "shared.test", which resolves to it: a refresh makes it Bob's handle.
+    last = await app.plc.last_operation(bob["did"])
+    await app.plc.submit(bob["did"], sign_operation(build_operation(
+        rotation_keys=last["rotationKeys"], signing_key=last["verificationMethods"][ATPROTO_KEY],
+        handle="shared.test", pds_endpoint=app.public_url, prev=operation_cid(last).encode(),
+    ), app.accounts.rotation_key))
+    network.dns.set("_atproto.shared.test", dns.Record_TXT(f"did={bob['did']}".encode()))
+    assert (await refresh(pds, bob["did"])).json()["handle"] == "shared.test"
+
+    # The name's owner points it at the did:web account, whose document names it too.
+    network.dns.set("_atproto.shared.test", dns.Record_TXT(f"did={did}".encode()))
+    documents.put(DID_JSON, did_web_document(did, "shared.test", key.did(), app.public_url))
+    cursor = await newest_seq(pds)
+    refused = await refresh(pds, did)
+    assert_error(refused, 400, "InvalidRequest")
+    assert "another account" in refused.json()["message"]
+    assert await stored_handle(pds, did) == "webby.pds.test"
+    assert await stored_handle(pds, bob["did"]) == "shared.test"
+    assert await newest_seq(pds) == cursor
+    # Bob's handle no longer verifies: his refresh is refused too, and keeps it until his DID names another.
+    assert_error(await refresh(pds, bob["did"]), 400, "HandleNotFound")
+    assert await stored_handle(pds, bob["did"]) == "shared.test"
