@@ -11,7 +11,6 @@ import pytest_twisted
 from twisted.internet.defer import gatherResults
 from twisted.names import dns
 
-from leafpds import crypto
 from leafpds.identity.plc import ATPROTO_KEY, build_operation, build_tombstone, operation_cid, sign_operation
 from leafpds.lexicon import validate_output
 from tests.documents_server import DocumentsServer

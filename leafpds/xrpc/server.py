@@ -108,7 +108,8 @@ async def create_account(ctx: XRPCContext) -> dict[str, Any]:
         # so one would be a way around the operator's choice.
         if did:
             raise InvalidRequest(
-                "This server accepts no accounts moving in: it creates accounts only through sign-in with GitHub or Google"
+                "This server accepts no accounts moving in: it creates accounts only through sign-in"
+                " with GitHub or Google"
             )
         raise InvalidRequest("This server creates accounts only through sign-in with GitHub or Google")
     did_doc = await _migrating_in(ctx, did) if did else None
