@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from leafpds.identity.plc import PLCClient, PLCError
 from leafpds.outbound import SystemResolver, discard, get_pinned, read_bounded
-from leafpds.syntax import validate_did
+from leafpds.syntax import InvalidSyntax, validate_did
 
 log = Logger()
 
@@ -116,6 +116,8 @@ class DIDResolver:
                 raise Unresolved(f"{did.split(':')[1]!r} is not a DID method atproto uses", confirmed=True)
         except Unresolved:
             raise
+        except InvalidSyntax as e:
+            raise Unresolved(f"not a DID: {e}", confirmed=True) from None
         except PLCError as e:
             raise Unresolved(e.message, confirmed=e.status in (404, 410), gone=e.status == 410) from None
         except Exception as e:  # unreachable, malformed, whatever the reason
