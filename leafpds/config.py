@@ -163,7 +163,10 @@ LIST_OPTIONS = ("crawlers", "app-redirect-uri")
 FLAGS: dict[str, str] = {
     "invite-required": "Require an invite code to create an account.",
     "no-rate-limits": "Turn rate limiting off (benchmarks, trusted setups).",
-    "no-password-signup": "Refuse createAccount: new accounts only through sign-in with GitHub or Google.",
+    "no-password-signup": (
+        "Refuse createAccount, accounts moving in with their DID too: new accounts only through sign-in"
+        " with GitHub or Google."
+    ),
     "allow-private-services": "Let atproto-proxy headers name services on loopback or private "
     "addresses (development and tests only: it opens the server's own network to its users).",
     "s3-force-path-style": "Address the bucket as <endpoint>/<bucket>/ instead of "

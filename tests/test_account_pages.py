@@ -8,7 +8,10 @@ import html
 import re
 
 import pytest_twisted
+from twisted.internet import reactor
 
+from leafpds import crypto
+from tests.documents_server import DocumentsServer
 from tests.harness import Answer
 from tests.signin import (  # noqa: F401 (world is a fixture)
     APP,
@@ -21,6 +24,8 @@ from tests.signin import (  # noqa: F401 (world is a fixture)
     world,
 )
 from tests.test_accounts import PASSWORD, assert_error, bearer, create
+from tests.test_migration_in import mint
+from tests.test_plc_operations import did_web_document
 
 POST = {
     "$type": "app.bsky.feed.post",
@@ -324,6 +329,33 @@ async def test_no_password_signup_refuses_create_account_but_not_sign_in(tmp_pat
         assert (await session(pds, "octo-cat.test", "a new long password")).code == 200
     finally:
         await stop_world(started)
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_password_signup_refuses_accounts_moving_in_too(tmp_path):
+    # Anyone can mint a DID and sign its service JWT: a migration in would be
+    # a way around the operator's choice, so it is refused as a sign-up is.
+    documents = DocumentsServer.start()
+    started = await start_world(tmp_path / "data", no_password_signup=True, allow_private_services=True)
+    pds = started[0]
+    try:
+        did = f"did:web:localhost%3A{documents.port.getHost().port}"
+        owner = crypto.K256Keypair.generate()
+        documents.put("/.well-known/did.json", did_web_document(did, "webby.test", owner.did(), "https://old.example.com"))
+        now = int(reactor.seconds())
+        token = mint(owner, {"iss": did, "aud": pds.service.app.service_did,
+                             "lxm": "com.atproto.server.createAccount", "iat": now, "exp": now + 60})
+        body = {"did": did, "handle": "webby.test", "email": "webby@example.com", "password": PASSWORD}
+        refused = await pds.post("com.atproto.server.createAccount", body, headers=bearer(token))
+        assert_error(refused, 400, "InvalidRequest")
+        assert "moving in" in refused.json()["message"]
+        held = await pds.service.app.db.read(lambda conn: conn.execute(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM repo_roots)").fetchone())
+        assert held == (0, 0)
+        assert "/.well-known/did.json" not in documents.hits  # refused before anything was fetched
+    finally:
+        await stop_world(started)
+        await documents.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -53,3 +53,46 @@ async def test_json_logs_one_object_per_line_without_secrets(tmp_path, runner):
     secret = (server.data_dir / "master.key").read_text().strip()
     for value in (ADMIN_PASSWORD, PASSWORD, secret, made["accessJwt"], made["refreshJwt"]):
         assert value not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_smtp_the_start_says_mail_goes_to_the_log_and_it_does(tmp_path):
+    server = ServerProcess(tmp_path / "data", "--log-format", "json")
+    await server.start()
+    try:
+        code, made = await server.call("com.atproto.server.createAccount", {
+            "handle": "alice.test", "email": "alice@example.com", "password": PASSWORD,
+        })
+        assert code == 200, made
+        code, _ = await server.call("com.atproto.server.requestPasswordReset", {"email": "alice@example.com"})
+        assert code == 200
+        for _ in range(50):  # the mail queue sends from the reactor, soon after the answer
+            if any("Mail not sent" in line["message"] for line in log_lines(server)):
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+    finally:
+        server.kill()
+    lines = log_lines(server)
+    (said,) = [line for line in lines if line["message"].startswith("No --smtp-url")]
+    assert said["namespace"] == "leafpds.service" and said["level"] == "warn"
+    assert "written to this log instead of sent" in said["message"]
+    serving = next(i for i, line in enumerate(lines) if line["message"].startswith("leafpds "))
+    assert lines.index(said) < serving  # said at start-up, before serving
+    (mail,) = [line for line in lines if "Mail not sent" in line["message"]]
+    assert "To: alice@example.com" in mail["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_smtp_the_start_names_the_server_but_not_its_password(tmp_path):
+    smtp_password = "smtp-secret-77d1"
+    server = ServerProcess(
+        tmp_path / "data", "--log-format", "json",
+        "--smtp-url", f"smtp://mailer:{smtp_password}@127.0.0.1:2525", "--email-from", "pds@example.com",
+    )
+    await server.start()
+    server.kill()
+    lines = log_lines(server)
+    (said,) = [line for line in lines if line["message"].startswith("Sending mail from")]
+    assert said["message"] == "Sending mail from pds@example.com through smtp://mailer@127.0.0.1:2525"
+    assert not [line for line in lines if line["message"].startswith("No --smtp-url")]
+    assert smtp_password not in (server.data_dir.parent / "server.log").read_text()

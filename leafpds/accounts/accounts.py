@@ -25,7 +25,7 @@ from leafpds.accounts.passwords import hash_password, verify_password
 from leafpds.accounts.sessions import RefreshCredentials, Session, TokenIssuer, TokenPair
 from leafpds.db.pool import Database
 from leafpds.errors import AuthenticationRequired, InvalidRequest, XRPCError
-from leafpds.identity.dids import DIDResolver
+from leafpds.identity.dids import DIDResolver, Unresolved
 from leafpds.identity.handles import validate_new_handle
 from leafpds.identity.plc import (
     ATPROTO_KEY,
@@ -94,7 +94,7 @@ class Accounts:
         public_url: Callable[[], str],
         now: Callable[[], float],
         dids: DIDResolver,
-        resolve_handle: Callable[[str], Awaitable[str | None]] | None = None,
+        resolve_handle: Callable[..., Awaitable[str | None]] | None = None,
     ) -> None:
         self.db = db
         self.keys = keys
@@ -105,7 +105,8 @@ class Accounts:
         self.handle_domains = handle_domains
         self.public_url = public_url
         self.now = now
-        #: Handles to DIDs (the handle resolver), for accounts arriving with their DID.
+        #: Handles to DIDs (the handle resolver's ``resolve(handle, fresh=False)``),
+        #: for accounts arriving with their DID and for identity refreshes.
         self.resolve_handle = resolve_handle
         #: Resolves the documents of did:web accounts (whose owners publish them).
         self.dids = dids
@@ -381,6 +382,48 @@ class Accounts:
         appended = await self.db.write(_change_handle, did, handle, iso_from_epoch(self.now()))
         self.transactor.notify(appended)
 
+    async def refresh_identity(self, did: str) -> tuple[str, dict[str, Any]]:
+        """
+        Re-read the account's DID document afresh (its owner may have changed
+        it where it is published, or a did:plc's other rotation keys did),
+        verify the handle it names both ways, store that handle if it
+        changed, and announce the identity with ``#identity`` so relays
+        re-resolve it.  Returns the handle and the document.  A document that
+        does not resolve or a handle that does not verify changes nothing.
+        """
+        account = await self.db.read(account_by, "did", did)
+        if account is None:
+            raise XRPCError(f"{did} has no account on this PDS", name="DidNotFound")
+        try:
+            doc = await self.dids.refresh(did)
+        except Unresolved as e:
+            if e.gone:
+                raise XRPCError(f"{did} has been deactivated: {e.message}", name="DidDeactivated") from None
+            if e.confirmed:
+                raise XRPCError(f"{did} has no DID document: {e.message}", name="DidNotFound") from None
+            raise UpstreamFailure(f"Could not read the DID document of {did}: {e.message}") from None
+        handle = parse_document(doc).handle
+        if handle is None:
+            raise XRPCError("The DID document names no valid handle (at://...)", name="HandleNotFound")
+        if not await self._handle_verifies(did, handle):
+            raise XRPCError(f"Handle {handle} does not resolve to {did}", name="HandleNotFound")
+        now = iso_from_epoch(self.now())
+        appended = await self.db.write(_refresh_identity, did, account.handle, handle, now)
+        self.transactor.notify(appended)
+        return handle, doc
+
+    async def _handle_verifies(self, did: str, handle: str) -> bool:
+        """
+        Whether ``handle`` resolves to ``did``, asked afresh: this PDS answers
+        for its own domains (a handle there is an account's only once it has
+        claimed it with updateHandle); DNS or the well-known URL for others.
+        """
+        if any(handle.endswith("." + domain.lower().lstrip(".")) for domain in self.handle_domains):
+            return await self.did_for_handle(handle) == did
+        if self.resolve_handle is None:
+            return False
+        return await self.resolve_handle(handle, fresh=True) == did
+
     async def update_signing_key(self, did: str, signing_key: str) -> None:
         """
         Name ``signing_key`` (a did:key) as the account's atproto key in its
@@ -626,4 +669,15 @@ def _revoke_app_password(conn: Any, did: str, name: str, now: float) -> list[str
 
 def _change_handle(conn: Any, did: str, handle: str, now: str) -> list[tuple[int, bytes]]:
     conn.execute("UPDATE accounts SET handle = ? WHERE did = ?", (handle, did))
+    return [events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": now}, now)]
+
+
+def _refresh_identity(conn: Any, did: str, known: str, handle: str, now: str) -> list[tuple[int, bytes]]:
+    if account_by(conn, "did", did) is None:
+        raise XRPCError(f"{did} has no account on this PDS", name="DidNotFound")
+    if handle != known:
+        # Checked in the transaction: another account here may hold it (stale, as it now points here).
+        if conn.execute("SELECT 1 FROM accounts WHERE handle = ? AND did != ?", (handle, did)).fetchone():
+            raise InvalidRequest(f"Handle {handle} is held by another account on this PDS")
+        conn.execute("UPDATE accounts SET handle = ? WHERE did = ?", (handle, did))
     return [events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": now}, now)]

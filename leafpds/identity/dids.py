@@ -14,11 +14,26 @@ from urllib.parse import unquote
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
-from leafpds.identity.plc import PLCClient
+from leafpds.identity.plc import PLCClient, PLCError
 from leafpds.outbound import SystemResolver, discard, get_pinned, read_bounded
-from leafpds.syntax import validate_did
+from leafpds.syntax import InvalidSyntax, validate_did
 
 log = Logger()
+
+
+class Unresolved(Exception):
+    """
+    Why a DID has no document: its source said it has none (``gone`` False)
+    or that it was deactivated (``gone`` True, as the PLC directory answers
+    410 for a tombstoned DID), or the source could not be asked
+    (``confirmed`` False: unreachable, timed out, a malformed answer).
+    """
+
+    def __init__(self, message: str, *, confirmed: bool, gone: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.confirmed = confirmed
+        self.gone = gone
 
 
 class DIDResolver:
@@ -55,30 +70,34 @@ class DIDResolver:
         skips the caches (ours and the PLC client's), for the checks that
         must see the document as it is now.
         """
-        now = self._reactor.seconds()
         cached = self._cache.get(did)
-        if cached is not None and cached[1] > now and not fresh:
+        if cached is not None and cached[1] > self._reactor.seconds() and not fresh:
             return cached[0]
         try:
-            validate_did(did)
-            if did.startswith("did:plc:"):
-                doc = await self._plc.resolve(did, fresh=fresh)
-            elif did.startswith("did:web:"):
-                doc = await self._web(did)
-            else:
-                doc = None
-        except Exception as e:  # unresolvable, whatever the reason
-            log.info("DID {did} does not resolve: {reason}", did=did[:200], reason=f"{type(e).__name__}: {e}")
-            doc = None
-        if doc is not None and doc.get("id") != did:
-            log.info("DID {did} resolved to a document of another id", did=did)
-            doc = None
-        # Failures are often transient: remember them for less long.
-        ttl = self._cache_ttl if doc is not None else self._cache_ttl / 5
-        self._cache.pop(did, None)
-        self._cache[did] = (doc, now + ttl)
-        if len(self._cache) > self.MAX_CACHED:
-            del self._cache[next(iter(self._cache))]
+            return await self._resolve_now(did, fresh)
+        except Unresolved as e:
+            log.info("DID {did} does not resolve: {reason}", did=did[:200], reason=e.message)
+            return None
+
+    async def refresh(self, did: str) -> dict[str, Any]:
+        """
+        The DID document as its source serves it now (remembered for the
+        next :meth:`resolve`), or :class:`Unresolved` saying why not.
+        """
+        return await self._resolve_now(did, fresh=True)
+
+    async def _resolve_now(self, did: str, fresh: bool) -> dict[str, Any]:
+        now = self._reactor.seconds()
+        doc = None
+        try:
+            doc = await self._document(did, fresh)
+        finally:
+            # Failures are often transient: remember them for less long.
+            ttl = self._cache_ttl if doc is not None else self._cache_ttl / 5
+            self._cache.pop(did, None)
+            self._cache[did] = (doc, now + ttl)
+            if len(self._cache) > self.MAX_CACHED:
+                del self._cache[next(iter(self._cache))]
         return doc
 
     def forget(self, did: str) -> None:
@@ -86,11 +105,32 @@ class DIDResolver:
         self._cache.pop(did, None)
         self._plc.forget(did)
 
-    async def _web(self, did: str) -> dict[str, Any] | None:
+    async def _document(self, did: str, fresh: bool) -> dict[str, Any]:
+        try:
+            validate_did(did)
+            if did.startswith("did:plc:"):
+                doc = await self._plc.resolve(did, fresh=fresh)
+            elif did.startswith("did:web:"):
+                doc = await self._web(did)
+            else:
+                raise Unresolved(f"{did.split(':')[1]!r} is not a DID method atproto uses", confirmed=True)
+        except Unresolved:
+            raise
+        except InvalidSyntax as e:
+            raise Unresolved(f"not a DID: {e}", confirmed=True) from None
+        except PLCError as e:
+            raise Unresolved(e.message, confirmed=e.status in (404, 410), gone=e.status == 410) from None
+        except Exception as e:  # unreachable, malformed, whatever the reason
+            raise Unresolved(f"{type(e).__name__}: {e}", confirmed=False) from None
+        if doc.get("id") != did:
+            raise Unresolved("the document is another DID's", confirmed=True)
+        return doc
+
+    async def _web(self, did: str) -> dict[str, Any]:
         # atproto allows only host-level did:web (a port percent-encoded).
         name = did[len("did:web:"):]
         if ":" in name:
-            return None
+            raise Unresolved("a did:web with a path is not one atproto uses", confirmed=True)
         netloc = unquote(name)
         host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
         scheme = "http" if host == "localhost" else "https"
@@ -100,16 +140,20 @@ class DIDResolver:
         attempt.addTimeout(self._timeout, self._reactor)
         return await attempt
 
-    async def _fetch(self, url: str) -> dict[str, Any] | None:
+    async def _fetch(self, url: str) -> dict[str, Any]:
         response = await get_pinned(
             self._reactor, self._dns, url, allow_private=self._allow_private, timeout=self._timeout,
             headers={"Accept": "application/json"},
         )
         if response.code != 200:
             await discard(response)
-            return None
+            # The host answered: 404 and 410 say there is no document; anything else may pass.
+            raise Unresolved(f"{url} answered {response.code}", confirmed=response.code in (404, 410),
+                             gone=response.code == 410)
         doc = json.loads(await read_bounded(response, self.MAX_DOCUMENT))
-        return doc if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            raise Unresolved(f"{url} holds no JSON object", confirmed=True)
+        return doc
 
 
 def service_endpoint(doc: dict[str, Any], service_id: str) -> str | None:

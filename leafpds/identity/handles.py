@@ -174,8 +174,11 @@ class HandleResolver:
         if isinstance(self._dns, SystemResolver):
             self._dns.stop()
 
-    async def resolve(self, handle: str) -> str | None:
-        """The DID ``handle`` points to, or ``None`` if it does not resolve."""
+    async def resolve(self, handle: str, *, fresh: bool = False) -> str | None:
+        """
+        The DID ``handle`` points to, or ``None`` if it does not resolve;
+        ``fresh`` looks it up anew (the handle's owner has just changed it).
+        """
         try:
             handle = normalize_handle(handle)
         except InvalidSyntax:
@@ -184,9 +187,14 @@ class HandleResolver:
             return None
 
         cached = self._cache.get(handle)
-        if cached is not None and cached[1] > self._reactor.seconds():
+        if cached is not None and cached[1] > self._reactor.seconds() and not fresh:
             return cached[0]
-        # Concurrent requests for one handle share one lookup.
+        # Concurrent requests for one handle share one lookup (a fresh one
+        # starts its own: one under way may have begun before the change).
+        if fresh:
+            did = await self._lookup(handle)
+            self._remember(handle, did)
+            return did
         if handle in self._pending:
             waiter: Deferred[str | None] = Deferred()
             self._pending[handle].append(waiter)

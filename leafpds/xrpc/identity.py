@@ -4,6 +4,7 @@ from typing import Any
 
 from leafpds import syntax
 from leafpds.accounts import plc_operations
+from leafpds.accounts.accounts import account_by
 from leafpds.errors import InvalidRequest, XRPCError
 from leafpds.identity.plc import ATPROTO_KEY, PDS_SERVICE, PDS_TYPE
 from leafpds.xrpc.auth import access, access_full, access_privileged
@@ -31,6 +32,29 @@ async def update_handle(ctx: XRPCContext) -> None:
     if not isinstance(handle, str):
         raise InvalidRequest("Input/handle must be a string")
     await ctx.app.accounts.update_handle(ctx.auth.did, handle)
+
+
+@xrpc.procedure("com.atproto.identity.refreshIdentity")
+async def refresh_identity(ctx: XRPCContext) -> dict[str, Any]:
+    """
+    Re-read the identity of an account hosted here and announce it
+    (``#identity``), e.g. after a did:web's owner changed its did.json.  No
+    session is needed: the answer is what the public documents say, and
+    the limit per account bounds the events anyone can cause.  The official
+    PDS does not serve this method; the lexicon's errors are used.
+    """
+    identifier = ctx.input["identifier"]
+    if identifier.startswith("did:"):
+        did = identifier
+        if await ctx.app.db.read(account_by, "did", did) is None:
+            raise XRPCError(f"{did} has no account on this PDS", name="DidNotFound")
+    else:
+        did = await ctx.app.accounts.did_for_handle(syntax.normalize_handle(identifier))
+        if did is None:
+            raise XRPCError(f"{identifier} is not the handle of an account on this PDS", name="HandleNotFound")
+    ctx.app.method_limits[ctx.nsid].consume(did, 1, ctx.request)
+    handle, doc = await ctx.app.accounts.refresh_identity(did)
+    return {"did": did, "handle": handle, "didDoc": doc}
 
 
 @xrpc.query("com.atproto.identity.getRecommendedDidCredentials", auth=access)

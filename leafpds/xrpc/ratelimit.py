@@ -25,6 +25,9 @@ METHOD_LIMITS = {
     "com.atproto.server.requestAccountDelete": "5/3600,15/86400",
     "com.atproto.server.deleteAccount": "50/300",
     "com.atproto.identity.requestPlcOperationSignature": "5/3600,15/86400",
+    # Not the reference's (it does not serve it): anyone may ask, so each
+    # account's refreshes (a document fetch and an #identity event) are few.
+    "com.atproto.identity.refreshIdentity": "5/300,50/86400",
 }
 
 

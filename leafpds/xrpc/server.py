@@ -102,9 +102,16 @@ async def _session_answer(ctx: XRPCContext, signed_in: SignedIn) -> dict[str, An
 @xrpc.procedure("com.atproto.server.createAccount")
 async def create_account(ctx: XRPCContext) -> dict[str, Any]:
     body = ctx.input
-    if not ctx.app.settings.password_signup:
-        raise InvalidRequest("This server creates accounts only through sign-in with GitHub or Google")
     did = body.get("did")
+    if not ctx.app.settings.password_signup:
+        # Migrations in too: anyone can mint a DID and sign its service JWT,
+        # so one would be a way around the operator's choice.
+        if did:
+            raise InvalidRequest(
+                "This server accepts no accounts moving in: it creates accounts only through sign-in"
+                " with GitHub or Google"
+            )
+        raise InvalidRequest("This server creates accounts only through sign-in with GitHub or Google")
     did_doc = await _migrating_in(ctx, did) if did else None
     if "email" not in body:
         raise InvalidRequest("Email is required")
