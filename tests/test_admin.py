@@ -282,6 +282,21 @@ def sync_reads(did, rkey, blob_cid, commit_cid):
     ]
 
 
+def unserved_repo_error(nsid, status_error):
+    """
+    What a com.atproto.repo read answers, to anyone, for a repo that is not
+    active, as the official PDS: describeRepo names the status
+    (``status_error``: RepoTakendown, RepoDeactivated); listRecords' account
+    lookup leaves it out (InvalidRequest "Could not find repo"); getRecord
+    answers as for a repo not hosted here.
+    """
+    return {
+        "com.atproto.repo.describeRepo": status_error,
+        "com.atproto.repo.listRecords": "InvalidRequest",
+        "com.atproto.repo.getRecord": "RepoNotFound",
+    }[nsid]
+
+
 def repo_reads(did, handle, rkey):
     """Every com.atproto.repo read of one repo, by DID and by handle."""
     reads = []
@@ -315,8 +330,14 @@ async def test_account_takedown_on_every_read_path_login_and_firehose_and_its_re
 
     for nsid, params in sync:
         assert_error(await pds.get(nsid, params), 400, "RepoTakendown")
+        assert_error(await pds.get(nsid, params, headers=bearer(bob["accessJwt"])), 400, "RepoTakendown")
+        # The admin still reads it (the official PDS's assertRepoAvailability).
+        assert (await pds.get(nsid, params, headers=ADMIN)).code == 200, nsid
+        # The owner's token ended with its sessions.
+        assert_error(await pds.get(nsid, params, headers=bearer(alice["accessJwt"])), 400, "ExpiredToken")
     for nsid, params in repo:
-        assert_error(await pds.get(nsid, params), 400, "RepoNotFound")
+        assert_error(await pds.get(nsid, params), 400, unserved_repo_error(nsid, "RepoTakendown"))
+        assert_error(await pds.get(nsid, params, headers=ADMIN), 400, unserved_repo_error(nsid, "RepoTakendown"))
     repo_status = (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()
     assert repo_status == {"did": did, "active": False, "status": "takendown"}
     listed = {r["did"]: r for r in (await pds.get("com.atproto.sync.listRepos")).json()["repos"]}

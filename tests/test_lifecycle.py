@@ -4,6 +4,8 @@ read and write path, checkAccountStatus, and deletion with the code mailed
 to a real SMTP stand-in; the firehose read over a real WebSocket.
 """
 
+import base64
+
 import pytest
 import pytest_twisted
 
@@ -13,9 +15,10 @@ from leafpds.lexicon import validate_output
 from tests.harness import make_settings, start_pds
 from tests.smtp_standin import Inbox
 from tests.test_admin import (
-    ADMIN_PASSWORD, PASSWORD, POST, account_with_a_post_and_blob, admin_post, assert_error, bearer,
-    firehose_from, login, newest_seq, plain_post, sync_reads,
+    ADMIN, ADMIN_PASSWORD, PASSWORD, POST, account_with_a_post_and_blob, admin_post, assert_error, bearer,
+    firehose_from, login, newest_seq, plain_post, repo_reads, sync_reads, unserved_repo_error,
 )
+from tests.test_oauth_xrpc import grant
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
@@ -100,6 +103,100 @@ async def test_deactivate_then_activate(world):
     now = await newest_seq(pds)
     assert (await pds.post("com.atproto.server.activateAccount", headers=auth)).code == 200
     assert await newest_seq(pds) == now
+
+
+@pytest_twisted.ensureDeferred
+async def test_deactivated_repo_reads_by_who_asks(world):
+    """
+    Every repo and sync read of a deactivated repo, as the official PDS
+    answers each caller: the sync methods serve the account itself (its
+    session, an app password, an OAuth grant) and the admin, as before it
+    was deactivated, and refuse anyone else ``RepoDeactivated``; a bad
+    credential is refused, not taken for none; the com.atproto.repo reads
+    take no credentials and serve nobody; writes stay refused.
+    """
+    pds, _ = world
+    alice, post, blob_cid = await account_with_a_post_and_blob(pds, "alice")
+    bob, _, _ = await account_with_a_post_and_blob(pds, "bob")
+    did, auth, rkey = alice["did"], bearer(alice["accessJwt"]), post["uri"].split("/")[-1]
+    app_password = (await pds.post("com.atproto.server.createAppPassword", {"name": "exporter"},
+                                   headers=auth)).json()["password"]
+    app_auth = bearer((await login(pds, did, app_password)).json()["accessJwt"])
+    oauth = await grant(pds, did)
+    head = (await pds.get("com.atproto.sync.getLatestCommit", {"did": did})).json()
+    sync = sync_reads(did, rkey, blob_cid, head["cid"])
+    repo = repo_reads(did, "alice.test", rkey)
+    served = {}
+    for nsid, params in sync:
+        answer = await pds.get(nsid, params)
+        assert answer.code == 200, (nsid, answer.body)
+        served[nsid] = answer.body
+    for nsid, params in repo:
+        assert (await pds.get(nsid, params)).code == 200, nsid  # getRecord by DID is cached now
+
+    assert (await pds.post("com.atproto.server.deactivateAccount", {}, headers=auth)).code == 200
+
+    wrong_admin = {"Authorization": "Basic " + base64.b64encode(b"admin:not the password").decode()}
+    for nsid, params in sync:
+        # Anyone else: refused, named.
+        assert_error(await pds.get(nsid, params), 400, "RepoDeactivated")
+        assert_error(await pds.get(nsid, params, headers=bearer(bob["accessJwt"])), 400, "RepoDeactivated")
+        # The account itself and the admin: what it served before.
+        for who, headers in (("owner", auth), ("app password", app_auth), ("admin", ADMIN)):
+            answer = await pds.get(nsid, params, headers=headers)
+            assert (answer.code, answer.body) == (200, served[nsid]), (nsid, who, answer.body[:200])
+            assert "authorization" in answer.header("vary").lower(), nsid
+        by_grant = await oauth.get(nsid, **params)
+        assert (by_grant.code, by_grant.body) == (200, served[nsid]), (nsid, by_grant.body[:200])
+        # A credential that does not hold is refused, whoever's repo it is.
+        assert_error(await pds.get(nsid, params, headers=bearer("not-a-token")), 400, "InvalidToken")
+        assert_error(await pds.get(nsid, params, headers={"Authorization": "Token abc"}), 400, "InvalidToken")
+        assert_error(await pds.get(nsid, params, headers=wrong_admin), 401, "AuthenticationRequired")
+        refused = await pds.get(nsid, params)
+        assert "authorization" in refused.header("vary").lower(), nsid
+    # Bob's own repo is his to read as before; a bad credential on it is refused all the same.
+    bob_head = await pds.get("com.atproto.sync.getLatestCommit", {"did": bob["did"]}, headers=auth)
+    assert bob_head.code == 200, bob_head.body
+    bob_bad = await pds.get("com.atproto.sync.getLatestCommit", {"did": bob["did"]}, headers=bearer("x"))
+    assert_error(bob_bad, 400, "InvalidToken")
+
+    # getRepoStatus says what it is, to anyone, credentials or not.
+    for headers in ({}, auth, bearer(bob["accessJwt"]), ADMIN, bearer("not-a-token")):
+        status = await pds.get("com.atproto.sync.getRepoStatus", {"did": did}, headers=headers)
+        assert status.json() == {"did": did, "active": False, "status": "deactivated"}
+
+    # The repo reads: the same answer whoever asks (they take no credentials);
+    # getRecord and listRecords exactly as for a repo not hosted here.
+    nobody = "did:plc:nobodynobodynobodynobody"
+    for nsid, params in repo:
+        expected = unserved_repo_error(nsid, "RepoDeactivated")
+        for headers in ({}, auth, bearer(bob["accessJwt"]), ADMIN):
+            assert_error(await pds.get(nsid, params, headers=headers), 400, expected)
+        if nsid != "com.atproto.repo.describeRepo":
+            unknown = await pds.get(nsid, {**params, "repo": nobody})
+            assert_error(unknown, 400, expected)
+            mine = (await pds.get(nsid, params)).json()["message"]
+            assert mine == f"Could not find repo: {params['repo']}"
+            assert unknown.json()["message"] == f"Could not find repo: {nobody}"
+    describe = await pds.get("com.atproto.repo.describeRepo", {"repo": "alice.test"})
+    assert describe.json()["message"] == "Repo has been deactivated: alice.test"
+    assert_error(await pds.get("com.atproto.repo.describeRepo", {"repo": nobody}), 400, "RepoNotFound")
+
+    # Writes stay refused, by every credential; nothing changed.
+    assert_error(await write(pds, did, auth), 401, "AccountDeactivated")
+    assert_error(await write(pds, did, app_auth), 401, "AccountDeactivated")
+    by_grant = await oauth.post("com.atproto.repo.createRecord",
+                                {"repo": did, "collection": POST, "record": plain_post("x")})
+    assert_error(by_grant, 401, "AccountDeactivated")
+    assert (await pds.get("com.atproto.sync.getLatestCommit", {"did": did}, headers=auth)).json() == head
+
+    # Activated again: everyone reads it as before.
+    assert (await pds.post("com.atproto.server.activateAccount", headers=auth)).code == 200
+    for nsid, params in sync:
+        answer = await pds.get(nsid, params)
+        assert (answer.code, answer.body) == (200, served[nsid]), nsid
+    for nsid, params in repo:
+        assert (await pds.get(nsid, params)).code == 200, nsid
 
 
 @pytest_twisted.ensureDeferred

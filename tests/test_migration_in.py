@@ -21,7 +21,7 @@ from twisted.web.client import FileBodyProducer
 
 from leafpds import crypto
 from leafpds.errors import XRPCError
-from leafpds.ipld import codec
+from leafpds.ipld import atjson, codec
 from leafpds.ipld.car import _varint, encode_car, read_car
 from leafpds.identity.plc import build_operation, operation_cid, sign_operation
 from leafpds.ipld.cid import parse_cid
@@ -112,7 +112,7 @@ async def import_car(b, auth, car, **kwargs):
 
 
 async def all_records(pds, did):
-    """Every record of the repo as getRecord answers it, by at-uri."""
+    """Every record of an active repo as getRecord answers it, by at-uri."""
     described = (await pds.get("com.atproto.repo.describeRepo", {"repo": did})).json()
     found = {}
     for collection in described["collections"]:
@@ -123,6 +123,23 @@ async def all_records(pds, did):
             assert got.code == 200 and got.json() == record
             found[record["uri"]] = (record["cid"], record["value"])
     return found
+
+
+async def exported_records(pds, did, auth):
+    """
+    Every record of the repo as its owner exports it, by at-uri: a repo
+    migrating in is deactivated, so getRepo serves it to its own token and
+    the com.atproto.repo reads to no one (as the official PDS).
+    """
+    answer = await pds.get("com.atproto.sync.getRepo", {"did": did}, headers=auth)
+    assert answer.code == 200, answer.body
+    root, blocks = read_car(answer.body)
+    blocks = dict(blocks)
+    tree = MST.load(MemoryBlockSource(blocks), codec.decode(blocks[root])["data"], cache=NodeCache())
+    return {
+        f"at://{did}/{key}": (cid.encode(), json.loads(atjson.dumps(codec.decode(blocks[cid]))))
+        for key, cid in tree.walk()
+    }
 
 
 async def stored(pds, did):
@@ -181,7 +198,11 @@ async def test_an_account_moves_in_with_its_records_and_blobs(two):
     car = await export(a, did)
     answer = await import_car(b, auth, car)
     assert answer.code == 200, answer.body
-    assert await all_records(b, did) == await all_records(a, did)
+    assert await exported_records(b, did, auth) == await all_records(a, did)
+    # Not served to anyone else until it is activated.
+    listed = await b.get("com.atproto.repo.listRecords", {"repo": did, "collection": POST})
+    assert_error(listed, 400, "InvalidRequest")
+    assert_error(await b.get("com.atproto.sync.getRepo", {"did": did}), 400, "RepoDeactivated")
     latest_a = (await a.get("com.atproto.sync.getLatestCommit", {"did": did})).json()
     status = await account_status(b, auth)
     assert (status["repoCommit"], status["repoRev"]) == (latest_a["cid"], latest_a["rev"])
@@ -214,6 +235,8 @@ async def test_an_account_moves_in_with_its_records_and_blobs(two):
     frames = mine(await firehose_from(b, before), did)
     assert [t for t, _ in frames] == ["#account", "#identity", "#sync"]
     assert frames[2][1]["rev"] == latest_a["rev"]
+    # Served to everyone now, from the records index the import built.
+    assert await all_records(b, did) == await all_records(a, did)
 
     # The next write is a commit on top of the import, signed here.
     before = await newest_seq(b)
@@ -337,7 +360,7 @@ async def test_import_refuses_every_bad_car_and_changes_nothing(two):
     # First a good import, so that "unchanged" is a populated repo.
     assert (await import_car(b, auth, car)).code == 200
     before = await stored(b, did)
-    records = await all_records(b, did)
+    records = await exported_records(b, did, auth)
     assert len(records) == 62
 
     for name, (bad, message) in corrupted_cars(car, await export(a, other["did"])).items():
@@ -345,7 +368,7 @@ async def test_import_refuses_every_bad_car_and_changes_nothing(two):
         assert_error(answer, 400, "InvalidRequest")
         assert answer.json()["message"].startswith(message), (name, answer.body)
         assert await stored(b, did) == before, name
-    assert await all_records(b, did) == records
+    assert await exported_records(b, did, auth) == records
 
     # Wrong encodings, app passwords and strangers are refused too.
     assert_error(await b.request("POST", "/xrpc/com.atproto.repo.importRepo", data=car,
@@ -374,8 +397,8 @@ async def test_a_newer_export_imports_over_an_older_one(two):
     auth = bearer(arrived["accessJwt"])
     first_car = await export(a, did)
     assert (await import_car(b, auth, first_car)).code == 200
-    # Reading a record fills B's cache; the next import must not leave it stale.
-    first = await all_records(b, did)
+    first = await exported_records(b, did, auth)
+    assert first == await all_records(a, did)
 
     # Meanwhile, on A: the post with the blob goes, others change and come.
     listed = (await a.get("com.atproto.repo.listRecords", {"repo": did, "collection": POST, "limit": 100})).json()
@@ -390,14 +413,26 @@ async def test_a_newer_export_imports_over_an_older_one(two):
     assert (await a.post("com.atproto.repo.applyWrites", {"repo": did, "writes": writes}, headers=old_auth)).code == 200
 
     assert (await import_car(b, auth, await export(a, did))).code == 200
-    second = await all_records(b, did)
+    second = await exported_records(b, did, auth)
     assert second == await all_records(a, did) != first
-    got = await b.get("com.atproto.repo.getRecord", {"repo": did, "collection": POST, "rkey": plain})
-    assert got.json()["value"]["text"] == "edited"
+    assert second[f"at://{did}/{POST}/{plain}"][1]["text"] == "edited"
     assert await missing_blobs(b, auth) == []
     status = await account_status(b, auth)
     assert (status["indexedRecords"], status["expectedBlobs"]) == (len(second), 0)
     assert status["repoRev"] == (await a.get("com.atproto.sync.getLatestCommit", {"did": did})).json()["rev"]
+
+    # Once active, its records are served from the index the import rebuilt;
+    # reading one fills B's cache, and an import over it must not leave it stale.
+    await point_did_at(a, b, did)
+    assert (await b.post("com.atproto.server.activateAccount", headers=auth)).code == 200
+    assert await all_records(b, did) == second
+    edit = {"$type": "com.atproto.repo.applyWrites#update", "collection": POST, "rkey": plain,
+            "value": plain_post("edited again")}
+    assert (await a.post("com.atproto.repo.applyWrites", {"repo": did, "writes": [edit]}, headers=old_auth)).code == 200
+    assert (await import_car(b, auth, await export(a, did))).code == 200
+    got = await b.get("com.atproto.repo.getRecord", {"repo": did, "collection": POST, "rkey": plain})
+    assert got.json()["value"]["text"] == "edited again"
+    assert await all_records(b, did) == await all_records(a, did)
 
     # An account taken down meanwhile imports nothing (checked in the swap's transaction).
     app = b.service.app

@@ -213,6 +213,8 @@ async def test_hostile_bytes_are_refused_cleanly_everywhere(admin_pds):
         verifiers.access_full: access,
         verifiers.refresh: {b"authorization": b"Bearer " + made["refreshJwt"].encode()},
         verifiers.admin: {b"authorization": b"Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode())},
+        # The sync reads: anyone may call them, credentials are optional.
+        verifiers.access_or_admin_optional: {},
     }
     cases = [case for nsid, method in sorted(xrpc.methods.items()) for case in _cases_for(nsid, method, credentials, pds.service.app.lexicons)]
     assert {method.auth for method in xrpc.methods.values()} <= {None, *credentials}

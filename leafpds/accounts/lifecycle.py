@@ -4,7 +4,9 @@ activateAccount, checkAccountStatus, requestAccountDelete, deleteAccount),
 as the official PDS answers them.
 
 A deactivated account keeps its data and its sessions (login works), but
-its repo is not served by sync methods (``RepoDeactivated``) and writes are
+its repo is not served: sync methods answer ``RepoDeactivated`` (except to
+the account itself and the admin, so it can still export its repo),
+describeRepo too, getRecord and listRecords find no such repo; writes are
 refused (401 ``AccountDeactivated``, checked in the commit's transaction).
 Status changes append ``#account`` events in the same transaction, as
 takedowns do (leafpds.admin.takedowns).  Deletion goes through
@@ -45,6 +47,8 @@ def _takedown_refused() -> AuthenticationRequired:
 
 async def deactivate(app: "AppContext", did: str, delete_after: str | None) -> None:
     appended = await app.db.write(_deactivate_unit, did, delete_after, app.reactor.seconds())
+    # getRecord serves no record of a deactivated repo, cached ones included.
+    app.record_cache.forget_repo(did)
     app.transactor.notify(appended)
 
 

@@ -3,7 +3,8 @@ Takedowns (com.atproto.admin.updateSubjectStatus / getSubjectStatus) of an
 account (``repoRef``), a record (``strongRef``) or a blob (``repoBlobRef``).
 
 A taken-down account keeps all its data: its status is ``takendown`` (sync
-methods answer ``RepoTakendown``, com.atproto.repo reads do not find it,
+methods and describeRepo answer ``RepoTakendown`` except to the admin,
+getRecord and listRecords do not find it,
 login answers ``AccountTakedown``), its sessions end, and the firehose
 hears ``#account`` with ``active: false, status: "takendown"``; reversing
 it makes it ``active`` again (``deactivated`` if its owner had deactivated it)

@@ -6,7 +6,7 @@ resolving the ``repo`` an XRPC call names, records, commits, proofs.
 from dataclasses import dataclass
 from typing import Any
 
-from leafpds.errors import AuthenticationRequired, RepoNotFound, XRPCError
+from leafpds.errors import AuthenticationRequired, InvalidRequest, RepoNotFound, XRPCError
 from leafpds.ipld.cid import CID
 from leafpds.repo import storage
 from leafpds.repo.commit import parse_commit
@@ -50,23 +50,30 @@ def check_writable(conn: Any, did: str) -> None:
     raise AuthenticationRequired("Account is deactivated", name="AccountDeactivated")
 
 
-def find_active_repo(conn: Any, did: str) -> RepoInfo:
-    """For sync methods: the repo must exist and be active."""
-    repo = find_repo(conn, did)
+def find_available_repo(conn: Any, identifier: str, self_or_admin: bool = False) -> RepoInfo:
+    """
+    For sync methods and describeRepo: the repo must exist, and be active
+    unless the account itself or the admin asks (an account exports its
+    own repo while deactivated, as a migration does).
+    """
+    repo = find_repo(conn, identifier)
+    if self_or_admin:
+        return repo
     if repo.status == "takendown":
-        raise XRPCError(f"Repo has been takendown: {did}", name="RepoTakendown")
+        raise XRPCError(f"Repo has been takendown: {identifier}", name="RepoTakendown")
     if repo.status != "active":
-        raise XRPCError(f"Repo has been deactivated: {did}", name="RepoDeactivated")
+        raise XRPCError(f"Repo has been deactivated: {identifier}", name="RepoDeactivated")
     return repo
 
 
 def find_served_repo(conn: Any, identifier: str) -> RepoInfo:
     """
-    For com.atproto.repo reads: a taken-down repo is not found, as the
-    official PDS answers (its actor lookup leaves taken-down accounts out).
+    For com.atproto.repo record reads: a repo that is not active is not
+    found, as the official PDS answers (its actor lookup leaves taken-down
+    and deactivated accounts out).
     """
     repo = find_repo(conn, identifier)
-    if repo.status == "takendown":
+    if repo.status != "active":
         raise RepoNotFound(f"Could not find repo: {identifier}")
     return repo
 
@@ -81,21 +88,27 @@ def get_record(
 def list_records(
     conn: Any, identifier: str, collection: str, limit: int, cursor: str | None, reverse: bool
 ) -> tuple[RepoInfo, list[tuple[str, CID, bytes]]]:
-    repo = find_served_repo(conn, identifier)
+    try:
+        repo = find_served_repo(conn, identifier)
+    except RepoNotFound as e:
+        # The official PDS names no error for listRecords' missing repo.
+        raise InvalidRequest(e.message) from None
     return repo, storage.list_records(conn, repo.did, collection, limit, cursor, reverse)
 
 
 def describe(conn: Any, identifier: str) -> tuple[RepoInfo, list[str]]:
-    repo = find_served_repo(conn, identifier)
+    repo = find_available_repo(conn, identifier)
     return repo, storage.collections(conn, repo.did)
 
 
-def record_proof(conn: Any, did: str, collection: str, rkey: str) -> tuple[CID, list[tuple[CID, bytes]]]:
+def record_proof(
+    conn: Any, did: str, collection: str, rkey: str, self_or_admin: bool
+) -> tuple[CID, list[tuple[CID, bytes]]]:
     """
     The blocks proving a record's presence (or absence): the commit, the MST
     nodes on the key's path, and the record block if it exists.
     """
-    repo = find_active_repo(conn, did)
+    repo = find_available_repo(conn, did, self_or_admin)
     source = storage.SQLBlocks(conn, did)
     commit_block = source.get_block(repo.commit_cid)
     commit = parse_commit(commit_block)
@@ -107,8 +120,8 @@ def record_proof(conn: Any, did: str, collection: str, rkey: str) -> tuple[CID, 
     return repo.commit_cid, blocks
 
 
-def get_blocks(conn: Any, did: str, cids: list[CID]) -> list[tuple[CID, bytes]]:
-    find_active_repo(conn, did)
+def get_blocks(conn: Any, did: str, cids: list[CID], self_or_admin: bool) -> list[tuple[CID, bytes]]:
+    find_available_repo(conn, did, self_or_admin)
     source = storage.SQLBlocks(conn, did)
     found: dict[CID, bytes] = {}
     for cid in cids:

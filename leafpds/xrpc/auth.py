@@ -118,6 +118,30 @@ def _dpop(ctx: XRPCContext, token: str) -> DpopCaller:
         raise
 
 
+async def access_or_admin_optional(ctx: XRPCContext) -> Caller | AdminCredentials | None:
+    """
+    For the sync reads anyone may make: no ``Authorization`` is an anonymous
+    caller (None); an access token (``Bearer``, ``DPoP``) or the admin's
+    ``Basic`` must be valid, never ignored, as the official PDS answers.
+    What the caller may read depends on who it is (:func:`is_self_or_admin`),
+    so the answer varies with the header.
+    """
+    ctx.request.setHeader("vary", "authorization")
+    found = authorization(ctx)
+    if found is None:
+        return None
+    if found[0] == "basic":
+        return await admin(ctx)
+    return await access(ctx)
+
+
+def is_self_or_admin(caller: Caller | AdminCredentials | None, did: str) -> bool:
+    """Whether ``caller`` is the account ``did`` itself or the admin."""
+    if isinstance(caller, AdminCredentials):
+        return True
+    return caller is not None and caller.did == did
+
+
 def oauth_permissions(caller: Caller | None) -> Permissions | None:
     """What an OAuth caller's grant allows; None for a session (or no caller)."""
     return caller.permissions if isinstance(caller, DpopCaller) else None

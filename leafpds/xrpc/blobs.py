@@ -12,7 +12,7 @@ from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.oauth.requirements import check_blob
 from leafpds.repo import reads
 from leafpds.web import incoming
-from leafpds.xrpc.auth import access, oauth_permissions
+from leafpds.xrpc.auth import access, access_or_admin_optional, is_self_or_admin, oauth_permissions
 from leafpds.xrpc.registry import ANSWERED, Answered, XRPCContext, XRPCStream, xrpc
 
 #: Bytes read from the store per write to the client.
@@ -46,18 +46,18 @@ async def upload_blob(ctx: XRPCContext) -> dict[str, Any]:
     return {"blob": blob}
 
 
-def _find_blob(conn: Any, did: str, cid: CID) -> tuple[str, int]:
-    reads.find_active_repo(conn, did)
+def _find_blob(conn: Any, did: str, cid: CID, self_or_admin: bool) -> tuple[str, int]:
+    reads.find_available_repo(conn, did, self_or_admin)
     found = index.served_blob(conn, did, cid)
     if found is None:
         raise InvalidRequest("Blob not found")
     return found
 
 
-@xrpc.query("com.atproto.sync.getBlob")
+@xrpc.query("com.atproto.sync.getBlob", auth=access_or_admin_optional)
 async def get_blob(ctx: XRPCContext) -> XRPCStream | Answered:
     did, cid = ctx.params["did"], _cid(ctx.params["cid"], "cid")
-    mime_type, size = await ctx.app.db.read(_find_blob, did, cid)
+    mime_type, size = await ctx.app.db.read(_find_blob, did, cid, is_self_or_admin(ctx.auth, did))
     store = ctx.app.blobs.store
     url = store.redirect_url(did, cid, mime_type)
     if url is not None:
@@ -136,16 +136,19 @@ def _unsatisfiable(size: int) -> RangeNotSatisfiable:
     return RangeNotSatisfiable(f"Range not satisfiable: the blob has {size} bytes")
 
 
-def _list_blobs(conn: Any, did: str, since: str | None, limit: int, cursor: CID | None) -> list[CID]:
-    reads.find_active_repo(conn, did)
+def _list_blobs(
+    conn: Any, did: str, self_or_admin: bool, since: str | None, limit: int, cursor: CID | None
+) -> list[CID]:
+    reads.find_available_repo(conn, did, self_or_admin)
     return index.list_blobs(conn, did, since, limit, cursor)
 
 
-@xrpc.query("com.atproto.sync.listBlobs")
+@xrpc.query("com.atproto.sync.listBlobs", auth=access_or_admin_optional)
 async def list_blobs(ctx: XRPCContext) -> dict[str, Any]:
     params = ctx.params
     cids = await ctx.app.db.read(
-        _list_blobs, params["did"], params.get("since"), params["limit"], _cursor(ctx)
+        _list_blobs, params["did"], is_self_or_admin(ctx.auth, params["did"]),
+        params.get("since"), params["limit"], _cursor(ctx),
     )
     answer: dict[str, Any] = {"cids": [cid.encode() for cid in cids]}
     if cids:

@@ -8,6 +8,7 @@ from leafpds.ipld.car import encode_car
 from leafpds.ipld.cid import CID, InvalidCID, parse_cid
 from leafpds.repo import reads
 from leafpds.repo.archive import export_repo
+from leafpds.xrpc.auth import access_or_admin_optional, is_self_or_admin
 from leafpds.xrpc.registry import XRPCContext, XRPCResponse, XRPCStream, xrpc
 
 
@@ -47,8 +48,13 @@ def _did_param(value: str) -> str:
     return value
 
 
+async def _available(ctx: XRPCContext, did: str) -> reads.RepoInfo:
+    """The repo ``did`` if this caller may read it (see :func:`reads.find_available_repo`)."""
+    return await ctx.app.db.read(reads.find_available_repo, did, is_self_or_admin(ctx.auth, did))
+
+
 async def _export(ctx: XRPCContext, did: str, since: str | None) -> XRPCStream:
-    await ctx.app.db.read(reads.find_active_repo, did)  # errors before the first byte
+    await _available(ctx, did)  # errors before the first byte
 
     async def produce(write) -> None:
         await export_repo(ctx.app.db, ctx.app.reactor, did, write, since)
@@ -56,26 +62,26 @@ async def _export(ctx: XRPCContext, did: str, since: str | None) -> XRPCStream:
     return XRPCStream(CAR, produce)
 
 
-@xrpc.query("com.atproto.sync.getRepo")
+@xrpc.query("com.atproto.sync.getRepo", auth=access_or_admin_optional)
 async def get_repo(ctx: XRPCContext) -> XRPCStream:
     since = ctx.params.get("since")
     return await _export(ctx, _did_param(ctx.params["did"]), since)
 
 
-@xrpc.query("com.atproto.sync.getCheckout")
+@xrpc.query("com.atproto.sync.getCheckout", auth=access_or_admin_optional)
 async def get_checkout(ctx: XRPCContext) -> XRPCStream:
     return await _export(ctx, _did_param(ctx.params["did"]), None)
 
 
-@xrpc.query("com.atproto.sync.getLatestCommit")
+@xrpc.query("com.atproto.sync.getLatestCommit", auth=access_or_admin_optional)
 async def get_latest_commit(ctx: XRPCContext) -> dict[str, Any]:
-    repo = await ctx.app.db.read(reads.find_active_repo, _did_param(ctx.params["did"]))
+    repo = await _available(ctx, _did_param(ctx.params["did"]))
     return {"cid": repo.commit_cid.encode(), "rev": repo.rev}
 
 
-@xrpc.query("com.atproto.sync.getHead")
+@xrpc.query("com.atproto.sync.getHead", auth=access_or_admin_optional)
 async def get_head(ctx: XRPCContext) -> dict[str, Any]:
-    repo = await ctx.app.db.read(reads.find_active_repo, _did_param(ctx.params["did"]))
+    repo = await _available(ctx, _did_param(ctx.params["did"]))
     return {"root": repo.commit_cid.encode()}
 
 
@@ -90,20 +96,22 @@ async def get_repo_status(ctx: XRPCContext) -> dict[str, Any]:
     return answer
 
 
-@xrpc.query("com.atproto.sync.getRecord")
+@xrpc.query("com.atproto.sync.getRecord", auth=access_or_admin_optional)
 async def get_record_proof(ctx: XRPCContext) -> XRPCResponse:
     params = ctx.params
+    did = _did_param(params["did"])
     root, blocks = await ctx.app.db.read(
-        reads.record_proof, _did_param(params["did"]), params["collection"], params["rkey"]
+        reads.record_proof, did, params["collection"], params["rkey"], is_self_or_admin(ctx.auth, did)
     )
     return XRPCResponse(encode_car(root, blocks), CAR)
 
 
-@xrpc.query("com.atproto.sync.getBlocks")
+@xrpc.query("com.atproto.sync.getBlocks", auth=access_or_admin_optional)
 async def get_blocks(ctx: XRPCContext) -> XRPCResponse:
     try:
         cids = [parse_cid(value) for value in ctx.params["cids"]]
     except InvalidCID as e:
         raise InvalidRequest(str(e)) from None
-    blocks = await ctx.app.db.read(reads.get_blocks, _did_param(ctx.params["did"]), cids)
+    did = _did_param(ctx.params["did"])
+    blocks = await ctx.app.db.read(reads.get_blocks, did, cids, is_self_or_admin(ctx.auth, did))
     return XRPCResponse(encode_car(None, blocks), CAR)
