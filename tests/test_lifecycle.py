@@ -55,6 +55,18 @@ def my_events(frames, did):
     return [(h["t"], b) for h, b in frames if b.get("did", b.get("repo")) == did]
 
 
+async def handle_resolves(pds, did):
+    """alice.test resolves to ``did`` (None: to nothing) by resolveHandle and the well-known name."""
+    answer = await pds.get("com.atproto.identity.resolveHandle", {"handle": "alice.test"})
+    known = await pds.request("GET", "/.well-known/atproto-did", headers={"Host": "alice.test"})
+    if did is None:
+        assert_error(answer, 400, "HandleNotFound")
+        assert known.code == 404
+    else:
+        assert answer.json() == {"did": did}
+        assert (known.code, known.body) == (200, did.encode())
+
+
 @pytest_twisted.ensureDeferred
 async def test_deactivate_then_activate(world):
     pds, _ = world
@@ -83,6 +95,8 @@ async def test_deactivate_then_activate(world):
     assert session.code == 200, session.body
     assert (session.json()["active"], session.json()["status"]) == (False, "deactivated")
     assert (await account_status(pds, auth))["activated"] is False
+    # Its handle resolves for no one meanwhile (it stays the account's).
+    await handle_resolves(pds, None)
     # Deactivating again says nothing more.
     assert (await pds.post("com.atproto.server.deactivateAccount", {}, headers=auth)).code == 200
 
@@ -99,6 +113,7 @@ async def test_deactivate_then_activate(world):
     assert (await write(pds, did, auth)).code == 200
     assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["active"] is True
     assert (await account_status(pds, auth))["activated"] is True
+    await handle_resolves(pds, did)
     # Activating an active account: no events.
     now = await newest_seq(pds)
     assert (await pds.post("com.atproto.server.activateAccount", headers=auth)).code == 200

@@ -339,6 +339,15 @@ class Accounts:
         account = await self.db.read(account_by, "handle", handle.lower())
         return account.did if account else None
 
+    async def resolve_local_handle(self, handle: str) -> str | None:
+        """
+        The DID a handle of this server resolves to for the world: only an
+        active account's (a deactivated or taken-down one's handle does not
+        resolve, as on the official PDS; the handle stays the account's).
+        """
+        account = await self.db.read(account_by, "handle", handle.lower())
+        return account.did if account and account.active else None
+
     # -- app passwords ---------------------------------------------------------
 
     async def create_app_password(self, did: str, name: str, privileged: bool) -> dict[str, Any]:

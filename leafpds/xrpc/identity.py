@@ -14,7 +14,7 @@ from leafpds.xrpc.registry import XRPCContext, xrpc
 @xrpc.query("com.atproto.identity.resolveHandle")
 async def resolve_handle(ctx: XRPCContext) -> dict[str, Any]:
     handle = syntax.normalize_handle(ctx.params["handle"])
-    did = await ctx.app.accounts.did_for_handle(handle)
+    did = await ctx.app.accounts.resolve_local_handle(handle)
     if did is None and not _is_local(ctx, handle):
         did = await ctx.app.handle_resolver.resolve(handle)
     if did is None:

@@ -188,7 +188,7 @@ class XRPCServer:
     async def atproto_did(self, request: IRequest) -> bytes:
         """The DID of the account whose handle is this request's host name."""
         host = (incoming.header(request, "host") or "").rsplit(":", 1)[0].strip().lower()
-        did = await self.ctx.accounts.did_for_handle(host) if host else None
+        did = await self.ctx.accounts.resolve_local_handle(host) if host else None
         if did is None:
             request.setResponseCode(404)
             return body(request, TEXT, b"User not found")
