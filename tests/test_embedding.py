@@ -17,6 +17,7 @@ from cbrrr import decode_multi_dag_cbor_in_violation_of_the_spec as decode_multi
 from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet import error
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.pages import notFound
@@ -240,6 +241,104 @@ async def test_stopping_the_host_service_stops_leafpds_cleanly(tmp_path):
         await treq.get(running.url + "/hello", persistent=False)
     left = await delayed_calls_settle(before)
     assert not left, "\n".join(map(str, left))
+
+async def post(pds, made: dict, text: str) -> str:
+    """createRecord over HTTP with ``made``'s session; the record's rkey."""
+    answer = await pds.post(
+        "com.atproto.repo.createRecord",
+        {"repo": made["did"], "collection": POST,
+         "record": {"$type": POST, "text": text, "createdAt": "2026-12-06T06:00:00.000Z"}},
+        headers={"Authorization": "Bearer " + made["accessJwt"]},
+    )
+    assert answer.code == 200, answer.body
+    return answer.json()["uri"].rsplit("/", 1)[-1]
+
+
+async def texts(pds, did: str) -> list[str]:
+    answer = await pds.get("com.atproto.repo.listRecords", {"repo": did, "collection": POST})
+    assert answer.code == 200, answer.body
+    return sorted(record["value"]["text"] for record in answer.json()["records"])
+
+
+async def serve(pds, port: int = 0) -> RunningPDS:
+    """``pds`` started, beside host_root() on ``port`` (0: any free one)."""
+    await pds.ready
+    listening = await pds.listen(f"tcp:{port}:interface=127.0.0.1", pds.make_site(host_root()))
+    return RunningPDS(pds, f"http://127.0.0.1:{listening.getHost().port}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_application_restarts_leafpds_on_its_folder_and_port(tmp_path):
+    """
+    An application reloads leafpds: stops it, builds and starts another on
+    the same data folder and port, in the same process.  Its clients keep
+    connections alive (treq's pool here, as browsers do): the requests they
+    send afterwards reach the new leafpds, never the stopped one.
+    """
+    settings = make_settings(tmp_path / "data")
+    first = build_pds(settings, {})
+    first.startService()
+    running = await serve(first)
+    port = int(running.url.rsplit(":", 1)[1])
+    try:
+        made = await create_account(running)
+        await post(running, made, "before the reload")
+    finally:
+        await first.stopService()
+    assert first.app.db.closed
+
+    second = build_pds(settings, {})
+    second.startService()
+    try:
+        again = await serve(second, port)
+        assert again.url == running.url
+        # Before the fix the stopped leafpds answered on the kept-alive
+        # connection, its closed database never did: the client hung.
+        reading = ensureDeferred(texts(again, made["did"])).addTimeout(30, reactor)
+        assert await reading == ["before the reload"]
+        login = await again.post("com.atproto.server.createSession", {"identifier": "alice.test", "password": PASSWORD})
+        assert login.code == 200, login.body
+        await post(again, login.json(), "after the reload")
+        assert await texts(again, made["did"]) == ["after the reload", "before the reload"]
+        assert (await again.request("GET", "/hello")).body == b"hello from the host"
+    finally:
+        await second.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_service_starts_again_after_a_stop(tmp_path):
+    """
+    A PDSService is a Twisted MultiService, and like one it starts again
+    after a stop (its application's stopService, then startService): the
+    database, the embedded PLC directory and the background jobs run again.
+    """
+    application = MultiService()
+    pds = build_pds(make_settings(tmp_path / "data"), {})
+    pds.setServiceParent(application)
+    application.startService()
+    running = await serve(pds)
+    try:
+        made = await create_account(running)
+        await post(running, made, "first run")
+    finally:
+        await application.stopService()
+    assert pds.app.db.closed and not pds.running
+
+    application.startService()
+    try:
+        running = await serve(pds)
+        assert not pds.app.db.closed
+        assert await texts(running, made["did"]) == ["first run"]
+        await post(running, made, "second run")
+        # A new account: the embedded PLC directory serves again too.
+        other = await create_account(running, "bob")
+        document = await running.get("com.atproto.identity.resolveHandle", {"handle": "bob.test"})
+        assert document.json() == {"did": other["did"]}
+        assert await texts(running, made["did"]) == ["first run", "second run"]
+    finally:
+        await application.stopService()
+    assert pds.app.db.closed
+
 
 def sdk_session(url: str) -> dict:
     """What an app does with the Python SDK: create an account, log in, post, read the post back."""
