@@ -17,11 +17,14 @@ from cbrrr import decode_multi_dag_cbor_in_violation_of_the_spec as decode_multi
 from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet import error
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -338,6 +341,91 @@ async def test_the_same_service_starts_again_after_a_stop(tmp_path):
     finally:
         await application.stopService()
     assert pds.app.db.closed
+
+
+class Held(Resource):
+    """A host route that answers only when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list = []
+
+    def render_GET(self, request):
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class Connection(Protocol):
+    """A client connection kept alive: what it received, and when the server closed it."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(self.received)
+
+
+async def connection(port: int, path: str) -> Connection:
+    """A connection to ``port`` that has sent a keep-alive GET for ``path``."""
+    client = Connection()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    client.transport.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return client
+
+
+async def held_and_idle(tmp_path):
+    """leafpds beside a host with a held route; an idle kept-alive connection and one waiting on /held."""
+    root = host_root()
+    held = Held()
+    root.putChild(b"held", held)
+    pds = build_pds(make_settings(tmp_path / "data"), {})
+    pds.startService()
+    await pds.ready
+    port = (await pds.listen("tcp:0:interface=127.0.0.1", pds.make_site(root))).getHost().port
+    idle = await connection(port, "/hello")
+    await until(lambda: idle.received.endswith(b"hello from the host"))
+    busy = await connection(port, "/held")
+    await until(lambda: held.requests)
+    return pds, held, idle, busy
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_closes_idle_connections_and_answers_the_requests_under_way(tmp_path):
+    pds, held, idle, busy = await held_and_idle(tmp_path)
+    stopped = []
+    stopping = pds.stopService().addCallback(stopped.append)
+    # The idle connection is closed at once, with nothing more sent on it ...
+    assert (await idle.closed.addTimeout(10, reactor)).endswith(b"hello from the host")
+    # ... the one with a request under way stays until its answer is sent,
+    # and so does the service's database.
+    assert not stopped and not busy.closed.called and not pds.app.db.closed
+    held.requests[0].write(b"the held answer")
+    held.requests[0].finish()
+    answer = await busy.closed.addTimeout(10, reactor)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nthe held answer\r\n" in answer
+    assert b"\r\nConnection: close\r\n" in answer
+    await stopping
+    assert stopped and pds.app.db.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_does_not_end_is_cut_after_the_grace(tmp_path):
+    pds, held, idle, busy = await held_and_idle(tmp_path)
+    try:
+        (site,) = pds.sites
+        await site.close_connections(grace=0).addTimeout(10, reactor)
+        # Cut without an answer; the idle one closed as usual.
+        assert (await busy.closed.addTimeout(10, reactor)) == b""
+        assert (await idle.closed.addTimeout(10, reactor)).endswith(b"hello from the host")
+        assert not held.requests[0].finished
+    finally:
+        await pds.stopService()
 
 
 def sdk_session(url: str) -> dict:

@@ -163,6 +163,9 @@ class XRPCChannel(HTTPChannel):
             self._closed = Deferred()
             self.closing = True
             self.persistent = False
+            for request in self.requests:
+                if not request.startedWriting:  # the client is told
+                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             if not self.requests:
                 self.loseConnection()
         return self._closed
