@@ -33,7 +33,7 @@ from leafpds.db.pool import Database, connect
 from leafpds.identity.handles import HandleResolver
 from leafpds.identity.dids import DIDResolver
 from leafpds.identity.plc import PLCClient
-from leafpds.identity.plc_server import make_plc_service
+from leafpds.identity.plc_server import PLCService, make_plc_service
 from leafpds.repo.transactor import RepoTransactor
 from leafpds.sequencer.crawlers import CrawlerNotifier
 from leafpds.sequencer.fanout import Sequencer
@@ -256,6 +256,9 @@ class PDSService(MultiService):
         #: Fires once leafpds can serve (the embedded PLC directory listens).
         self.ready: Deferred[None] = succeed(None)
         self.ports: list[IListeningPort] = []
+        #: The sites :meth:`make_site` built: their connections close when the service stops.
+        self.sites: list[XRPCSite] = []
+        self._plc: PLCService | None = None
         app.blobs.collector().setServiceParent(self)
         app.sequencer.service().setServiceParent(self)
         app.mail.setServiceParent(self)
@@ -298,10 +301,13 @@ class PDSService(MultiService):
             space=self.app.db.space,
         )
         if host is None:
-            return XRPCSite(self.resource, **limits)
-        return SharedSite(
-            self.resource, host, self.xrpc.serves, **limits, host_max_body_size=host_max_body_size
-        )
+            site = XRPCSite(self.resource, **limits)
+        else:
+            site = SharedSite(
+                self.resource, host, self.xrpc.serves, **limits, host_max_body_size=host_max_body_size
+            )
+        self.sites.append(site)
+        return site
 
     def startService(self) -> None:
         self.app.db.start()
@@ -311,7 +317,8 @@ class PDSService(MultiService):
             if cpu is not None:
                 log.info("The reactor and the database writer share CPU {cpu}", cpu=cpu)
         if not settings.plc_url:
-            plc = make_plc_service(settings.plc_listen, settings.data_dir / "plc", self.app.reactor)
+            # One per run: stopping the service lets it go (see stopService).
+            plc = self._plc = make_plc_service(settings.plc_listen, settings.data_dir / "plc", self.app.reactor)
             plc.setServiceParent(self)
             self.ready = plc.listening.addCallback(self._embedded_plc_listening)
         else:
@@ -380,6 +387,10 @@ class PDSService(MultiService):
         d = maybeDeferred(super().stopService)
         ports, self.ports = self.ports, []
         d.addCallback(lambda _: gatherResults([maybeDeferred(port.stopListening) for port in ports]))
+        # A client's kept-alive connection would otherwise go on reaching
+        # this stopped service (and its closed database), even once another
+        # listens on the same port; the requests under way finish first.
+        d.addCallback(lambda _: gatherResults([site.close_connections() for site in self.sites]))
         d.addCallback(lambda _: ensureDeferred(self._stop_outgoing()))
         d.addBoth(self._close_db)
         return d
@@ -396,6 +407,10 @@ class PDSService(MultiService):
 
     def _close_db(self, result):
         self.app.db.close()
+        if self._plc is not None:
+            # Stopped with the other children; the next start makes its own.
+            self._plc.disownServiceParent()
+            self._plc = None
         return result
 
 

@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 
 from leafpds.db import migrations
-from leafpds.db.pool import Database, connect
+from leafpds.db.pool import Database, DatabaseClosed, connect
 
 
 def test_migrations_are_idempotent_and_strict(tmp_path):
@@ -390,6 +390,27 @@ async def test_writes_survive_close_and_reopen(tmp_path):
         assert await reopened.read(_accounts) == [f"did:{i:02d}" for i in range(20)]
     finally:
         reopened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_database_refuses_work_at_once_and_starts_again(tmp_path):
+    database = Database(tmp_path / "db.sqlite")
+    database.migrate()
+    database.start()
+    await database.write(_insert_account, "did:a")
+    database.close()
+    # Refused, not dropped: a closed thread pool would never answer.
+    for refused in (database.read(_accounts), database.write(_insert_account, "did:b")):
+        assert refused.called
+        with pytest.raises(DatabaseClosed):
+            await refused
+
+    database.start()  # the same object: new threads, a new reader pool
+    try:
+        await database.write(_insert_account, "did:c")
+        assert await database.read(_accounts) == ["did:a", "did:c"]
+    finally:
+        database.close()
 
 
 def _autocheckpoint(conn):

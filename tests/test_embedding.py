@@ -17,10 +17,14 @@ from cbrrr import decode_multi_dag_cbor_in_violation_of_the_spec as decode_multi
 from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet import error
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -240,6 +244,189 @@ async def test_stopping_the_host_service_stops_leafpds_cleanly(tmp_path):
         await treq.get(running.url + "/hello", persistent=False)
     left = await delayed_calls_settle(before)
     assert not left, "\n".join(map(str, left))
+
+async def post(pds, made: dict, text: str) -> str:
+    """createRecord over HTTP with ``made``'s session; the record's rkey."""
+    answer = await pds.post(
+        "com.atproto.repo.createRecord",
+        {"repo": made["did"], "collection": POST,
+         "record": {"$type": POST, "text": text, "createdAt": "2026-12-06T06:00:00.000Z"}},
+        headers={"Authorization": "Bearer " + made["accessJwt"]},
+    )
+    assert answer.code == 200, answer.body
+    return answer.json()["uri"].rsplit("/", 1)[-1]
+
+
+async def texts(pds, did: str) -> list[str]:
+    answer = await pds.get("com.atproto.repo.listRecords", {"repo": did, "collection": POST})
+    assert answer.code == 200, answer.body
+    return sorted(record["value"]["text"] for record in answer.json()["records"])
+
+
+async def serve(pds, port: int = 0) -> RunningPDS:
+    """``pds`` started, beside host_root() on ``port`` (0: any free one)."""
+    await pds.ready
+    listening = await pds.listen(f"tcp:{port}:interface=127.0.0.1", pds.make_site(host_root()))
+    return RunningPDS(pds, f"http://127.0.0.1:{listening.getHost().port}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_application_restarts_leafpds_on_its_folder_and_port(tmp_path):
+    """
+    An application reloads leafpds: stops it, builds and starts another on
+    the same data folder and port, in the same process.  Its clients keep
+    connections alive (treq's pool here, as browsers do): the requests they
+    send afterwards reach the new leafpds, never the stopped one.
+    """
+    settings = make_settings(tmp_path / "data")
+    first = build_pds(settings, {})
+    first.startService()
+    running = await serve(first)
+    port = int(running.url.rsplit(":", 1)[1])
+    try:
+        made = await create_account(running)
+        await post(running, made, "before the reload")
+    finally:
+        await first.stopService()
+    assert first.app.db.closed
+
+    second = build_pds(settings, {})
+    second.startService()
+    try:
+        again = await serve(second, port)
+        assert again.url == running.url
+        # Before the fix the stopped leafpds answered on the kept-alive
+        # connection, its closed database never did: the client hung.
+        reading = ensureDeferred(texts(again, made["did"])).addTimeout(30, reactor)
+        assert await reading == ["before the reload"]
+        login = await again.post("com.atproto.server.createSession", {"identifier": "alice.test", "password": PASSWORD})
+        assert login.code == 200, login.body
+        await post(again, login.json(), "after the reload")
+        assert await texts(again, made["did"]) == ["after the reload", "before the reload"]
+        assert (await again.request("GET", "/hello")).body == b"hello from the host"
+    finally:
+        await second.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_service_starts_again_after_a_stop(tmp_path):
+    """
+    A PDSService is a Twisted MultiService, and like one it starts again
+    after a stop (its application's stopService, then startService): the
+    database, the embedded PLC directory and the background jobs run again.
+    """
+    application = MultiService()
+    pds = build_pds(make_settings(tmp_path / "data"), {})
+    pds.setServiceParent(application)
+    application.startService()
+    running = await serve(pds)
+    try:
+        made = await create_account(running)
+        await post(running, made, "first run")
+    finally:
+        await application.stopService()
+    assert pds.app.db.closed and not pds.running
+
+    application.startService()
+    try:
+        running = await serve(pds)
+        assert not pds.app.db.closed
+        assert await texts(running, made["did"]) == ["first run"]
+        await post(running, made, "second run")
+        # A new account: the embedded PLC directory serves again too.
+        other = await create_account(running, "bob")
+        document = await running.get("com.atproto.identity.resolveHandle", {"handle": "bob.test"})
+        assert document.json() == {"did": other["did"]}
+        assert await texts(running, made["did"]) == ["first run", "second run"]
+    finally:
+        await application.stopService()
+    assert pds.app.db.closed
+
+
+class Held(Resource):
+    """A host route that answers only when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list = []
+
+    def render_GET(self, request):
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class Connection(Protocol):
+    """A client connection kept alive: what it received, and when the server closed it."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(self.received)
+
+
+async def connection(port: int, path: str) -> Connection:
+    """A connection to ``port`` that has sent a keep-alive GET for ``path``."""
+    client = Connection()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    client.transport.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return client
+
+
+async def held_and_idle(tmp_path):
+    """leafpds beside a host with a held route; an idle kept-alive connection and one waiting on /held."""
+    root = host_root()
+    held = Held()
+    root.putChild(b"held", held)
+    pds = build_pds(make_settings(tmp_path / "data"), {})
+    pds.startService()
+    await pds.ready
+    port = (await pds.listen("tcp:0:interface=127.0.0.1", pds.make_site(root))).getHost().port
+    idle = await connection(port, "/hello")
+    await until(lambda: idle.received.endswith(b"hello from the host"))
+    busy = await connection(port, "/held")
+    await until(lambda: held.requests)
+    return pds, held, idle, busy
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_closes_idle_connections_and_answers_the_requests_under_way(tmp_path):
+    pds, held, idle, busy = await held_and_idle(tmp_path)
+    stopped = []
+    stopping = pds.stopService().addCallback(stopped.append)
+    # The idle connection is closed at once, with nothing more sent on it ...
+    assert (await idle.closed.addTimeout(10, reactor)).endswith(b"hello from the host")
+    # ... the one with a request under way stays until its answer is sent,
+    # and so does the service's database.
+    assert not stopped and not busy.closed.called and not pds.app.db.closed
+    held.requests[0].write(b"the held answer")
+    held.requests[0].finish()
+    answer = await busy.closed.addTimeout(10, reactor)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nthe held answer\r\n" in answer
+    assert b"\r\nConnection: close\r\n" in answer
+    await stopping
+    assert stopped and pds.app.db.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_does_not_end_is_cut_after_the_grace(tmp_path):
+    pds, held, idle, busy = await held_and_idle(tmp_path)
+    try:
+        (site,) = pds.sites
+        await site.close_connections(grace=0).addTimeout(10, reactor)
+        # Cut without an answer; the idle one closed as usual.
+        assert (await busy.closed.addTimeout(10, reactor)) == b""
+        assert (await idle.closed.addTimeout(10, reactor)).endswith(b"hello from the host")
+        assert not held.requests[0].finished
+    finally:
+        await pds.stopService()
+
 
 def sdk_session(url: str) -> dict:
     """What an app does with the Python SDK: create an account, log in, post, read the post back."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -90,25 +90,34 @@ class Database:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
-        self._readers = adbapi.ConnectionPool(
-            "sqlite3",
-            database=str(self.path),
-            isolation_level=None,
-            check_same_thread=False,
-            cp_min=1,
-            cp_max=readers,
-            cp_openfun=_open,
-            cp_noisy=False,
-            cp_reconnect=False,
-        )
+        self._reader_count = readers
+        self._readers = self._reader_pool()
         self.checkpointer = Checkpointer(self.path)
-        # Started by the reactor, which may be pinned to one CPU (see affinity).
-        self._readers.threadpool.threadFactory = affinity.FreeThread
         self._writer = WriterThread(self.path, reactor, self.checkpointer.wrote)
         self._writes: Coalescer[tuple[Callable, tuple], Any] = Coalescer(self._submit)
         #: The data folder's disk (a write that does not fit marks it full).
         self.space = DiskSpace(self.path.parent, reactor)
+        #: Set by :meth:`close`, cleared by :meth:`start`: units of work are then refused.
         self.closed = False
+
+    def _reader_pool(self) -> adbapi.ConnectionPool:
+        pool = adbapi.ConnectionPool(
+            "sqlite3",
+            database=str(self.path),
+            isolation_level=None,
+            check_same_thread=False,
+            cp_min=0,
+            cp_max=self._reader_count,
+            cp_openfun=_open,
+            cp_noisy=False,
+            cp_reconnect=False,
+        )
+        # Its threads are started by the reactor, which may be pinned to one
+        # CPU (see affinity), and the pool starts at once in a running
+        # reactor: its first thread comes only once the factory is set.
+        pool.threadpool.threadFactory = affinity.FreeThread
+        pool.threadpool.adjustPoolsize(minthreads=1)
+        return pool
 
     def migrate(self, steps: Sequence[str] | None = None) -> int:
         """
@@ -135,9 +144,14 @@ class Database:
         action for afterwards can be returned).  Each caller's Deferred fires
         only after the commit.
         """
+        if self.closed:
+            return fail(DatabaseClosed(self.path))
         return self._writes.add((fn, args))
 
     def read(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
+        # A stopped thread pool drops what it is given: the Deferred would never fire.
+        if self.closed:
+            return fail(DatabaseClosed(self.path))
         return self._readers.runWithConnection(_in_transaction, "BEGIN", fn, args)
 
     @property
@@ -171,6 +185,11 @@ class Database:
         return Failure(refusal())
 
     def start(self) -> None:
+        """Start the threads; again after :meth:`close` too."""
+        if self.closed:
+            # Twisted's thread pools do not start again once stopped.
+            self._readers = self._reader_pool()
+            self.closed = False
         self.checkpointer.start()
         self._writer.start()
         self._readers.start()
@@ -188,12 +207,22 @@ class Database:
         return affinity.pair_with_caller(self._writer.thread, pools)
 
     def close(self) -> None:
-        """Finish the submitted writes, then close every connection."""
+        """
+        Finish the submitted writes and reads, then close every connection;
+        until :meth:`start` again, units of work fail with :class:`DatabaseClosed`.
+        """
         self._writer.stop()
         self._readers.close()
         self.checkpointer.stop()
         self.space.stop()
         self.closed = True
+
+
+class DatabaseClosed(Exception):
+    """A unit of work was given to a :class:`Database` that has been closed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"the database {path} is closed")
 
 
 class Coalescer(Generic[I, T]):

@@ -11,7 +11,9 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
+from weakref import WeakSet
 
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES, HTTPChannel
@@ -39,6 +41,10 @@ access_log = Logger(namespace="leafpds.access")
 #: default, kept.  The reference PDS (Node) holds half-open requests longer;
 #: here each such connection costs a file descriptor for at most this long.
 IDLE_TIMEOUT = 60
+
+#: Seconds a request under way may take to finish once the service stops,
+#: before its connection is cut.
+CLOSE_GRACE = 10
 
 
 def raw_answer(error: XRPCError, headers: Sequence[tuple[str, str]] = ()) -> bytes:
@@ -127,10 +133,42 @@ class XRPCChannel(HTTPChannel):
     with an XRPC error body instead of a bare status line.
     """
 
+    #: Set once the service behind the site stops: the answer under way is the last.
+    closing = False
+    _closed: Deferred[None] | None = None
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's own (private) hook for these refusals; the same effect.
         self.transport.write(raw_answer(InvalidRequest("Malformed HTTP request")))
         self.loseConnection()
+
+    def checkPersistence(self, request: Request, version: bytes) -> bool:
+        if self.closing:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.site.forget(self)
+        super().connectionLost(reason)
+        if self._closed is not None:
+            self._closed.callback(None)
+
+    def close_when_idle(self) -> "Deferred[None]":
+        """
+        Close the connection now if no request is under way, else after its
+        answer; the Deferred fires once it is closed.
+        """
+        if self._closed is None:
+            self._closed = Deferred()
+            self.closing = True
+            self.persistent = False
+            for request in self.requests:
+                if not request.startedWriting:  # the client is told
+                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            if not self.requests:
+                self.loseConnection()
+        return self._closed
 
 
 class XRPCSite(Site):
@@ -166,6 +204,31 @@ class XRPCSite(Site):
         self.space = space
         self._access_lines: list[str] = []
         self._access_flush: IDelayedCall | None = None
+        # Weak: a WebSocket takes its connection over and the channel is
+        # never told it ended.
+        self._channels: WeakSet[XRPCChannel] = WeakSet()
+
+    def buildProtocol(self, addr: Any) -> XRPCChannel:
+        channel = super().buildProtocol(addr)
+        self._channels.add(channel)
+        return channel
+
+    def forget(self, channel: XRPCChannel) -> None:
+        self._channels.discard(channel)
+
+    def close_connections(self, grace: float = CLOSE_GRACE) -> "Deferred[None]":
+        """
+        Close the connections this site serves once their answer under way
+        is sent (those still open after ``grace`` seconds are cut): the
+        service behind it stops.  A client's next request then opens a new
+        connection, to whatever listens by then, rather than reaching the
+        stopped service on one kept alive.  Fires once they are closed.
+        """
+        # A connection a WebSocket took over is the WebSocket's to close.
+        channels = [channel for channel in self._channels if channel.transport is not None]
+        closed = gatherResults([channel.close_when_idle() for channel in channels])
+        cut = self.reactor.callLater(grace, _abort, channels)
+        return closed.addCallback(lambda _: cut.cancel() if cut.active() else None)
 
     def is_upload(self, path: bytes) -> bool:
         """Whether the body of a request for ``path`` goes to an upload spool."""
@@ -196,6 +259,12 @@ class XRPCSite(Site):
     def stopFactory(self) -> None:
         self.flush_access_log()
         super().stopFactory()
+
+
+def _abort(channels: list[XRPCChannel]) -> None:
+    for channel in channels:
+        if channel.transport is not None:
+            channel.transport.abortConnection()
 
 
 class SharedSite(XRPCSite):
