@@ -254,8 +254,8 @@ def plain_post(text):
     return {"$type": POST, "text": text, "createdAt": "2026-11-28T12:00:00.000Z"}
 
 
-async def account_with_a_post_and_blob(pds, name):
-    created = await create(pds, name)
+async def account_with_a_post_and_blob(pds, name, **extra):
+    created = await create(pds, name, **extra)
     did, auth = created["did"], bearer(created["accessJwt"])
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
     upload = await pds.request("POST", "/xrpc/com.atproto.repo.uploadBlob", data=png,

@@ -31,9 +31,16 @@ T = TypeVar("T")
 I = TypeVar("I")
 log = Logger()
 
+#: Deleted rows are overwritten with zeros where their page is written
+#: anyway ("FAST"): a page keeps no copy of a row that was deleted or moved.
+#: Pages freed whole keep theirs; an account's deletion sets ``ON`` for its
+#: own transaction, which zeroes those too (leafpds.admin.actions).
+SECURE_DELETE = "FAST"
+
 # synchronous=NORMAL in WAL mode survives a killed process (only a power loss
 # can lose the last transactions), at a fraction of FULL's fsync cost.
 _PRAGMAS = (
+    f"PRAGMA secure_delete={SECURE_DELETE}",
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
@@ -139,6 +146,16 @@ class Database:
 
     def read(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
         return self._readers.runWithConnection(_in_transaction, "BEGIN", fn, args)
+
+    def purge(self) -> None:
+        """
+        Have the next checkpoint empty the WAL (truncate it to nothing), so
+        that the pages earlier commits wrote there, deleted since, are gone
+        from the disk too; called after an account's deletion.  Waits (in the
+        checkpointer's thread) for readers older than the deletion; tried
+        again until it succeeds.
+        """
+        self.checkpointer.purge()
 
     @property
     def pending_writes(self) -> int:
@@ -336,6 +353,8 @@ class Checkpointer:
         self.max_wal_pages = max_wal_pages
         #: Checkpoints run so far (for tests and curiosity).
         self.runs = 0
+        #: Set when the WAL is to be truncated (purge); cleared once it was.
+        self.purging = threading.Event()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -349,6 +368,10 @@ class Checkpointer:
         self._thread.start()
 
     def wrote(self) -> None:
+        self._wake.set()
+
+    def purge(self) -> None:
+        self.purging.set()
         self._wake.set()
 
     def stop(self) -> None:
@@ -371,6 +394,8 @@ class Checkpointer:
                     # A full disk is said once, by the writes that meet it.
                     if not is_disk_full(e):
                         log.failure("WAL checkpoint failed; will try again after the next write")
+                if self.purging.is_set():
+                    self._wake.set()  # a reader held it off: again after the pause
                 # Let commits accumulate: one checkpoint copies each page once.
                 self._stopping.wait(self.interval)
         finally:
@@ -378,6 +403,18 @@ class Checkpointer:
 
     def checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
         """One checkpoint: (busy, WAL pages, pages copied), as SQLite reports it."""
+        if self.purging.is_set():
+            # Cleared first: a purge asked for meanwhile gets a run of its own.
+            self.purging.clear()
+            try:
+                result = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except BaseException:
+                self.purging.set()
+                raise
+            if result[0]:
+                self.purging.set()
+            self.runs += 1
+            return result
         result = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if result[1] >= self.max_wal_pages:
             result = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
