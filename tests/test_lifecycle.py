@@ -11,6 +11,7 @@ from twisted.internet import reactor, task
 from leafpds.accounts import lifecycle
 from leafpds.ipld.car import read_car
 from leafpds.lexicon import validate_output
+from leafpds.tid import TIDClock
 from tests.harness import make_settings, start_pds
 from tests.smtp_standin import Inbox
 from tests.test_admin import (
@@ -211,7 +212,7 @@ async def test_delete_account_with_password_and_mailed_code(world, tmp_path):
     answer = await delete(token=code.lower())
     assert answer.code == 200, answer.body
     assert await app.db.read(rows) == 0
-    assert list((tmp_path / "data" / "blobs" / did).iterdir()) == []
+    assert not (tmp_path / "data" / "blobs" / did).exists()
     assert_error(await pds.get("com.atproto.sync.getRepoStatus", {"did": did}), 400, "RepoNotFound")
     assert_error(await login(pds, "alice.test"), 401, "AuthenticationRequired")
     frames = my_events(await firehose_from(pds, before), did)
@@ -291,6 +292,14 @@ async def test_deletion_leaves_nothing_of_the_account_in_any_file(tmp_path):
         # session, preferences, an OAuth grant, a record updated and deleted.
         for n in range(30):
             assert (await write(pds, did, auth)).code == 200
+        # Pages of hers freed whole before the deletion (200 records written, then deleted).
+        clock = TIDClock()
+        rkeys = [clock.next() for _ in range(200)]
+        for kind, value in (("create", plain_post("a longer post, " * 20)), ("delete", None)):
+            writes = [{"$type": f"com.atproto.repo.applyWrites#{kind}", "collection": POST, "rkey": rkey,
+                       **({"value": value} if value else {})} for rkey in rkeys]
+            answer = await pds.post("com.atproto.repo.applyWrites", {"repo": did, "writes": writes}, headers=auth)
+            assert answer.code == 200, answer.body
         profile = {"$type": "app.bsky.actor.profile", "displayName": "Zoltanna"}
         put = {"repo": did, "collection": "app.bsky.actor.profile", "rkey": "self", "record": profile}
         assert (await pds.post("com.atproto.repo.putRecord", put, headers=auth)).code == 200

@@ -14,7 +14,6 @@ from leafpds.accounts import sessions
 from leafpds.accounts.accounts import check_email, check_password
 from leafpds.accounts.passwords import hash_password
 from leafpds.admin import takedowns
-from leafpds.db.pool import SECURE_DELETE
 from leafpds.errors import InvalidRequest
 from leafpds.ipld.cid import CID
 from leafpds.oauth.tokens import revoke_account_grants_unit
@@ -114,8 +113,8 @@ async def delete_account(app: "AppContext", did: str) -> None:
     one ``#account`` event (``active: false, status: "deleted"``) stays, as
     on the official PDS; the handle and email are free again.  Invite codes
     forget it (see :func:`_forget_invites`).  The deleted rows' bytes are
-    overwritten in the database file and the WAL is emptied (see
-    :meth:`leafpds.db.pool.Database.purge`), so nothing of it is left on disk.
+    overwritten in the database file (secure_delete) and the WAL is emptied
+    (:meth:`leafpds.db.pool.Database.purge`): nothing of it is left on disk.
     Runs under the DID's write lock, so no commit of its own is half-way.
     """
 
@@ -134,26 +133,21 @@ async def delete_account(app: "AppContext", did: str) -> None:
 
 def _delete_unit(conn: Any, did: str, now: float) -> tuple[list[CID], list[str], list[tuple[int, bytes]]]:
     _existing(conn, did)
-    # Its rows are overwritten as they go, not only unlinked (pool.SECURE_DELETE
-    # spares freed pages the writing, deletions of a whole account are worth it).
-    conn.execute("PRAGMA secure_delete = ON")
-    try:
-        blobs = [CID(row[0]) for row in conn.execute("SELECT cid FROM blobs WHERE did = ?", (did,))]
-        ended = _end_all_sessions(conn, did, now)
-        email = conn.execute("SELECT email FROM accounts WHERE did = ?", (did,)).fetchone()[0]
-        # Every table with the account's rows references accounts(did) with ON
-        # DELETE CASCADE (record_blobs through records); these do not.
-        conn.execute("DELETE FROM accounts WHERE did = ?", (did,))
-        conn.execute("DELETE FROM repo_seq WHERE did = ?", (did,))
-        # Mail not sent yet (codes, an operator's message) is not sent at all;
-        # the official PDS mails nothing about a deletion either.
-        conn.execute("DELETE FROM mail_queue WHERE did = ? OR recipient = ?", (did, email))
-        _forget_invites(conn, did)
-        time = iso_from_epoch(now)
-        body = {"did": did, "active": False, "status": "deleted", "time": time}
-        return blobs, ended, [events.append_event(conn, did, "#account", body, time)]
-    finally:
-        conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
+    blobs = [CID(row[0]) for row in conn.execute("SELECT cid FROM blobs WHERE did = ?", (did,))]
+    ended = _end_all_sessions(conn, did, now)
+    email = conn.execute("SELECT email FROM accounts WHERE did = ?", (did,)).fetchone()[0]
+    # Every table with the account's rows references accounts(did) with ON
+    # DELETE CASCADE (record_blobs through records); these do not.  The rows'
+    # bytes are overwritten as they go (secure_delete, leafpds.db.pool).
+    conn.execute("DELETE FROM accounts WHERE did = ?", (did,))
+    conn.execute("DELETE FROM repo_seq WHERE did = ?", (did,))
+    # Mail not sent yet (codes, an operator's message) is not sent at all;
+    # the official PDS mails nothing about a deletion either.
+    conn.execute("DELETE FROM mail_queue WHERE did = ? OR recipient = ?", (did, email))
+    _forget_invites(conn, did)
+    time = iso_from_epoch(now)
+    body = {"did": did, "active": False, "status": "deleted", "time": time}
+    return blobs, ended, [events.append_event(conn, did, "#account", body, time)]
 
 
 #: What stands in an invite code's ``forAccount`` for a deleted account.

@@ -31,20 +31,21 @@ T = TypeVar("T")
 I = TypeVar("I")
 log = Logger()
 
-#: Deleted rows are overwritten with zeros where their page is written
-#: anyway ("FAST"): a page keeps no copy of a row that was deleted or moved.
-#: Pages freed whole keep theirs; an account's deletion sets ``ON`` for its
-#: own transaction, which zeroes those too (leafpds.admin.actions).
-SECURE_DELETE = "FAST"
+BUSY_TIMEOUT_MS = 10_000
 
+# secure_delete: a deleted row's bytes are overwritten with zeros, and so are
+# pages freed whole (which FAST would leave as they were), so a deleted
+# account leaves nothing in the file (leafpds.admin.actions).  A commit
+# frees few whole pages: bench/secure_delete.py measured the same bytes
+# written per commit as OFF and FAST, within the noise in CPU.
 # synchronous=NORMAL in WAL mode survives a killed process (only a power loss
 # can lose the last transactions), at a fraction of FULL's fsync cost.
 _PRAGMAS = (
-    f"PRAGMA secure_delete={SECURE_DELETE}",
+    "PRAGMA secure_delete=ON",
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=10000",
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
     "PRAGMA cache_size=-65536",
     "PRAGMA temp_store=MEMORY",
 )
@@ -351,6 +352,9 @@ class Checkpointer:
         self.path = path
         self.interval = interval
         self.max_wal_pages = max_wal_pages
+        #: A purge waits this long for readers at most, tried again after ``purge_retry``.
+        self.purge_wait = 0.2
+        self.purge_retry = 1.0
         #: Checkpoints run so far (for tests and curiosity).
         self.runs = 0
         #: Set when the WAL is to be truncated (purge); cleared once it was.
@@ -395,7 +399,10 @@ class Checkpointer:
                     if not is_disk_full(e):
                         log.failure("WAL checkpoint failed; will try again after the next write")
                 if self.purging.is_set():
-                    self._wake.set()  # a reader held it off: again after the pause
+                    # A reader held the purge off: again in a while, not at
+                    # once (writers wait while it tries).
+                    self._stopping.wait(self.purge_retry)
+                    self._wake.set()
                 # Let commits accumulate: one checkpoint copies each page once.
                 self._stopping.wait(self.interval)
         finally:
@@ -406,11 +413,16 @@ class Checkpointer:
         if self.purging.is_set():
             # Cleared first: a purge asked for meanwhile gets a run of its own.
             self.purging.clear()
+            # It waits for readers of older snapshots, holding writers off
+            # meanwhile: not for long (a long read, e.g. an export, wins).
+            conn.execute(f"PRAGMA busy_timeout={int(self.purge_wait * 1000)}")
             try:
                 result = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except BaseException:
                 self.purging.set()
                 raise
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if result[0]:
                 self.purging.set()
             self.runs += 1
