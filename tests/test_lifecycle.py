@@ -353,7 +353,7 @@ async def test_deletion_leaves_nothing_of_the_account_in_any_file(tmp_path):
 
         # The emptied WAL is truncated by the checkpointer, in its own thread.
         for _ in range(500):
-            if not app.db.checkpointer.purging.is_set():
+            if not app.db.checkpointer.purging:
                 break
             await task.deferLater(reactor, 0.01, lambda: None)
         kept = await app.db.read(lambda conn: conn.execute(

@@ -357,8 +357,10 @@ class Checkpointer:
         self.purge_retry = 1.0
         #: Checkpoints run so far (for tests and curiosity).
         self.runs = 0
-        #: Set when the WAL is to be truncated (purge); cleared once it was.
-        self.purging = threading.Event()
+        # Purges asked for, and the last of them done (counted, so that one
+        # asked for while another runs gets a run of its own).
+        self._purges_asked = 0
+        self._purges_done = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -375,8 +377,13 @@ class Checkpointer:
         self._wake.set()
 
     def purge(self) -> None:
-        self.purging.set()
+        self._purges_asked += 1
         self._wake.set()
+
+    @property
+    def purging(self) -> bool:
+        """Whether a purge is asked for and not done yet."""
+        return self._purges_done < self._purges_asked
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -398,7 +405,7 @@ class Checkpointer:
                     # A full disk is said once, by the writes that meet it.
                     if not is_disk_full(e):
                         log.failure("WAL checkpoint failed; will try again after the next write")
-                if self.purging.is_set():
+                if self.purging:
                     # A reader held the purge off: again in a while, not at
                     # once (writers wait while it tries).
                     self._stopping.wait(self.purge_retry)
@@ -410,21 +417,17 @@ class Checkpointer:
 
     def checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
         """One checkpoint: (busy, WAL pages, pages copied), as SQLite reports it."""
-        if self.purging.is_set():
-            # Cleared first: a purge asked for meanwhile gets a run of its own.
-            self.purging.clear()
+        if self.purging:
+            asked = self._purges_asked
             # It waits for readers of older snapshots, holding writers off
             # meanwhile: not for long (a long read, e.g. an export, wins).
             conn.execute(f"PRAGMA busy_timeout={int(self.purge_wait * 1000)}")
             try:
                 result = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            except BaseException:
-                self.purging.set()
-                raise
             finally:
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            if result[0]:
-                self.purging.set()
+            if not result[0]:
+                self._purges_done = asked
             self.runs += 1
             return result
         result = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
