@@ -159,8 +159,8 @@ def _forget_invites(conn: Any, did: str) -> None:
     The official PDS keeps a deleted account's invite rows, DID and all.
     Here the DID goes and the codes work as they did: the codes made for
     the account stay usable, owned by :data:`DELETED_ACCOUNT`; the row of
-    the use it made of a code goes and the code's uses shrink by one with
-    it, so that use stays spent (a deletion hands no invite back).
+    the use it made of a code goes and that code's available uses drop by
+    one with it, so the use stays spent (a deletion hands no invite back).
     """
     conn.execute("UPDATE invite_codes SET for_account = ? WHERE for_account = ?", (DELETED_ACCOUNT, did))
     conn.execute(
