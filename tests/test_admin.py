@@ -254,8 +254,8 @@ def plain_post(text):
     return {"$type": POST, "text": text, "createdAt": "2026-11-28T12:00:00.000Z"}
 
 
-async def account_with_a_post_and_blob(pds, name):
-    created = await create(pds, name)
+async def account_with_a_post_and_blob(pds, name, **extra):
+    created = await create(pds, name, **extra)
     did, auth = created["did"], bearer(created["accessJwt"])
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
     upload = await pds.request("POST", "/xrpc/com.atproto.repo.uploadBlob", data=png,
@@ -607,7 +607,7 @@ async def test_delete_account_leaves_nothing_of_it(pds, tmp_path):
     left = await app.db.read(rows_of, did)
     assert {name: n for name, n in left.items() if n} == {"repo_seq.did": 1}
     assert await app.db.read(rows_of, bob["did"]) == bob_had
-    assert list(blob_folder.iterdir()) == []
+    assert not blob_folder.exists()  # the folder named after it too
     assert [p.name for p in (tmp_path / "data" / "blobs" / bob["did"]).iterdir()] == [bob_blob]
 
     # The firehose keeps one event of the account: its deletion.

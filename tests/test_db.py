@@ -440,6 +440,38 @@ async def test_the_checkpointer_copies_the_wal_and_the_writer_never_does(db):
     assert b"did:29" in db.path.read_bytes()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_purge_empties_the_wal_once_older_readers_are_done(db):
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    secure = lambda conn: conn.execute("PRAGMA secure_delete").fetchone()[0]  # noqa: E731
+    assert await db.write(secure) == 1 and await db.read(secure) == 1
+    wal = db.path.with_name(db.path.name + "-wal")
+    db.checkpointer.purge_retry = 0.05
+    await db.write(_insert_account, "did:before")
+    # A reader on an older snapshot than the last commit holds a TRUNCATE off.
+    reader = connect(db.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM accounts").fetchone()
+    await db.write(_insert_account, "did:gone")
+    await db.write(lambda conn: conn.execute("DELETE FROM accounts WHERE did = 'did:gone'"))
+    db.purge()
+    await deferLater(reactor, 0.5, lambda: None)
+    assert db.checkpointer.purging and wal.stat().st_size > 0
+    await db.write(_insert_account, "did:meanwhile")  # writes go on, between the tries
+    reader.execute("COMMIT")
+    for _ in range(500):
+        if not db.checkpointer.purging:
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    assert not db.checkpointer.purging
+    assert wal.stat().st_size == 0
+    # Neither file keeps the deleted row's bytes.
+    assert b"did:gone" not in db.path.read_bytes() and b"did:meanwhile" in db.path.read_bytes()
+    reader.close()
+
+
 def test_a_wal_past_its_bound_is_restarted(tmp_path):
     from leafpds.db.pool import Checkpointer
 

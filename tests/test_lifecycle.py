@@ -8,15 +8,17 @@ import base64
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor, task
 
 from leafpds.accounts import lifecycle
 from leafpds.ipld.car import read_car
 from leafpds.lexicon import validate_output
+from leafpds.tid import TIDClock
 from tests.harness import make_settings, start_pds
 from tests.smtp_standin import Inbox
 from tests.test_admin import (
-    ADMIN, ADMIN_PASSWORD, PASSWORD, POST, account_with_a_post_and_blob, admin_post, assert_error, bearer,
-    firehose_from, login, newest_seq, plain_post, repo_reads, sync_reads, unserved_repo_error,
+    ADMIN, ADMIN_PASSWORD, PASSWORD, POST, account_with_a_post_and_blob, admin_get, admin_post, assert_error,
+    bearer, firehose_from, login, newest_seq, plain_post, repo_reads, sync_reads, unserved_repo_error,
 )
 from tests.test_oauth_xrpc import grant
 
@@ -322,7 +324,7 @@ async def test_delete_account_with_password_and_mailed_code(world, tmp_path):
     answer = await delete(token=code.lower())
     assert answer.code == 200, answer.body
     assert await app.db.read(rows) == 0
-    assert list((tmp_path / "data" / "blobs" / did).iterdir()) == []
+    assert not (tmp_path / "data" / "blobs" / did).exists()
     assert_error(await pds.get("com.atproto.sync.getRepoStatus", {"did": did}), 400, "RepoNotFound")
     assert_error(await login(pds, "alice.test"), 401, "AuthenticationRequired")
     frames = my_events(await firehose_from(pds, before), did)
@@ -363,3 +365,137 @@ async def test_recommended_did_credentials_match_what_the_plc_directory_holds(pd
     }
     assert answer.json()["services"]["atproto_pds"]["endpoint"] == pds.service.app.public_url
     assert (await pds.get("com.atproto.identity.getRecommendedDidCredentials")).code == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletion_leaves_nothing_of_the_account_in_any_file(tmp_path):
+    """
+    A populated account is deleted; then every file of the data folder is
+    read byte by byte for its DID, handle and email.  The one thing left is
+    the ``#account`` deleted event the firehose keeps (as the official PDS).
+    The embedded PLC directory (``plc/``) stands in for plc.directory, a
+    service of its own that keeps every DID's history, so it is not read.
+    """
+    from tests.test_oauth_xrpc import grant
+
+    from leafpds.admin.actions import DELETED_ACCOUNT
+
+    inbox = Inbox(username="mailer", password=SMTP_PASSWORD).start()
+    data = tmp_path / "data"
+    pds = await start_pds(make_settings(
+        data, admin_password=ADMIN_PASSWORD, invite_required=True,
+        smtp_url=f"smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:{inbox.port}", email_from="pds@example.com",
+    ))
+    app = pds.service.app
+    try:
+        async def invite(uses, **for_account):
+            answer = await admin_post(pds, "com.atproto.server.createInviteCode", {"useCount": uses, **for_account})
+            assert answer.code == 200, answer.body
+            return answer.json()["code"]
+
+        alice_code = await invite(2)
+        alice, _, _ = await account_with_a_post_and_blob(pds, "zoltanna", inviteCode=alice_code)
+        did, auth = alice["did"], bearer(alice["accessJwt"])
+        handle, email = "zoltanna.test", "zoltanna@example.com"
+        # An invite made for her that someone else used.
+        hers = await invite(3, forAccount=did)
+        bob, _, bob_blob = await account_with_a_post_and_blob(pds, "bob", inviteCode=hers)
+        # Records across collections, more blobs, an app password and its
+        # session, preferences, an OAuth grant, a record updated and deleted.
+        for n in range(30):
+            assert (await write(pds, did, auth)).code == 200
+        # Pages of hers freed whole before the deletion (200 records written, then deleted).
+        clock = TIDClock()
+        rkeys = [clock.next() for _ in range(200)]
+        for kind, value in (("create", plain_post("a longer post, " * 20)), ("delete", None)):
+            writes = [{"$type": f"com.atproto.repo.applyWrites#{kind}", "collection": POST, "rkey": rkey,
+                       **({"value": value} if value else {})} for rkey in rkeys]
+            answer = await pds.post("com.atproto.repo.applyWrites", {"repo": did, "writes": writes}, headers=auth)
+            assert answer.code == 200, answer.body
+        profile = {"$type": "app.bsky.actor.profile", "displayName": "Zoltanna"}
+        put = {"repo": did, "collection": "app.bsky.actor.profile", "rkey": "self", "record": profile}
+        assert (await pds.post("com.atproto.repo.putRecord", put, headers=auth)).code == 200
+        first = (await write(pds, did, auth)).json()["uri"].split("/")[-1]
+        assert (await pds.post("com.atproto.repo.deleteRecord",
+                               {"repo": did, "collection": POST, "rkey": first}, headers=auth)).code == 200
+        for n in range(3):
+            upload = await pds.request("POST", "/xrpc/com.atproto.repo.uploadBlob", data=bytes([n]) * 5000,
+                                       headers={**auth, "Content-Type": "application/octet-stream"})
+            assert upload.code == 200, upload.body
+        password = (await pds.post("com.atproto.server.createAppPassword", {"name": "app"}, headers=auth)).json()["password"]
+        assert (await login(pds, handle, password)).code == 200
+        prefs = {"preferences": [{"$type": "app.bsky.actor.defs#adultContentPref", "enabled": False}]}
+        assert (await pds.post("app.bsky.actor.putPreferences", prefs, headers=auth)).code == 200
+        assert (await (await grant(pds, did)).get("com.atproto.server.getSession")).code == 200
+
+        # The deletion code arrives; mail sent after it stays queued (the SMTP server is gone).
+        assert (await pds.post("com.atproto.server.requestAccountDelete", headers=auth)).code == 200
+        (mail,) = await inbox.wait(1)
+        inbox.stop()
+        assert (await pds.post("com.atproto.server.requestEmailConfirmation", headers=auth)).code == 200
+        assert (await admin_post(pds, "com.atproto.admin.sendEmail",
+                                 {"recipientDid": did, "senderDid": did, "content": "A word, " + handle})).code == 200
+
+        def queued(conn):
+            return conn.execute("SELECT count(*) FROM mail_queue WHERE recipient = ?", (email,)).fetchone()[0]
+
+        assert await app.db.read(queued) == 2
+        assert len(list((data / "blobs" / did).iterdir())) == 4
+
+        answer = await pds.post("com.atproto.server.deleteAccount", {"did": did, "password": PASSWORD, "token": mail.code})
+        assert answer.code == 200, answer.body
+        assert await app.db.read(queued) == 0
+
+        # Invites: hers still admits people, owned by no one; the use she made stays spent.
+        codes = {c["code"]: c for c in (await admin_get(pds, "com.atproto.admin.getInviteCodes")).json()["codes"]}
+        assert (codes[hers]["forAccount"], codes[hers]["available"], codes[hers]["uses"][0]["usedBy"]) == (
+            DELETED_ACCOUNT, 3, bob["did"])
+        assert (codes[alice_code]["available"], codes[alice_code]["uses"]) == (1, [])
+        bob_info = (await admin_get(pds, "com.atproto.admin.getAccountInfo", {"did": bob["did"]})).json()
+        assert bob_info["invitedBy"]["code"] == hers
+        assert (await pds.post("com.atproto.server.createAccount", {
+            "handle": "carol.test", "email": "carol@example.com", "password": PASSWORD, "inviteCode": hers,
+        })).code == 200
+        for name, status in (("dave", 200), ("erin", 400)):
+            answer = await pds.post("com.atproto.server.createAccount", {
+                "handle": f"{name}.test", "email": f"{name}@example.com", "password": PASSWORD,
+                "inviteCode": alice_code,
+            })
+            assert answer.code == status, answer.body
+
+        # The emptied WAL is truncated by the checkpointer, in its own thread.
+        for _ in range(500):
+            if not app.db.checkpointer.purging:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        kept = await app.db.read(lambda conn: conn.execute(
+            "SELECT event FROM repo_seq WHERE did = ?", (did,)).fetchall())
+        assert len(kept) == 1
+        event = kept[0][0]
+        assert did.encode() in event
+        left_running = leftovers(data, did, event, (did, handle, email, "zoltanna"))
+    finally:
+        await pds.service.stopService()
+    # Looked at while running (the WAL as it is) and once stopped.
+    assert left_running == leftovers(data, did, event, (did, handle, email, "zoltanna")) == {}
+    assert did.encode() + b"#account" + event in (data / "leafpds.sqlite").read_bytes()
+    assert not (data / "blobs" / did).exists()
+    assert (data / "blobs" / bob["did"] / bob_blob).is_file()
+
+
+def leftovers(data, did, event, needles):
+    """
+    {file: the needles in it}, with every copy of the event's row left out
+    (its columns did, event_type, event, as SQLite lays them out side by
+    side); the PLC directory's files aside.
+    """
+    row = did.encode() + b"#account" + event
+    found = {}
+    for path in sorted(data.rglob("*")):
+        if not path.is_file() or path.is_relative_to(data / "plc"):
+            continue
+        rest = path.read_bytes().replace(row, b"")
+        hits = [needle for needle in needles if needle.encode() in rest]
+        if hits:
+            found[str(path.relative_to(data))] = hits
+    return found

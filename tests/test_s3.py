@@ -29,6 +29,7 @@ from leafpds.tap import Options
 from tests.harness import ServerProcess, free_port, make_settings, start_pds
 from tests.s3_standin import BUCKET, FaultProxy
 from tests.test_accounts import assert_error, bearer, create
+from tests.test_admin import ADMIN, ADMIN_PASSWORD
 from tests.test_blobs import POST, PNG, blob_rows, create_record, image_post, spool_files, upload
 
 MiB = 1024 * 1024
@@ -144,13 +145,13 @@ def s3_settings(s3, endpoint=None, **more):
 
 @pytest_twisted.async_yield_fixture
 async def s3_pds(tmp_path, s3):
-    running = await start_pds(make_settings(tmp_path / "data", **s3_settings(s3)))
+    running = await start_pds(make_settings(tmp_path / "data", admin_password=ADMIN_PASSWORD, **s3_settings(s3)))
     yield running
     await running.service.stopService()
 
 
-async def account(pds):
-    created = (await create(pds)).json()
+async def account(pds, name="alice"):
+    created = (await create(pds, name)).json()
     return created["did"], bearer(created["accessJwt"])
 
 
@@ -285,7 +286,8 @@ def defer_of(coroutine):
 async def faulty(tmp_path, s3):
     """A leafpds whose S3 is behind the fault proxy; short timeouts, quick retries."""
     proxy = await FaultProxy(int(s3.url.rsplit(":", 1)[1])).start()
-    running = await start_pds(make_settings(tmp_path / "data", **s3_settings(s3, proxy.url)))
+    running = await start_pds(make_settings(tmp_path / "data", admin_password=ADMIN_PASSWORD,
+                                            **s3_settings(s3, proxy.url)))
     store = running.service.app.blobs.store
     store.config = replace(store.config, timeout=0.5, attempts=3, backoff=0.01)
     store.pool.persistent = False  # a connection per request: the proxy counts requests
@@ -470,6 +472,40 @@ async def test_deleting_while_s3_is_down_keeps_going(faulty, s3):
     proxy.heal()
     made = await create_record(pds, auth, did, {"$type": POST, "text": "hi", "createdAt": "2026-12-06T00:00:00Z"})
     assert made.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_accounts_objects_are_deleted(s3_pds, s3):
+    did, auth = await account(s3_pds)
+    other, other_auth = await account(s3_pds, "bob")
+    for data in (b"first", b"second"):
+        assert (await upload(s3_pds, auth, data)).code == 200
+    kept = (await upload(s3_pds, other_auth, b"bob's")).json()["blob"]["ref"]["$link"]
+    assert len(s3.keys()) == 3
+    answer = await s3_pds.post("com.atproto.admin.deleteAccount", {"did": did}, headers=ADMIN)
+    assert answer.code == 200, answer.body
+    # No key names it (S3 has no folders to leave behind), the other account's stays.
+    assert list(s3.keys()) == [f"pds/blocks/{other}/{kept}"] and s3.multipart_uploads() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletion_while_s3_is_down_still_deletes_the_account(faulty, s3):
+    pds, proxy = faulty
+    did, auth = await account(pds)
+    blob = (await upload(pds, auth, b"first")).json()["blob"]["ref"]["$link"]
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        proxy.fault("503")
+        answer = await pds.post("com.atproto.admin.deleteAccount", {"did": did}, headers=ADMIN)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        proxy.heal()
+    # The account is gone all the same; the object is an orphan, logged (docs/operating.md).
+    assert answer.code == 200, answer.body
+    assert any(f"Could not delete blob {blob} of {did}" in formatEvent(event) for event in events)
+    assert (await pds.get("com.atproto.sync.getRepoStatus", {"did": did})).json()["error"] == "RepoNotFound"
+    assert list(s3.keys()) == [f"pds/blocks/{did}/{blob}"]
 
 
 @pytest_twisted.ensureDeferred

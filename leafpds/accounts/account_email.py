@@ -89,7 +89,8 @@ class AccountEmail:
             raise InvalidRequest("Recipient not found")
         if not account.email:
             raise InvalidRequest("account does not have an email address")
-        queue.enqueue_unit(conn, account.email, subject, content, now)
+        # Marked as the account's, so that its deletion takes it back unsent.
+        queue.enqueue_unit(conn, account.email, subject, content, now, did=account.did)
 
     # -- com.atproto.server.requestEmailConfirmation / confirmEmail --------------
 
@@ -153,9 +154,10 @@ class AccountEmail:
         conn.execute(
             "UPDATE accounts SET email = ?, email_confirmed_at = NULL WHERE did = ?", (email, did)
         )
-        # Codes mailed to the old address (the update code among them) go.
+        # Codes mailed to the old address (the update code among them) go;
+        # an operator's message (no purpose) still goes to it.
         email_tokens.forget_all_unit(conn, did)
-        conn.execute("DELETE FROM mail_queue WHERE did = ?", (did,))
+        conn.execute("DELETE FROM mail_queue WHERE did = ? AND purpose IS NOT NULL", (did,))
 
     # -- com.atproto.server.requestPasswordReset / resetPassword -----------------
 

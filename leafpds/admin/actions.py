@@ -107,10 +107,14 @@ async def update_signing_key(app: "AppContext", did: str, signing_key: str) -> N
 async def delete_account(app: "AppContext", did: str) -> None:
     """
     Delete an account and everything it has here: repo, records, blocks,
-    blobs (rows and files), sessions, app passwords, OAuth grants, linked
-    GitHub/Google identities, keys, preferences, takedowns.  Its earlier firehose events
-    go too and one ``#account`` event (``active: false, status: "deleted"``)
-    stays, as on the official PDS; the handle and email are free again.
+    blobs (rows, files and its blob folder), sessions, app passwords, OAuth
+    grants, linked GitHub/Google identities, keys, preferences, takedowns,
+    email codes and its unsent mail.  Its earlier firehose events go too and
+    one ``#account`` event (``active: false, status: "deleted"``) stays, as
+    on the official PDS; the handle and email are free again.  Invite codes
+    forget it (see :func:`_forget_invites`).  The deleted rows' bytes are
+    overwritten in the database file (secure_delete) and the WAL is emptied
+    (:meth:`leafpds.db.pool.Database.purge`): nothing of it is left on disk.
     Runs under the DID's write lock, so no commit of its own is half-way.
     """
 
@@ -123,18 +127,45 @@ async def delete_account(app: "AppContext", did: str) -> None:
     app.transactor.forget(did)
     app.record_cache.forget_repo(did)
     app.transactor.notify(appended)
-    for cid in blobs:
-        await app.blobs.store.delete(did, cid)
+    app.db.purge()
+    await app.blobs.delete_account(did, blobs)
 
 
 def _delete_unit(conn: Any, did: str, now: float) -> tuple[list[CID], list[str], list[tuple[int, bytes]]]:
     _existing(conn, did)
     blobs = [CID(row[0]) for row in conn.execute("SELECT cid FROM blobs WHERE did = ?", (did,))]
     ended = _end_all_sessions(conn, did, now)
+    email = conn.execute("SELECT email FROM accounts WHERE did = ?", (did,)).fetchone()[0]
     # Every table with the account's rows references accounts(did) with ON
-    # DELETE CASCADE (record_blobs through records).
+    # DELETE CASCADE (record_blobs through records); these do not.  The rows'
+    # bytes are overwritten as they go (secure_delete, leafpds.db.pool).
     conn.execute("DELETE FROM accounts WHERE did = ?", (did,))
     conn.execute("DELETE FROM repo_seq WHERE did = ?", (did,))
+    # Mail not sent yet (codes, an operator's message) is not sent at all;
+    # the official PDS mails nothing about a deletion either.
+    conn.execute("DELETE FROM mail_queue WHERE did = ? OR recipient = ?", (did, email))
+    _forget_invites(conn, did)
     time = iso_from_epoch(now)
     body = {"did": did, "active": False, "status": "deleted", "time": time}
     return blobs, ended, [events.append_event(conn, did, "#account", body, time)]
+
+
+#: What stands in an invite code's ``forAccount`` for a deleted account.
+DELETED_ACCOUNT = "deleted"
+
+
+def _forget_invites(conn: Any, did: str) -> None:
+    """
+    The official PDS keeps a deleted account's invite rows, DID and all.
+    Here the DID goes and the codes work as they did: the codes made for
+    the account stay usable, owned by :data:`DELETED_ACCOUNT`; the row of
+    the use it made of a code goes and that code's available uses drop by
+    one with it, so the use stays spent (a deletion hands no invite back).
+    """
+    conn.execute("UPDATE invite_codes SET for_account = ? WHERE for_account = ?", (DELETED_ACCOUNT, did))
+    conn.execute(
+        "UPDATE invite_codes SET available_uses = available_uses - 1"
+        " WHERE code IN (SELECT code FROM invite_code_uses WHERE used_by = ?)",
+        (did,),
+    )
+    conn.execute("DELETE FROM invite_code_uses WHERE used_by = ?", (did,))

@@ -102,6 +102,11 @@ class Blobs:
             return None
         return lambda: self._delete_files([(did, cid) for cid in gone])
 
+    async def delete_account(self, did: str, cids: Sequence[CID]) -> None:
+        """Delete a deleted account's blobs (their rows are gone) and what the store kept for it."""
+        await self._delete_files([(did, cid) for cid in cids])
+        await self.store.delete_all(did)
+
     async def collect_garbage(self) -> int:
         """Delete temporary blobs older than the grace period; how many."""
         uploaded_before = iso_from_epoch(self.now() - self.grace)

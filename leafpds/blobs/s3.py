@@ -221,6 +221,9 @@ class S3BlobStore:
         key = self.key(did, cid)
         await self._retrying("DELETE " + key, lambda: self._call("DELETE", key, ok=(200, 204, 404)))
 
+    async def delete_all(self, did: str) -> None:
+        """Nothing is left: S3 has no folders, and each blob was deleted by its key."""
+
     async def exists(self, did: str, cid: CID) -> bool:
         key = self.key(did, cid)
 

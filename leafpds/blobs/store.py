@@ -13,6 +13,7 @@ the official PDS's ``tmp/`` then copy).
 """
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -51,6 +52,12 @@ class BlobStore(Protocol):
 
     async def delete(self, did: str, cid: CID) -> None:
         """Delete a blob; deleting one that is not there is not an error."""
+
+    async def delete_all(self, did: str) -> None:
+        """
+        After its deletion, remove whatever the store still keeps for an
+        account (after each of its blobs was deleted): the disk store its folder.
+        """
 
     async def exists(self, did: str, cid: CID) -> bool: ...
 
@@ -116,6 +123,11 @@ class DiskBlobStore:
 
     async def delete(self, did: str, cid: CID) -> None:
         await self._in_thread(self.path(did, cid).unlink, True)
+
+    async def delete_all(self, did: str) -> None:
+        # With any file a crash left there unreferenced (stored, never recorded).
+        check_did(did)
+        await self._in_thread(shutil.rmtree, self.root / did, True)
 
     async def exists(self, did: str, cid: CID) -> bool:
         return await self._in_thread(self.path(did, cid).is_file)
