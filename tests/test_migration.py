@@ -132,13 +132,11 @@ def snapshot(client: Client, did: str) -> dict[str, Any]:
     return {"records": records, "blobs": blobs}
 
 
-def migrate(old: PDS, new: PDS, mailbox: Mailbox, did: str, existing: bool, preferences: bool = True) -> dict[str, str]:
+def migrate(old: PDS, new: PDS, mailbox: Mailbox, did: str, existing: bool) -> dict[str, str]:
     """
     Move ``did`` from ``old`` to ``new`` in the official sequence; the auth
     headers of the session on ``new``.  ``existing``: ``new`` still holds
     the account (deactivated) from before, so it signs in there instead.
-    ``preferences``: carry them (the official PDS keeps them only with an
-    AppView configured, which the one here has not).
     """
     old_client = old.sign_in()
     token = old_client.com.atproto.server.get_service_auth(
@@ -180,9 +178,8 @@ def migrate(old: PDS, new: PDS, mailbox: Mailbox, did: str, existing: bool, pref
             break
     assert api.repo.list_missing_blobs(headers=auth).blobs == []
 
-    if preferences:
-        carried = old_client.app.bsky.actor.get_preferences().preferences
-        new.client.app.bsky.actor.put_preferences({"preferences": carried}, headers=auth)
+    carried = old_client.app.bsky.actor.get_preferences().preferences
+    new.client.app.bsky.actor.put_preferences({"preferences": carried}, headers=auth)
 
     # The identity: the new PDS's credentials, signed by the old one's rotation key.
     credentials = api.identity.get_recommended_did_credentials(headers=auth)
@@ -332,6 +329,10 @@ def start_official_pds(plc_url: str, smtp_port: int) -> str:
         "PDS_SERVICE_DID": f"did:web:localhost%3A{port}",
         "SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
         "EMAIL_FROM": "official@example.com",
+        # It keeps preferences only with an AppView configured; they never reach it
+        # (the PDS answers them itself), so nothing needs to listen there.
+        "APPVIEW_URL": "http://127.0.0.1:9",
+        "APPVIEW_DID": "did:web:appview.invalid",
     }
     # One instance at a time: its run folder is shared.
     subprocess.run(["bash", str(REFPDS / "stop.sh")], capture_output=True)
@@ -350,13 +351,16 @@ def out_to_the_official_pds_and_back(ours: PDS, official: PDS, mailbox: Mailbox,
     populate(alice, did)
     before = snapshot(alice, did)
 
-    migrate(ours, official, mailbox, did, existing=False, preferences=False)
+    preferences = alice.app.bsky.actor.get_preferences().preferences
+    migrate(ours, official, mailbox, did, existing=False)
     there = check_moved(ours, official, did, before, plc_url)
+    assert there.app.bsky.actor.get_preferences().preferences == preferences
 
     there.send_image("made on the official PDS", image=png(4), image_alt="made there")
     before = snapshot(there, did)
-    migrate(official, ours, mailbox, did, existing=True, preferences=False)
-    check_moved(official, ours, did, before, plc_url)
+    migrate(official, ours, mailbox, did, existing=True)
+    back = check_moved(official, ours, did, before, plc_url)
+    assert back.app.bsky.actor.get_preferences().preferences == preferences
 
 
 # The first run installs the official PDS (npm, one native module compiled).
