@@ -13,8 +13,6 @@ DPoP token), ``exp`` (``JwtExpired``), ``aud`` (``BadJwtAudience``),
 afresh, in case the key was just rotated).
 """
 
-import base64
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +20,8 @@ from typing import Any
 from leafpds import crypto
 from leafpds.errors import AuthenticationRequired
 from leafpds.identity.plc import PLCOperationError, parse_document
+from leafpds.oauth import jws
+from leafpds.oauth.jws import MalformedJWS
 
 #: Resolves a DID to its document (None if it does not resolve); ``fresh``
 #: bypasses caches.  :meth:`leafpds.identity.dids.DIDResolver.resolve` is one.
@@ -43,23 +43,6 @@ def _refuse(message: str, name: str) -> AuthenticationRequired:
     return AuthenticationRequired(message, name=name)
 
 
-def _segment(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except ValueError:
-        raise _refuse("poorly formatted jwt", "BadJwt") from None
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(_segment(text))
-    except (ValueError, UnicodeDecodeError):
-        raise _refuse("poorly formatted jwt", "BadJwt") from None
-    if not isinstance(value, dict):
-        raise _refuse("poorly formatted jwt", "BadJwt")
-    return value
-
-
 async def verify_service_jwt(
     token: str, *, aud: str, lxm: str, resolve: Resolve, now: float
 ) -> ServiceClaims:
@@ -68,10 +51,10 @@ async def verify_service_jwt(
     unexpired at ``now`` (epoch seconds) and signed by its issuer's current
     atproto key; otherwise raise the official 401.
     """
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise _refuse("poorly formatted jwt", "BadJwt")
-    header, payload = _json_object(parts[0]), _json_object(parts[1])
+    try:
+        header, payload, signing_input, signature = jws.parse(token)
+    except MalformedJWS:
+        raise _refuse("poorly formatted jwt", "BadJwt") from None
     if header.get("typ") in _REFUSED_TYPES:
         raise _refuse(f"Invalid jwt type \"{header.get('typ')}\"", "BadJwtType")
     iss, audience, exp, method = payload.get("iss"), payload.get("aud"), payload.get("exp"), payload.get("lxm")
@@ -91,8 +74,6 @@ async def verify_service_jwt(
         raise _refuse(f'{problem} jwt lexicon method ("lxm"). must match: {lxm}', "BadJwtLexiconMethod")
 
     did = iss.split("#", 1)[0]
-    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii", "replace")
-    signature = _segment(parts[2])
 
     async def signed_by_current_key(fresh: bool) -> bool:
         key = await _atproto_key(resolve, did, fresh)

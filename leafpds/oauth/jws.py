@@ -1,6 +1,7 @@
 """
 Compact JWS (RFC 7515) parsing and ES256 verification for DPoP proofs,
-which arrive with every DPoP call: parsed once, strictly (base64url without
+which arrive with every DPoP call (the parsing serves the service JWTs of
+:mod:`leafpds.accounts.service_jwt` too): parsed once, strictly (base64url without
 padding, JSON objects), and verified with ``cryptography`` directly.  pyjwt
 does the same in ~4x the time (it parses a token twice to read its header
 first and checks base64 character by character in Python).
