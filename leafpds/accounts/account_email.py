@@ -197,9 +197,4 @@ class AccountEmail:
         did = self.codes.find_did_unit(conn, email_tokens.RESET_PASSWORD, token, now)
         self.codes.consume_unit(conn, did, email_tokens.RESET_PASSWORD, token, now)
         conn.execute("UPDATE accounts SET password_hash = ? WHERE did = ?", (password_hash, did))
-        ended = [
-            row[0]
-            for row in conn.execute("SELECT DISTINCT session_id FROM refresh_tokens WHERE did = ?", (did,))
-        ]
-        sessions.end_sessions_unit(conn, did, ended, now)
-        return ended
+        return sessions.end_all_sessions_unit(conn, did, now)

@@ -277,6 +277,13 @@ def end_sessions_unit(conn: Any, did: str, session_ids: list[str], now: float) -
     conn.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (iso_from_epoch(now),))
 
 
+def end_all_sessions_unit(conn: Any, did: str, now: float) -> list[str]:
+    """End every session of the account, app passwords' too; their ids (for :meth:`TokenIssuer.revoke`)."""
+    ended = [row[0] for row in conn.execute("SELECT DISTINCT session_id FROM refresh_tokens WHERE did = ?", (did,))]
+    end_sessions_unit(conn, did, ended, now)
+    return ended
+
+
 def revoked_sessions(conn: Any, now: float) -> list[str]:
     """The sessions still revoked at ``now`` (loaded at start-up)."""
     return [

@@ -62,9 +62,7 @@ def _set_password_unit(conn: Any, did: str, password_hash: bytes, now: float) ->
 
 def _end_all_sessions(conn: Any, did: str, now: float) -> list[str]:
     """End the account's sessions (app passwords' too) and its apps' OAuth grants; the ids, for TokenIssuer.revoke."""
-    ended = [r[0] for r in conn.execute("SELECT DISTINCT session_id FROM refresh_tokens WHERE did = ?", (did,))]
-    sessions.end_sessions_unit(conn, did, ended, now)
-    return ended + revoke_account_grants_unit(conn, did, now)
+    return sessions.end_all_sessions_unit(conn, did, now) + revoke_account_grants_unit(conn, did, now)
 
 
 async def update_email(app: "AppContext", account: str, email: str) -> None:

@@ -186,11 +186,7 @@ def _update_account(conn: Any, did: str, ref: str | None, now: float) -> Change:
         # Whoever was signed in is signed out, as the official PDS revokes
         # the account's refresh tokens, and apps lose their OAuth grants;
         # login is refused until reversal.
-        ended = [
-            r[0] for r in conn.execute("SELECT DISTINCT session_id FROM refresh_tokens WHERE did = ?", (did,))
-        ]
-        sessions.end_sessions_unit(conn, did, ended, now)
-        ended += revoke_account_grants_unit(conn, did, now)
+        ended = sessions.end_all_sessions_unit(conn, did, now) + revoke_account_grants_unit(conn, did, now)
         if was_taken_down:
             return Change([], ended)  # a new ref for the same takedown: nothing to announce
         body = {"did": did, "active": False, "status": "takendown", "time": time}
