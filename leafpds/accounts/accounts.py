@@ -237,7 +237,7 @@ class Accounts:
             self.transactor.create_repo_unit(conn, did, signing_key, announce=False)
             return sessions.start_session_unit(conn, did, now), []
         appended = [
-            events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": created}, created),
+            events.append_identity(conn, did, handle, created),
             events.append_event(conn, did, "#account", {"did": did, "active": True, "time": created}, created),
         ]
         appended += self.transactor.create_repo_unit(conn, did, signing_key).events
@@ -443,10 +443,7 @@ class Accounts:
         account = await self.get(did)
         await self._update_did(did, account.handle, signing_key)
         now = iso_from_epoch(self.now())
-        body = {"did": did, "handle": account.handle, "time": now}
-        appended = await self.db.write(
-            lambda conn: [events.append_event(conn, did, "#identity", body, now)]
-        )
+        appended = await self.db.write(lambda conn: [events.append_identity(conn, did, account.handle, now)])
         self.transactor.notify(appended)
 
     async def _check_published_handle(self, did: str, handle: str) -> None:
@@ -678,7 +675,7 @@ def _revoke_app_password(conn: Any, did: str, name: str, now: float) -> list[str
 
 def _change_handle(conn: Any, did: str, handle: str, now: str) -> list[tuple[int, bytes]]:
     conn.execute("UPDATE accounts SET handle = ? WHERE did = ?", (handle, did))
-    return [events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": now}, now)]
+    return [events.append_identity(conn, did, handle, now)]
 
 
 def _refresh_identity(conn: Any, did: str, known: str, handle: str, now: str) -> list[tuple[int, bytes]]:
@@ -689,4 +686,4 @@ def _refresh_identity(conn: Any, did: str, known: str, handle: str, now: str) ->
         if conn.execute("SELECT 1 FROM accounts WHERE handle = ? AND did != ?", (handle, did)).fetchone():
             raise InvalidRequest(f"Handle {handle} is held by another account on this PDS")
         conn.execute("UPDATE accounts SET handle = ? WHERE did = ?", (handle, did))
-    return [events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": now}, now)]
+    return [events.append_identity(conn, did, handle, now)]

@@ -104,7 +104,7 @@ def _activate_unit(conn: Any, did: str, now: float) -> list[tuple[int, bytes]]:
     ).fetchone()[0]
     return [
         events.append_event(conn, did, "#account", {"did": did, "active": True, "time": time}, time),
-        events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": time}, time),
+        events.append_identity(conn, did, handle, time),
         events.append_event(conn, did, "#sync", {
             "did": did, "blocks": encode_car(commit_cid, [(commit_cid, block)]), "rev": rev, "time": time,
         }, time),

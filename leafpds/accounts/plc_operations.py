@@ -143,7 +143,7 @@ def _points_elsewhere(app: "AppContext", op: dict[str, Any], signing_key: str, h
 
 def _identity_unit(conn: Any, did: str, time: str) -> list[tuple[int, bytes]]:
     (handle,) = conn.execute("SELECT handle FROM accounts WHERE did = ?", (did,)).fetchone()
-    return [events.append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": time}, time)]
+    return [events.append_identity(conn, did, handle, time)]
 
 
 def _require_plc(did: str) -> None:

@@ -47,3 +47,8 @@ def append_event(
         (seq, did, event_type, frame, now),
     )
     return seq, frame
+
+
+def append_identity(conn: Any, did: str, handle: str, now: str) -> tuple[int, bytes]:
+    """Append ``#identity``: relays re-resolve the DID and its handle."""
+    return append_event(conn, did, "#identity", {"did": did, "handle": handle, "time": now}, now)
